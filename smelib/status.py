@@ -1,0 +1,62 @@
+"""How far the reproduction has come, computed rather than typed: the book's title page and the README use it.
+
+Cost rows count our models now (thop's rules, the paper's convention); accuracy rows read
+``results/summary.csv``, which ``smelib results`` builds from the run records.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+
+from smelib.flops import TABLE2, thop_count
+from smelib.settings import repo_root
+from smelib.viz import Table
+
+#: The paper's headline numbers for its full model (percent, the paper's own).
+PAPER_SME = {"miou": 88.87, "precision": 92.72, "mpa": 96.10}
+
+
+def table2_matches(height: int = 512, width: int = 512) -> list[tuple[str, bool]]:
+    """For each row of the paper's Table 2: our configuration and whether both its numbers match to 3 decimals."""
+    from smelib.models import build
+
+    out = []
+    for row in TABLE2:
+        torch.manual_seed(0)
+        count = thop_count(build(row.config), torch.zeros(1, 3, height, width))
+        ok = round(count.paper_gflops, 3) == row.paper_gflops and round(count.params / 1e6, 3) == row.paper_params_m
+        out.append((row.config, ok))
+    return out
+
+
+def read_summary(path: Path | None = None) -> list[dict[str, str]]:
+    """Rows of ``results/summary.csv`` (empty when no run has been aggregated yet)."""
+    path = path or repo_root() / "results" / "summary.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def reproduction_table() -> Table:
+    """One row per claim of the paper: what we measured, and how it compares."""
+    matches = table2_matches()
+    n_ok = sum(ok for _, ok in matches)
+    rows: list[list[object]] = [[
+        "Table 2: GFLOPs and parameters (thop × 2, 512 px)",
+        "74.604 / 71.281 / 56.845 G",
+        f"{n_ok} of {len(matches)} rows equal to 3 decimals",
+    ]]
+    summary = read_summary()
+    for split in ("official", "grouped"):
+        sme = [r for r in summary if r.get("model") == "sme_deeplabv3plus" and r.get("split") == split]
+        if sme:
+            r = sme[0]
+            ours = f"{float(r['miou_mean']):.2f} ± {float(r.get('miou_std') or 0):.2f} (n={r['n_seeds']}, {r['config']})"
+        else:
+            ours = "not run yet"
+        rows.append([f"SME-DeepLabV3+ test mIoU, {split} split", f"{PAPER_SME['miou']:.2f} (official split)", ours])
+    return Table(["claim", "paper", "ours"], rows, title="Reproduction status")
