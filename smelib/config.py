@@ -10,7 +10,10 @@ Keys (the defaults are in :data:`DEFAULTS`; ``null`` means "decided at run time"
     name: str                      # the run's config name (default: the YAML file's stem, else "custom")
     model:
       name: str                    # a name from smelib.models.names(), e.g. sme_deeplabv3plus_lite
-      overrides: {key: value}      # constructor keyword arguments, e.g. {decoder_width: 64, context_width: 64}
+      overrides: {key: value}      # constructor keyword arguments of that model, e.g. {backbone: starnet_s2}
+      deeplab_overrides: {…}       # constructor arguments applied only when the model is a DeepLabV3Plus (the
+                                   # CPU budget's width rule {decoder_width: 64, context_width: 64}); model.overrides
+                                   # win where both set a key
       in_channels: int             # image channels the model takes (3: NEU-Seg's JPEGs are stored as RGB)
     data:
       root: str | null             # dataset folder; null: smelib.settings.data_root() (sample in quick mode)
@@ -94,11 +97,11 @@ class ConfigError(ValueError):
 
 
 # Keys whose value is a free-form mapping (or spec) checked by its consumer, not by this module.
-_FREE_FORM = {("model", "overrides"), ("data", "augment"), ("loss",)}
+_FREE_FORM = {("model", "overrides"), ("model", "deeplab_overrides"), ("data", "augment"), ("loss",)}
 
 DEFAULTS: dict[str, Any] = {
     "name": None,
-    "model": {"name": "sme_deeplabv3plus_lite", "overrides": {}, "in_channels": 3},
+    "model": {"name": "sme_deeplabv3plus_lite", "overrides": {}, "deeplab_overrides": {}, "in_channels": 3},
     "data": {
         "root": None,
         "split": "official",
@@ -394,10 +397,12 @@ def validate(cfg: Mapping[str, Any]) -> None:
         raise _err("model.name", f"unknown model {model['name']!r}; registered: {', '.join(names())}")
     if not isinstance(model["overrides"], Mapping):
         raise _err("model.overrides", f"must be a mapping of constructor arguments, got {model['overrides']!r}")
+    if not isinstance(model["deeplab_overrides"], Mapping):
+        raise _err("model.deeplab_overrides", f"must be a mapping, got {model['deeplab_overrides']!r}")
     for key in ("num_classes", "in_channels"):
-        if key in model["overrides"]:
+        if key in model["overrides"] or key in model["deeplab_overrides"]:
             hint = "data.num_classes" if key == "num_classes" else "model.in_channels"
-            raise _err(f"model.overrides.{key}", f"set {hint} instead")
+            raise _err(f"model.overrides.{key}", f"set {hint} instead, not a model override")
     _int(cfg, "model", "in_channels", 1)
 
     data = cfg["data"]
@@ -475,7 +480,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
 
 def dump_yaml(cfg: Mapping[str, Any]) -> str:
     """The config as YAML text (keys in their defined order)."""
-    return yaml.safe_dump(_plain(cfg), sort_keys=False, default_flow_style=None)
+    return yaml.safe_dump(_plain(cfg), sort_keys=False, default_flow_style=False)
 
 
 def _plain(value: Any) -> Any:

@@ -1,0 +1,220 @@
+"""Checkpoints: atomic writes, safe loading (``weights_only=True``), RNG state capture, model reconstruction.
+
+A checkpoint is a ``dict`` holding only tensors, plain containers, strings, numbers, booleans and ``None``, so it
+loads with ``torch.load(path, weights_only=True)`` (no pickled code runs). Keys::
+
+    format            "smelib-checkpoint"      version   CHECKPOINT_VERSION
+    kind              "last" | "best"          smelib_version, torch_version, run_id
+    model_name        registry name            model_config   the model's constructor config (``model.config``)
+    num_classes, in_channels, class_names      config         the full resolved training config
+    model             state dict (CPU tensors, no DDP prefix)
+    optimizer, scaler, schedule                their state dicts (schedule: {"step": int})
+    rng               {"python", "numpy", "torch", "cuda"} (see :func:`capture_rng`)
+    epoch             epoch in progress (0-based)   batches_done   optimiser steps done in that epoch
+    global_step       optimiser steps done in all   epoch_complete whether ``epoch`` finished (incl. validation)
+    best              {"miou": float | None, "epoch": int | None}
+    history           list of per-epoch log rows    stats  {"train_images", "train_seconds"}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "CheckpointError",
+    "atomic_save",
+    "build_model_from_checkpoint",
+    "capture_rng",
+    "load_checkpoint",
+    "read_checkpoint",
+    "restore_rng",
+    "sha256_file",
+]
+
+CHECKPOINT_VERSION = 1
+FORMAT = "smelib-checkpoint"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used here: missing, corrupt, not ours, or for another model/class count."""
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace`` onto ``path``.
+
+    A reader (or a run killed mid-write) never sees a half-written file: ``path`` holds either the old or the new
+    checkpoint.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RNG states as weights_only-safe containers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def capture_rng() -> dict[str, Any]:
+    """Python, NumPy, torch (and CUDA, when initialised) generator states as tensors and plain values."""
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "name": str(np_state[0]),
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64).copy()),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": [],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Undo :func:`capture_rng` (CUDA states are restored only when the device count matches)."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    npst = state["numpy"]
+    np.random.set_state(
+        (npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"].to(torch.uint8))
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([t.to(torch.uint8) for t in cuda])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint dict safely (``weights_only=True``, onto the CPU) and check it is an smelib checkpoint.
+
+    Raises:
+        CheckpointError: missing file, unreadable or unsafe content, or not an smelib checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt file, or objects weights_only refuses to unpickle
+        raise CheckpointError(f"cannot load checkpoint {str(path)!r} safely (weights_only=True): {err}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not an smelib checkpoint (no format={FORMAT!r} key)")
+    if int(ckpt.get("version", 0)) > CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{str(path)!r} has checkpoint version {ckpt['version']}, newer than this smelib ({CHECKPOINT_VERSION})"
+        )
+    return ckpt
+
+
+def build_model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
+    """A fresh model of the checkpoint's registry name and constructor config, with its weights loaded."""
+    from smelib.models import build
+
+    config = dict(ckpt["model_config"])
+    num_classes = int(config.pop("num_classes", ckpt["num_classes"]))
+    in_channels = int(config.pop("in_channels", ckpt["in_channels"]))
+    try:
+        model = build(ckpt["model_name"], num_classes=num_classes, in_channels=in_channels, **config)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"cannot rebuild model {ckpt['model_name']!r} from the checkpoint's config: {err}") from None
+    check_state_dict(model, ckpt["model"], ckpt["model_name"])
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
+def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointError` naming the first mismatching keys/shapes, instead of torch's long message."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items()
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append("shape mismatch " + ", ".join(f"{k}: {a} in {source} vs {b} in the model" for k, a, b in wrong[:3]))
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        raise CheckpointError("weights do not fit the model: " + "; ".join(parts))
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    model_name: str | None = None,
+    num_classes: int | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model saved in a checkpoint.
+
+    Args:
+        path: a ``.pt`` written by training (``best.pt`` or ``last.pt``).
+        model_name: when given, the checkpoint must hold this registry model.
+        num_classes: when given, the checkpoint must have this many classes.
+        device: where to put the model.
+
+    Returns:
+        ``(model, meta)``: the model in eval mode, and the checkpoint dict without the weight and optimiser
+        tensors (``model_name``, ``model_config``, ``num_classes``, ``class_names``, ``config``, ``epoch``, ...).
+
+    Raises:
+        CheckpointError: unreadable, unsafe, or for another model or class count (the message says which).
+    """
+    ckpt = read_checkpoint(path)
+    if model_name is not None and ckpt["model_name"] != model_name:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds model {ckpt['model_name']!r}, not {model_name!r}"
+        )
+    if num_classes is not None and int(ckpt["num_classes"]) != int(num_classes):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was trained for {ckpt['num_classes']} classes, not {num_classes}"
+        )
+    model = build_model_from_checkpoint(ckpt).to(device).eval()
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scaler", "rng")}
+    meta["path"] = str(path)
+    return model, meta

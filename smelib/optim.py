@@ -1,0 +1,92 @@
+"""Optimisers and the per-step learning-rate schedule (warm-up + cosine / poly / constant)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["LRSchedule", "build_optimizer", "build_schedule"]
+
+
+class LRSchedule:
+    """Per-step learning rate: linear warm-up, then cosine / poly decay to ``min_lr_ratio`` or constant.
+
+    ``factor(step)`` for ``step`` in ``[0, total_steps)`` (the lr of the step about to run):
+
+    * warm-up (``step < warmup``): ``start + (1 - start) * step / warmup``;
+    * then with ``t = (step - warmup) / max(1, total - warmup - 1)`` in [0, 1]:
+      cosine ``m + (1 - m) * (1 + cos(pi t)) / 2``; poly ``m + (1 - m) * (1 - t) ** power``; constant 1.
+
+    So the first post-warm-up step runs at the peak lr and the last one at ``min_lr_ratio`` × lr.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, base_lr: float, total_steps: int, warmup_steps: int,
+                 name: str = "cosine", warmup_start_ratio: float = 0.1, min_lr_ratio: float = 0.01,
+                 power: float = 0.9) -> None:
+        self.optimizer = optimizer
+        self.base_lr = float(base_lr)
+        self.total_steps = max(1, int(total_steps))
+        self.warmup_steps = max(0, min(int(warmup_steps), self.total_steps - 1))
+        self.name = name
+        self.start = float(warmup_start_ratio)
+        self.min_ratio = float(min_lr_ratio)
+        self.power = float(power)
+        self.step_count = 0
+
+    def factor(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.start + (1 - self.start) * step / self.warmup_steps
+        if self.name == "constant":
+            return 1.0
+        t = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps - 1))
+        m = self.min_ratio
+        if self.name == "cosine":
+            return m + (1 - m) * 0.5 * (1 + math.cos(math.pi * t))
+        return m + (1 - m) * (1 - t) ** self.power
+
+    def lr(self, step: int | None = None) -> float:
+        return self.base_lr * self.factor(self.step_count if step is None else step)
+
+    def apply(self) -> float:
+        """Set the lr of the step about to run on every param group; returns it."""
+        lr = self.lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def advance(self) -> None:
+        self.step_count += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step_count, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.step_count = int(state["step"])
+
+
+def build_optimizer(cfg: Mapping[str, Any], model: nn.Module) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov) or AdamW over all trainable parameters, weight decay on all of them (as the
+    template does)."""
+    o = cfg["optim"]
+    params = [p for p in model.parameters() if p.requires_grad]
+    if o["name"] == "sgd":
+        return torch.optim.SGD(params, lr=o["lr"], momentum=o["momentum"], nesterov=bool(o["nesterov"]),
+                               weight_decay=o["weight_decay"])
+    return torch.optim.AdamW(params, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"],
+                             weight_decay=o["weight_decay"])
+
+
+
+
+def build_schedule(cfg: Mapping[str, Any], optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> LRSchedule:
+    """The config's schedule over ``min(epochs * steps_per_epoch, max_steps)`` steps; warm-up in epochs."""
+    total = cfg["train"]["epochs"] * steps_per_epoch
+    if cfg["train"]["max_steps"]:
+        total = min(total, int(cfg["train"]["max_steps"]))
+    s = cfg["schedule"]
+    return LRSchedule(optimizer, cfg["optim"]["lr"], total, round(s["warmup_epochs"] * steps_per_epoch), s["name"],
+                      s["warmup_start_ratio"], s["min_lr_ratio"], s["power"])

@@ -1,0 +1,208 @@
+"""Run directories and run records: ids, provenance (git, host, versions), ``log.csv`` and ``record.json``.
+
+Layout of one run (``results/runs/<run_id>/``)::
+
+    record.json         everything needed to cite the run (see :data:`RECORD_KEYS`)
+    log.csv             one row per epoch (:data:`LOG_COLUMNS`)
+    config.yaml         the resolved config, for ``smelib train --config`` to repeat it
+    curves.png          loss / mIoU curves (written by ``smelib reproduce``)
+    checkpoints/        best.pt, last.pt (git-ignored)
+
+A run directory is created with ``mkdir(exist_ok=False)``, so two runs can never share one.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import math
+import os
+import platform
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "LOG_COLUMNS",
+    "RECORD_KEYS",
+    "RunDirError",
+    "create_run_dir",
+    "git_info",
+    "host_info",
+    "make_run_id",
+    "write_json",
+    "write_log_csv",
+]
+
+#: Columns of ``log.csv``; metrics are fractions in [0, 1], empty where an epoch had no validation.
+LOG_COLUMNS = (
+    "epoch", "step", "lr", "train_loss", "val_miou", "val_miou_defects", "val_mpa", "val_precision", "val_recall",
+    "val_pixel_acc", "seconds", "images_per_s",
+)
+
+#: Keys every completed ``record.json`` has.
+RECORD_KEYS = (
+    "run_id", "status", "config_name", "config", "model", "model_config", "seed", "split", "class_names",
+    "num_classes", "git", "host", "torch_version", "smelib_version", "started_utc", "finished_utc", "wall_seconds",
+    "train_seconds", "images_per_s", "epochs_done", "steps_done", "epochs", "best", "final", "params", "params_m",
+    "gmacs", "input_size", "checkpoint", "run_dir",
+)
+
+
+class RunDirError(RuntimeError):
+    """A run directory that would overwrite another run, or a missing one on resume."""
+
+
+def utc_stamp(now: _dt.datetime | None = None) -> str:
+    """``20250101T120000Z`` (sortable, filename-safe)."""
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    return now.strftime("%Y%m%dT%H%M%SZ")
+
+
+def utc_iso(now: _dt.datetime | None = None) -> str:
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    return now.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def make_run_id(config_name: str, model: str, split: str, seed: int, stamp: str | None = None) -> str:
+    """``<config>_<model>_<split>_s<seed>_<UTC timestamp>``."""
+    return f"{config_name}_{model}_{split}_s{seed}_{stamp or utc_stamp()}"
+
+
+def create_run_dir(runs_dir: str | os.PathLike, run_id: str) -> Path:
+    """Create ``runs_dir/run_id`` (or ``run_id-2``, ``-3``… if a run started in the same second); never reuses one."""
+    runs = Path(runs_dir)
+    runs.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 1000):
+        path = runs / (run_id if attempt == 1 else f"{run_id}-{attempt}")
+        try:
+            path.mkdir(exist_ok=False)
+        except FileExistsError:
+            continue
+        return path
+    raise RunDirError(f"could not create a new run directory for {run_id!r} under {runs}")
+
+
+def claim_out_dir(out: str | os.PathLike) -> Path:
+    """Use ``out`` as a new run's directory: it must not exist, or be an empty directory.
+
+    Raises:
+        RunDirError: ``out`` already holds files (another run's, most likely); use ``--resume`` to continue it.
+    """
+    path = Path(out)
+    if path.exists():
+        if not path.is_dir() or any(path.iterdir()):
+            raise RunDirError(
+                f"output directory {str(path)!r} already exists and is not empty; a run never overwrites another "
+                "run's files (choose a new --out, or add --resume to continue the run that is there)"
+            )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def git_info(root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """``{"commit": sha or None, "dirty": bool or None}`` of the checkout ``root`` (default: the repository)."""
+    from smelib.settings import repo_root
+
+    cwd = Path(root) if root is not None else repo_root()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10,
+                                check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                                capture_output=True, text=True, timeout=30, check=True).stdout
+        return {"commit": commit, "dirty": bool(status.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def host_info(device: Any = None) -> dict[str, Any]:
+    """Host name, OS, CPU model, cores, torch threads, and the GPU's name when ``device`` is CUDA."""
+    import torch
+
+    info: dict[str, Any] = {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device) if device is not None else "cpu",
+        "gpu": None,
+    }
+    if device is not None and str(device).startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def _json_default(value: Any) -> Any:
+    import numpy as np
+    import torch
+
+    if isinstance(value, (Path, os.PathLike)):
+        return os.fspath(value)
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON types; NaN/inf become None (not valid JSON)."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return to_jsonable(_json_default(value))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write JSON atomically (tmp file + ``os.replace``)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(to_jsonable(obj), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_log_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Rewrite ``log.csv`` from all epoch rows so far (atomic; a resumed run rewrites it from its checkpoint)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(LOG_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in LOG_COLUMNS})
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buf.getvalue(), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_log_csv(path: str | os.PathLike) -> list[dict[str, float | None]]:
+    """Rows of a ``log.csv`` with numbers parsed (empty cells become None)."""
+    rows = []
+    with open(path, encoding="utf-8", newline="") as fh:
+        for row in csv.DictReader(fh):
+            rows.append({k: (float(v) if v not in ("", None) else None) for k, v in row.items()})
+    return rows

@@ -1,0 +1,97 @@
+"""``smelib reproduce``: train → evaluate the saved checkpoint → tables and figures, in one call.
+
+>>> from smelib.config import load_config
+>>> from smelib.reproduce import reproduce
+>>> print(reproduce(load_config("configs/quick.yaml")))     # a few minutes on 2 cores
+
+Writes into the run directory: the usual ``record.json``/``log.csv``/checkpoints, ``eval_test.json`` (metrics of the
+final checkpoint re-loaded from disk), ``curves.png`` (loss and mIoU per epoch) and ``summary.csv`` (the run's row
+of :func:`smelib.results.summarize`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["plot_curves", "reproduce"]
+
+
+def plot_curves(log_csv: str | os.PathLike, out_png: str | os.PathLike, title: str | None = None) -> Path:
+    """Training loss and validation mIoU (all classes and defects only) per epoch from a run's ``log.csv``."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from smelib.records import read_log_csv
+
+    rows = read_log_csv(log_csv)
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in rows], marker="o", color="#0072B2")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
+    val = [(r["epoch"], r["val_miou"], r["val_miou_defects"]) for r in rows if r.get("val_miou") is not None]
+    if val:
+        ax_iou.plot([v[0] for v in val], [100 * v[1] for v in val], marker="o", label="mIoU (all classes)",
+                    color="#E69F00")
+        ax_iou.plot([v[0] for v in val], [100 * v[2] for v in val], marker="s", label="mIoU (defects only)",
+                    color="#D55E00")
+        ax_iou.legend(fontsize=8)
+    ax_iou.set(xlabel="epoch", ylabel="validation mIoU (%)", title="validation")
+    for ax in (ax_loss, ax_iou):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(out_png)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def reproduce(config: Mapping[str, Any], runs_dir: str | os.PathLike | None = None, quiet: bool = False) -> str:
+    """Train with ``config``, re-evaluate the saved checkpoint on the test subset, plot, summarise.
+
+    Returns:
+        A text report (run directory, per-class test table, the summary row, the files written).
+    """
+    from smelib.engine import evaluate, load_checkpoint, train
+    from smelib.loading import load_data
+    from smelib.metrics import format_table
+    from smelib.records import write_json
+    from smelib.results import format_summary, summarize, write_csv
+
+    result = train(config, runs_dir=runs_dir, quiet=quiet)
+    run_dir = result.run_dir
+    model, meta = load_checkpoint(result.checkpoint)
+    cfg = meta["config"]
+    bundle = load_data(cfg, seed=int(cfg["train"]["seed"]))
+    subset = "test" if bundle.test is not None and len(bundle.test) else "val"
+    dataset = bundle.test if subset == "test" else bundle.val
+    metrics = evaluate(model, dataset, tta=bool(cfg["eval"]["tta"]), num_classes=meta["num_classes"],
+                       ignore_index=cfg["data"]["ignore_index"], size=cfg["data"]["size"],
+                       batch_size=cfg["data"]["eval_batch_size"])
+    write_json(run_dir / f"eval_{subset}.json", {**metrics.to_dict(), "checkpoint": str(result.checkpoint),
+                                                 "images": len(dataset), "tta": bool(cfg["eval"]["tta"])})
+    curves = plot_curves(run_dir / "log.csv", run_dir / "curves.png", title=run_dir.name)
+    rows = summarize([result.record])
+    summary_csv = write_csv(rows, run_dir / "summary.csv")
+    lines = [
+        f"run: {run_dir}",
+        f"model {cfg['model']['name']} ({result.record.get('params_m', 0):.3f} M parameters, "
+        f"{result.record.get('gmacs') or float('nan'):.3f} fvcore GMACs at {result.record.get('input_size')}), "
+        f"{result.record.get('steps_done')} steps, {result.record.get('wall_seconds', 0):.0f} s, "
+        f"{result.record.get('images_per_s') or 0:.1f} train images/s",
+        "",
+        f"{subset} metrics of {Path(result.checkpoint).name} ({len(dataset)} images, original resolution):",
+        format_table(metrics, meta.get("class_names")),
+        "",
+        format_summary(rows),
+        "",
+        "files: " + ", ".join(str(p) for p in (run_dir / "record.json", run_dir / "log.csv", curves, summary_csv,
+                                                run_dir / f"eval_{subset}.json")),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,150 @@
+"""Aggregating run records: one row per (config, model, split), mean and spread over training seeds.
+
+>>> from smelib.results import load_records, summarize
+>>> rows = summarize(load_records("results/runs"))      # list of dicts, one per (config, model, split)
+
+Each row (all metrics fractions in [0, 1], measured on the run's final evaluation subset, normally ``test``)::
+
+    config, model, split, metric_split, n_seeds, seeds,
+    miou_mean, miou_std, precision_mean, mpa_mean, recall_mean, pixel_acc_mean,
+    iou_<class>_mean (one per class), miou_defects_mean, miou_defects_std,
+    gmacs, params_m, train_minutes, images_per_s, run_ids
+
+``*_std`` is the sample standard deviation over seeds (None with one seed). Only records with
+``status == "completed"`` count; when one seed was run more than once, the latest record is used.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["format_summary", "load_records", "summarize", "write_csv"]
+
+
+def load_records(runs_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every ``<runs_dir>/*/record.json`` (any status), sorted by run id; unreadable files are skipped."""
+    records = []
+    for path in sorted(Path(runs_dir).glob("*/record.json")):
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(rec, dict):
+            rec.setdefault("run_dir", str(path.parent))
+            records.append(rec)
+    return records
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return statistics.fmean(vals) if vals else None
+
+
+def _std(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return statistics.stdev(vals) if len(vals) > 1 else None
+
+
+def _final_metrics(rec: Mapping[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
+    final = rec.get("final") or {}
+    for part in ("test", "val"):
+        if final.get(part):
+            return part, final[part]
+    return None, None
+
+
+def summarize(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Group completed records by (config, model, split kind) and average over seeds (see the module docstring)."""
+    latest: dict[tuple[str, str, str, int], Mapping[str, Any]] = {}
+    for rec in records:
+        if rec.get("status") != "completed" or _final_metrics(rec)[1] is None:
+            continue
+        split = rec.get("split", {})
+        key = (str(rec.get("config_name")), str(rec.get("model")),
+               str(split.get("kind") if isinstance(split, Mapping) else split), int(rec.get("seed", 0)))
+        if key not in latest or str(rec.get("finished_utc", "")) >= str(latest[key].get("finished_utc", "")):
+            latest[key] = rec
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for (config, model, split, _seed), rec in sorted(latest.items()):
+        groups[(config, model, split)].append(rec)
+
+    rows = []
+    for (config, model, split), recs in groups.items():
+        parts = [_final_metrics(r) for r in recs]
+        metrics = [m for _, m in parts]
+        names = list(recs[0].get("class_names") or [f"class {i}" for i in range(len(metrics[0]["iou"]))])
+        row: dict[str, Any] = {
+            "config": config, "model": model, "split": split,
+            "metric_split": "/".join(sorted({p for p, _ in parts if p})),
+            "n_seeds": len(recs), "seeds": " ".join(str(r.get("seed")) for r in recs),
+            "miou_mean": _mean([m["miou"] for m in metrics]), "miou_std": _std([m["miou"] for m in metrics]),
+            "precision_mean": _mean([m["precision"] for m in metrics]),
+            "mpa_mean": _mean([m["mpa"] for m in metrics]),
+            "recall_mean": _mean([m["recall"] for m in metrics]),
+            "pixel_acc_mean": _mean([m.get("pixel_acc") for m in metrics]),
+        }
+        for i, name in enumerate(names):
+            row[f"iou_{name.replace(' ', '_')}_mean"] = _mean(
+                [m["iou"][i] if i < len(m["iou"]) else None for m in metrics])
+        row["miou_defects_mean"] = _mean([m["defects_only"]["miou"] for m in metrics])
+        row["miou_defects_std"] = _std([m["defects_only"]["miou"] for m in metrics])
+        row["gmacs"] = _mean([r.get("gmacs") for r in recs])
+        row["params_m"] = _mean([r.get("params_m") for r in recs])
+        minutes = _mean([r.get("wall_seconds") for r in recs])
+        row["train_minutes"] = minutes / 60 if minutes is not None else None
+        row["images_per_s"] = _mean([r.get("images_per_s") for r in recs])
+        row["run_ids"] = " ".join(str(r.get("run_id")) for r in recs)
+        rows.append(row)
+    return rows
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Write summary rows as CSV (columns: the union of the rows' keys, in first-seen order)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
+    return path
+
+
+def format_summary(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A fixed-width text table of summary rows; metrics in percent, ``±`` the std over seeds."""
+
+    def pct(value: Any) -> str:
+        return "-" if value is None else f"{100 * value:.2f}"
+
+    iou_cols = []
+    for row in rows:
+        iou_cols += [k for k in row if k.startswith("iou_") and k.endswith("_mean") and k not in iou_cols]
+    head = ["config", "model", "split", "on", "seeds", "mIoU", "mIoU defects", "MPA", "precision",
+            *[k[4:-5] for k in iou_cols], "GMACs", "params M", "minutes"]
+    table = []
+    for r in rows:
+        miou = pct(r["miou_mean"]) + (f" ± {100 * r['miou_std']:.2f}" if r.get("miou_std") is not None else "")
+        table.append([r["config"], r["model"], r["split"], r.get("metric_split", ""), str(r["n_seeds"]), miou,
+                      pct(r["miou_defects_mean"]), pct(r["mpa_mean"]), pct(r["precision_mean"]),
+                      *[pct(r.get(k)) for k in iou_cols],
+                      "-" if r.get("gmacs") is None else f"{r['gmacs']:.3f}",
+                      "-" if r.get("params_m") is None else f"{r['params_m']:.3f}",
+                      "-" if r.get("train_minutes") is None else f"{r['train_minutes']:.1f}"])
+    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) if i < 4 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths))),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(t, widths)))
+              for t in table]
+    lines.append("metrics in percent (mean over seeds ± sample std); 'on' = the subset measured")
+    return "\n".join(lines)
