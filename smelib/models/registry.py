@@ -56,9 +56,4 @@ def build(name: str, num_classes: int = 4, in_channels: int = 3, **overrides: An
 
 def _import_all() -> None:
     # Importing the model files runs their @register_model decorators.
-    from smelib.models import deeplabv3plus  # noqa: F401
-
-    try:
-        from smelib.models import hrnet, pspnet, resunet  # noqa: F401
-    except ImportError:  # the Table 1 baselines arrive in their own files
-        pass
+    from smelib.models import deeplabv3plus, hrnet, pspnet, resunet  # noqa: F401
