@@ -371,9 +371,214 @@ def _add_results(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_results)
 
 
+def _data_error(err: Exception) -> CLIError:
+    return CLIError(str(err))
+
+
+def _provenance(command: str, seconds: float, files: Sequence[str]) -> dict:
+    """Git commit of the checkout, whether ``files`` differ from it, the command and its wall time."""
+    import subprocess
+
+    from smelib.settings import repo_root
+
+    def git(*a: str) -> str:
+        try:
+            res = subprocess.run(["git", "-C", str(repo_root()), *a], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return res.stdout.strip() if res.returncode == 0 else ""
+
+    return {
+        "git_commit": git("rev-parse", "HEAD") or None,
+        "source_files_modified": bool(git("status", "--porcelain", "--", *files)),
+        "command": command,
+        "wall_seconds": round(seconds, 2),
+    }
+
+
+def _cmd_data_convert(args: argparse.Namespace) -> int:
+    from smelib.data import DatasetError, convert_to_voc
+
+    if args.to != "voc":
+        raise CLIError(f"--to {args.to}: only 'voc' is supported")
+    try:
+        voc = convert_to_voc(args.root, args.out, seed=args.seed, val_fraction=args.val_fraction)
+    except DatasetError as err:
+        raise _data_error(err) from None
+    print(f"wrote {voc}")
+    return 0
+
+
+def _print_check(report: dict) -> None:
+    print(f"{report['root']}: {report['layout']} layout, {report['num_images']} images "
+          + ", ".join(f"{k} {v}" for k, v in report["splits"].items()))
+    inferred = " (inferred from the masks)" if report["num_classes_inferred"] else ""
+    print(f"classes: {report['num_classes']}{inferred}: {', '.join(report['class_names'])}")
+    print("image sizes: " + ", ".join(f"{k} x{v}" for k, v in list(report["image_sizes"].items())[:8]))
+    print(f"pixels: mean {report['pixel_mean']:.4f}, std {report['pixel_std']:.4f} (x / 255); "
+          f"ignore (255): {report['ignore_pixels']}")
+    print(f"{'class':16s} {'pixel frac':>10s} {'images':>7s} {'defect px/image: q1':>20s} {'median':>8s} {'q3':>8s}")
+    for name, frac in report["class_pixel_fraction"].items():
+        st = report["defect_pixels_per_image"].get(name, {})
+        q = (f"{st['q1']:20.0f} {st['median']:8.0f} {st['q3']:8.0f}" if st.get("n_images") else
+             f"{'-':>20s} {'-':>8s} {'-':>8s}")
+        print(f"{name:16s} {frac:10.5f} {report['images_containing'][name]:7d} {q}")
+    if "audit" in report:
+        a = report["audit"]
+        cg, gw, lk = a["copy_groups"], a["groups_with_overlaps"], a["official_test_leakage"]
+        md = a["mask_disagreement_between_copies"]
+        print(f"copy groups: {cg['count']} (sizes {cg['size_histogram']}); with overlaps: {gw['count']} "
+              f"(sizes {gw['size_histogram']})")
+        print(f"official test images with a copy in training: {lk['with_a_copy_in_training']} of "
+              f"{lk['test_images']}; with a copy or overlap: {lk['with_a_copy_or_overlap_in_training']}")
+        if md["pairs"]:
+            med = md["pixel_fraction_disagreeing_among_disagreeing_pairs"].get("median", 0.0)
+            print(f"masks of copies: {md['fraction_of_pairs_disagreeing']:.1%} of {md['pairs']} pairs disagree; "
+                  f"median disagreeing pixel fraction among those {med:.2%}")
+        print(f"grouped split: groups crossing sides: {a['splits']['grouped_groups_crossing_sides']}")
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    import time
+
+    from smelib.data import DatasetError, check_dataset, open_dataset
+
+    start = time.perf_counter()
+    try:
+        # --num-classes is what the masks are checked against, even where it contradicts the class names.
+        info = open_dataset(args.root)
+        report = check_dataset(info, args.num_classes, progress=not args.json and sys.stderr.isatty())
+        if args.audit:
+            from smelib.splits import Groups, audit, find_groups
+
+            groups: Groups = find_groups(info)
+            report["audit"] = audit(info, groups, seed=args.seed)
+    except DatasetError as err:
+        raise _data_error(err) from None
+    if args.out:
+        from pathlib import Path
+
+        command = f"smelib data check {args.root}" + (" --audit" if args.audit else "") + f" --out {args.out}"
+        report["provenance"] = _provenance(command, time.perf_counter() - start,
+                                           ["smelib/data.py", "smelib/splits.py"])
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        _print_check(report)
+        print("ok: every image has a readable mask of the same size with valid values")
+    return 0
+
+
+def _cmd_data_groups(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from smelib.data import DatasetError, open_dataset
+    from smelib.splits import find_groups, save_groups
+
+    try:
+        info = open_dataset(args.root)
+        groups = find_groups(info, copy_threshold=args.copy_threshold, overlap_threshold=args.overlap_threshold,
+                             overlaps=not args.no_overlaps, progress=sys.stderr.isatty())
+    except DatasetError as err:
+        raise _data_error(err) from None
+    save_groups(groups, args.json)
+    sizes = dict(sorted(Counter(len(g) for g in groups.groups).items()))
+    print(f"{len(groups.groups)} groups of {len(groups.ids)} images (sizes {sizes}); "
+          f"{len(groups.copy_groups)} copy groups; wrote {args.json}")
+    return 0
+
+
+def _cmd_data_split(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from smelib.data import DatasetError, open_dataset
+    from smelib.splits import load_groups, make_split, split_summary
+
+    try:
+        info = open_dataset(args.root)
+        groups = load_groups(args.groups) if args.groups else None
+        split = make_split(info, args.kind, seed=args.seed, val_fraction=args.val_fraction, groups=groups)
+    except DatasetError as err:
+        raise _data_error(err) from None
+    summary = split_summary(info, split)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"kind": args.kind, "seed": args.seed, **split}, indent=1) + "\n",
+                                   encoding="utf-8")
+    for side, s in summary.items():
+        print(f"{side:5s} {s['images']:5d} images; containing {s['images_containing']}; multi-class {s['multi_class']}")
+    return 0
+
+
+def _cmd_data_download(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from smelib.data import DEFAULT_URL, DatasetError, download_neu_seg
+    from smelib.settings import repo_root
+
+    dest = args.dest or os.environ.get("SMELIB_DATA") or str(repo_root().parent / "shared" / "data" / "NEU_Seg")
+    try:
+        out = download_neu_seg(dest, url=args.url or DEFAULT_URL, sha_list=args.sha_list,
+                               progress=sys.stderr.isatty())
+    except DatasetError as err:
+        raise _data_error(err) from None
+    n = sum(1 for _ in Path(out).rglob("*") if _.is_file())
+    print(f"verified and unpacked {n} files into {out}")
+    return 0
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="NEU-Seg/VOC datasets: download, check, convert, duplicate groups, splits")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    dsub.required = True
+
+    c = dsub.add_parser("convert", help="write a native NEU-Seg folder in the Pascal VOC layout (paper's 9:1 split)")
+    c.add_argument("root", help="native NEU-Seg folder (images/, annotations/)")
+    c.add_argument("--to", default="voc", choices=["voc"], help="target layout")
+    c.add_argument("--out", required=True, help="destination folder (must not exist or be empty)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
+    c.add_argument("--val-fraction", type=float, default=0.1, help="validation share of the training images")
+    c.set_defaults(func=_cmd_data_convert)
+
+    k = dsub.add_parser("check", help="validate every image/mask pair and print label statistics")
+    k.add_argument("root", help="dataset folder (native NEU-Seg or VOC layout)")
+    k.add_argument("--num-classes", type=int, default=None, help="classes incl. background (default: class names)")
+    k.add_argument("--audit", action="store_true", help="also find duplicate groups and measure the leakage")
+    k.add_argument("--seed", type=int, default=0, help="seed of the splits summarised by --audit")
+    k.add_argument("--json", action="store_true", help="print the report as JSON")
+    k.add_argument("--out", help="also write the JSON report, with git commit, command and wall time, to this file")
+    k.set_defaults(func=_cmd_data_check)
+
+    g = dsub.add_parser("groups", help="find images that are rotated/flipped copies (or share half their content)")
+    g.add_argument("root", help="dataset folder")
+    g.add_argument("--json", required=True, metavar="OUT", help="write {'groups': [[id, ...], ...], ...} here")
+    g.add_argument("--copy-threshold", type=float, default=0.97, help="similarity for whole-image copies")
+    g.add_argument("--overlap-threshold", type=float, default=0.98, help="similarity for half-image overlaps")
+    g.add_argument("--no-overlaps", action="store_true", help="group whole-image copies only")
+    g.set_defaults(func=_cmd_data_groups)
+
+    s = dsub.add_parser("split", help="print (and save) an official or grouped train/val/test split")
+    s.add_argument("root", help="dataset folder")
+    s.add_argument("--kind", choices=["official", "grouped"], default="official")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--val-fraction", type=float, default=0.1)
+    s.add_argument("--groups", help="groups JSON from `smelib data groups` (grouped; default: detect now)")
+    s.add_argument("--json", metavar="OUT", help="write {'train': [...], 'val': [...], 'test': [...]} here")
+    s.set_defaults(func=_cmd_data_split)
+
+    d = dsub.add_parser("download", help="download NEU-Seg, verify every file's SHA-256, unpack")
+    d.add_argument("--dest", help="target folder (default: $SMELIB_DATA, else ../shared/data/NEU_Seg beside the checkout)")
+    d.add_argument("--url", help="archive URL (default: the GitHub archive of DHW-Master/NEU_Seg at the pinned commit)")
+    d.add_argument("--sha-list", help="sha256sum-format list to verify against (default: the packaged one)")
+    d.set_defaults(func=_cmd_data_download)
+
+
 # Every subcommand, in the order `smelib --help` lists them.
 _SUBCOMMANDS = [_add_info, _add_models, _add_flops, _add_train, _add_eval, _add_predict, _add_reproduce,
-               _add_results]
+               _add_results, _add_data]
 
 
 def build_parser() -> argparse.ArgumentParser:
