@@ -33,12 +33,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import shutil
 import tempfile
 import urllib.request
-import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,11 +64,13 @@ __all__ = [
     "download_neu_seg",
     "load_dataset",
     "make_loader",
+    "native_to_voc_id",
     "open_dataset",
     "pad_collate",
     "read_image",
     "read_mask",
     "read_sha256_list",
+    "validate_mask_values",
 ]
 
 IGNORE_INDEX = 255
@@ -308,7 +308,7 @@ def _image_array(path: Path) -> np.ndarray:
     im = _open_pil(path)
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         raise DatasetError(f"{path}: {im.mode} (16/32-bit) images are not supported; save them as 8-bit")
-    if im.mode in ("1", "L", "LA", "P", "PA") and im.mode != "P":
+    if im.mode in ("1", "L", "LA"):
         return np.array(im.convert("L"))
     arr = np.array(im.convert("RGB"))
     # NEU-Seg stores gray pictures as RGB: keeping one channel halves memory and is exact.
@@ -747,12 +747,16 @@ Sample = tuple[torch.Tensor, torch.Tensor, str]
 Transform = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 
-def _norm_stats(info: DatasetInfo, mean: Sequence[float] | None, std: Sequence[float] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    if mean is None:
-        mean = NEU_SEG_MEAN if info.is_neu_seg or not info.class_names else (0.5, 0.5, 0.5)
-    if std is None:
-        std = NEU_SEG_STD if info.is_neu_seg or not info.class_names else (0.25, 0.25, 0.25)
-    return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+def _norm_stats(mean: Sequence[float] | None, std: Sequence[float] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    # One default for every dataset, the one inference uses too; other data can pass its own (the
+    # `pixel_mean`/`pixel_std` that `smelib data check` prints).
+    m = torch.tensor(NEU_SEG_MEAN if mean is None else mean, dtype=torch.float32).reshape(-1)
+    s = torch.tensor(NEU_SEG_STD if std is None else std, dtype=torch.float32).reshape(-1)
+    if m.numel() not in (1, 3) or s.numel() not in (1, 3):
+        raise ValueError(f"mean and std need 1 or 3 values, got {m.numel()} and {s.numel()}")
+    if bool((s <= 0).any()):
+        raise ValueError(f"std must be positive, got {s.tolist()}")
+    return m.expand(3).clone() if m.numel() == 1 else m, s.expand(3).clone() if s.numel() == 1 else s
 
 
 class _SegDatasetBase(torch.utils.data.Dataset[Sample]):
@@ -779,7 +783,7 @@ class _SegDatasetBase(torch.utils.data.Dataset[Sample]):
             raise DatasetError(f"{info.root}: unknown sample ids {unknown[:5]}")
         self.channels = channels
         self.num_classes = num_classes if num_classes is not None else info.num_classes
-        m, s = _norm_stats(info, mean, std)
+        m, s = _norm_stats(mean, std)
         # One value per output channel: a 3-value mean serves channels=1 through its average.
         self.mean = (m if channels == 3 else m.mean().view(1)).view(-1, 1, 1)
         self.std = (s if channels == 3 else s.mean().view(1)).view(-1, 1, 1)
@@ -849,8 +853,8 @@ class InMemorySegDataset(_SegDatasetBase):
         info: from :func:`open_dataset`.
         ids: the sample ids to hold (default: all), e.g. ``make_split(info, ...)["train"]``.
         channels: 3 (gray replicated) or 1.
-        mean, std: per-channel normalisation of ``x / 255``; default :data:`NEU_SEG_MEAN`/:data:`NEU_SEG_STD`
-            for NEU-Seg, 0.5/0.25 otherwise.
+        mean, std: normalisation of ``x / 255``, 1 or 3 values; default :data:`NEU_SEG_MEAN`/:data:`NEU_SEG_STD`
+            (0.4455/0.2057) for every dataset; with ``channels=1`` the average of 3 values is used.
         transform: ``f(image, mask, generator) -> (image, mask)`` applied after normalisation, e.g. an
             :class:`smelib.augment.Augment`; its generator is seeded from ``(seed, epoch, index)``.
         seed: base of the augmentation seeds.
@@ -1009,14 +1013,3 @@ def load_dataset(
     if in_memory:
         return InMemorySegDataset(info, ids, progress=progress, **kw)
     return StreamingSegDataset(info, ids, **kw)
-
-
-def dataset_summary(info: DatasetInfo) -> str:
-    """One line describing ``info`` (for logs)."""
-    return json.dumps(
-        {"root": str(info.root), "layout": info.layout, "images": len(info), "classes": list(info.class_names)}
-    )
-
-
-def _warn(msg: str) -> None:
-    warnings.warn(msg, UserWarning, stacklevel=3)
