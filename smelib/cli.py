@@ -131,9 +131,10 @@ def _engine_errors():
     """The library errors a user can fix, to be reported as one line (CLIError) by the training commands."""
     from smelib.checkpoint import CheckpointError
     from smelib.config import ConfigError
+    from smelib.data import DatasetError
     from smelib.records import RunDirError
 
-    return (ConfigError, CheckpointError, RunDirError, FileNotFoundError, NotADirectoryError)
+    return (ConfigError, CheckpointError, DatasetError, RunDirError, FileNotFoundError, NotADirectoryError)
 
 
 def _train_config(args: argparse.Namespace) -> dict | None:
@@ -259,7 +260,6 @@ _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 def _cmd_predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import numpy as np
     from PIL import Image
 
     from smelib.engine import load_checkpoint, predict
@@ -288,14 +288,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise CLIError(f"{len(existing)} output file(s) already exist (e.g. {existing[0]}); add --force to overwrite")
     try:
         model, meta = load_checkpoint(args.checkpoint, device=args.device)
-        images = [read_image(p) for p in files]  # every file checked before anything is written
+        # Every file is read before anything is written: one unreadable image stops the command cleanly.
+        images = [read_image(p, meta["in_channels"]) for p in files]
     except (*_engine_errors(), ValueError) as err:
         raise CLIError(str(err)) from None
     out.mkdir(parents=True, exist_ok=True)
     for path, image in zip(files, images):
-        mask = predict(model, [image], tta=args.tta, size=meta["config"]["data"]["size"])[0]
-        Image.fromarray(mask, mode="L").save(out / f"{path.stem}.png")
-        rgb = np.asarray(image.convert("RGB"))
+        mask = predict(model, [image], tta=args.tta, size=meta["config"]["data"]["size"],
+                       normalization=meta.get("normalization"))[0]
+        Image.fromarray(mask).save(out / f"{path.stem}.png")
+        rgb = image.expand(3, -1, -1).permute(1, 2, 0).numpy()
         Image.fromarray(overlay(rgb, mask)).save(out / f"{path.stem}_overlay.png")
     print(f"wrote {2 * len(files)} files for {len(files)} image(s) to {out}")
     return 0

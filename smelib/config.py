@@ -19,9 +19,11 @@ Keys (the defaults are in :data:`DEFAULTS`; ``null`` means "decided at run time"
       root: str | null             # dataset folder; null: smelib.settings.data_root() (sample in quick mode)
       split: official | grouped    # NEU-Seg's own train/test split, or the near-duplicate-aware one
       seed: int                    # seed of the split (the validation carve-out), kept fixed across training seeds
+      groups: str | null           # duplicate-groups JSON for the grouped split (`smelib data groups`); null: detect
       val_fraction: float          # part of the training images held out for validation, in [0, 1)
       size: null | int | [h, w]    # training/inference resolution; null = native (NEU-Seg: 200 x 200, no resize)
-      augment: {…} | null          # the augmentation pipeline, passed to smelib.augment (see there); null = none
+      augment: {…} | null          # smelib.augment.Augment.from_config: hflip, vflip (probabilities), rot90 (bool),
+                                   # rotate_deg, scale [lo, hi], crop; applied after normalisation; null = none
       batch_size: int              # GLOBAL training batch (split evenly over processes under torchrun)
       eval_batch_size: int         # batch of validation/test inference (per process)
       workers: int                 # DataLoader worker processes per training process (0 = in the main process)
@@ -106,6 +108,7 @@ DEFAULTS: dict[str, Any] = {
         "root": None,
         "split": "official",
         "seed": 0,
+        "groups": None,
         "val_fraction": 0.1,
         "size": None,
         "augment": None,
@@ -299,12 +302,12 @@ def load_config(
         name = file.stem
     try:
         cfg = apply_overrides(raw, overrides)
+        if cfg.get("name") is None:
+            cfg["name"] = name
         cfg = resolve(cfg)
     except ConfigError as err:
         where = f"{path}: " if path is not None else ""
         raise ConfigError(f"{where}{err}") from None
-    if cfg["name"] is None:
-        cfg["name"] = name
     return cfg
 
 
@@ -418,8 +421,17 @@ def validate(cfg: Mapping[str, Any]) -> None:
         )
         if not ok:
             raise _err("data.size", f"must be null (native), a positive integer or [height, width], got {size!r}")
-    if data["augment"] is not None and not isinstance(data["augment"], (Mapping, list)):
-        raise _err("data.augment", f"must be a mapping (or a list of steps) or null, got {data['augment']!r}")
+    if data["augment"] is not None:
+        if not isinstance(data["augment"], Mapping):
+            raise _err("data.augment", f"must be a mapping or null, got {data['augment']!r}")
+        try:
+            from smelib.augment import Augment
+
+            Augment.from_config(data["augment"])
+        except (TypeError, ValueError) as err:
+            raise _err("data.augment", str(err)) from None
+    if data["groups"] is not None and not isinstance(data["groups"], (str, os.PathLike)):
+        raise _err("data.groups", f"must be a path to a groups JSON or null, got {data['groups']!r}")
     _int(cfg, "data", "batch_size", 1)
     _int(cfg, "data", "eval_batch_size", 1)
     _int(cfg, "data", "workers", 0)

@@ -404,6 +404,7 @@ def _train(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: 
             "smelib_version": __version__, "torch_version": str(torch.__version__),
             "model_name": cfg["model"]["name"], "model_config": dict(getattr(model, "config", {})),
             "num_classes": num_classes, "in_channels": int(cfg["model"]["in_channels"]), "class_names": class_names,
+            "normalization": {"mean": bundle.mean, "std": bundle.std},
             "config": cfg,
             "model": {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "schedule": schedule.state_dict(),

@@ -177,15 +177,19 @@ def predict(
     tta: bool = False,
     size: int | Sequence[int] | None = None,
     device: torch.device | str | None = None,
+    normalization: dict[str, Any] | None = None,
 ) -> list[np.ndarray]:
     """Index masks for images.
 
     Args:
         model_or_checkpoint: a model or a checkpoint path.
-        images: file paths, PIL images, ``(H, W)``/``(H, W, 3)`` uint8 arrays (normalised here with the data
-            module's normalisation), or ``(C, H, W)`` float tensors that are already normalised.
+        images: file paths, PIL images, ``(H, W)``/``(H, W, 3)`` uint8 arrays or ``(C, H, W)`` uint8 tensors
+            (normalised here with the checkpoint's ``normalization``, else ``normalization``, else NEU-Seg's
+            statistics), or ``(C, H, W)`` float tensors that are already normalised.
         tta: average the softmax over the 8 dihedral transforms.
         size: model input size (default: the checkpoint's ``data.size``; None = native).
+        device: where to run.
+        normalization: ``{"mean": [...], "std": [...]}`` for a bare model (a checkpoint carries its own).
 
     Returns:
         One ``(H, W)`` uint8 array of class ids per image, at the image's own size.
@@ -194,6 +198,7 @@ def predict(
     if size is None and meta:
         size = meta["config"]["data"].get("size")
     in_channels = meta.get("in_channels") or getattr(unwrap(model), "config", {}).get("in_channels", 3)
+    norm = dict(normalization or meta.get("normalization") or {})
     size_t = size_tuple(size)
     dev = next(model.parameters()).device
     was_training = model.training
@@ -201,7 +206,8 @@ def predict(
     out = []
     try:
         for item in images:
-            x = item if isinstance(item, Tensor) and item.is_floating_point() else normalize_image(item, in_channels)
+            x = item if isinstance(item, Tensor) and item.is_floating_point() else \
+                normalize_image(item, in_channels, norm.get("mean"), norm.get("std"))
             x = x.to(dev)[None]
             probs = predict_proba(model, x, tuple(x.shape[-2:]), size_t, tta)
             out.append(probs.argmax(1)[0].to(torch.uint8).cpu().numpy())

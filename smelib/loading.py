@@ -100,6 +100,8 @@ class TrainView(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, Tensor]:
         epoch, index = key
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)  # the data module seeds its transform from (seed, epoch, index)
         with seeded(derive_seed(self.seed, epoch, index)):
             image, mask = unpack(self.base[index])
             if self.augment is not None:
@@ -162,6 +164,7 @@ class DataBundle:
         num_classes: K.
         split: ``{"kind", "root", ...}`` facts about the split for the run record.
         input_size: ``(H, W)`` of the first training image (the FLOP count's input size at native resolution).
+        mean, std: the normalisation of the images (stored in checkpoints so that prediction matches training).
     """
 
     train: Any
@@ -172,103 +175,130 @@ class DataBundle:
     num_classes: int
     split: dict[str, Any] = field(default_factory=dict)
     input_size: tuple[int, int] = (200, 200)
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
 
-_MEAN, _STD = 0.5, 0.25  # placeholder until smelib.data provides the normalisation
-
-
-def normalize_image(item: Any, in_channels: int = 3) -> Tensor:
-    """An image (path, PIL image or uint8 array) as a normalised ``(C, H, W)`` float tensor.
-
-    Raises:
-        ValueError: the file cannot be read as an image (the message names it).
-    """
+def _as_uint8_chw(item: Any, in_channels: int) -> Tensor:
+    """A path, PIL image, ``(H, W)``/``(H, W, 3)`` uint8 array or ``(C, H, W)`` uint8 tensor → uint8 ``(C, H, W)``."""
     from PIL import Image
 
+    from smelib.data import read_image as _read
+
     if isinstance(item, (str, os.PathLike)):
-        item = read_image(item)
+        return _read(item, channels=in_channels)
     if isinstance(item, Image.Image):
-        item = np.asarray(item.convert("L" if in_channels == 1 else "RGB"))
-    arr = np.asarray(item)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], in_channels, axis=2)
-    x = torch.from_numpy(np.array(arr[..., :in_channels])).permute(2, 0, 1).float() / 255.0
-    return (x - _MEAN) / _STD
+        item = np.array(item.convert("L" if in_channels == 1 else "RGB"))
+    t = torch.as_tensor(np.array(item) if not isinstance(item, Tensor) else item)
+    if t.dim() == 2:
+        t = t[None]
+    elif t.dim() == 3 and t.shape[0] not in (1, 3) and t.shape[-1] in (1, 3, 4):
+        t = t.permute(2, 0, 1)[:3]
+    if t.shape[0] == 1 and in_channels == 3:
+        t = t.expand(3, -1, -1)
+    elif t.shape[0] == 3 and in_channels == 1:
+        t = (t.float() * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True).round()
+    return t.to(torch.uint8).contiguous()
 
 
-def read_image(path: str | os.PathLike) -> Any:
-    """Open an image file (PIL), with one clear error naming the file when it is not a readable image."""
-    from PIL import Image, UnidentifiedImageError
+def normalize_image(item: Any, in_channels: int = 3, mean: Any = None, std: Any = None) -> Tensor:
+    """An image as the float ``(C, H, W)`` tensor a model takes: ``(x / 255 - mean) / std``.
+
+    Args:
+        item: a file path, PIL image, uint8 ``(H, W)``/``(H, W, 3)`` array or uint8 ``(C, H, W)`` tensor.
+        in_channels: 3 (gray replicated) or 1.
+        mean, std: per-channel statistics (a checkpoint's ``normalization``); default NEU-Seg's.
+
+    Raises:
+        smelib.data.DatasetError: a file that cannot be read as an image (the message names it).
+    """
+    from smelib.data import NEU_SEG_MEAN, NEU_SEG_STD
+
+    x = _as_uint8_chw(item, in_channels).float() / 255.0
+    m = torch.tensor(mean if mean is not None else NEU_SEG_MEAN, dtype=torch.float32).reshape(-1)
+    s = torch.tensor(std if std is not None else NEU_SEG_STD, dtype=torch.float32).reshape(-1)
+    if m.numel() != x.shape[0]:
+        m, s = m.mean().expand(x.shape[0]), s.mean().expand(x.shape[0])
+    return (x - m.view(-1, 1, 1)) / s.view(-1, 1, 1)
+
+
+def read_image(path: str | os.PathLike, in_channels: int = 3) -> Tensor:
+    """A uint8 ``(C, H, W)`` tensor of an image file (:func:`smelib.data.read_image`); a
+    :class:`smelib.data.DatasetError` naming the file when it is not a readable image."""
+    from smelib.data import read_image as _read
+
+    return _read(path, channels=in_channels)
+
+
+def _resolve_root(root: Any) -> Path:
+    from smelib.settings import data_root, repo_root
+
+    path = data_root(root)
+    if root is not None and not path.is_absolute() and not path.exists() and (repo_root() / path).exists():
+        return repo_root() / path
+    return path
+
+
+def build_augment(spec: Any) -> Callable[..., Any] | None:
+    """The data module's augmentation pipeline for a ``data.augment`` spec (None: no augmentation)."""
+    if not spec:
+        return None
+    from smelib.augment import Augment
+    from smelib.config import ConfigError
 
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except (OSError, UnidentifiedImageError, ValueError) as err:
-        raise ValueError(f"cannot read image {str(path)!r}: {err}") from None
-
-
-class _Pairs(torch.utils.data.Dataset):
-    def __init__(self, pairs: list[tuple[Path, Path]], in_channels: int) -> None:
-        self.pairs, self.in_channels = pairs, in_channels
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        img, msk = self.pairs[i]
-        return normalize_image(img, self.in_channels), torch.from_numpy(np.array(read_image(msk))).long()
-
-
-def _flip_rot_augment(spec: Mapping[str, Any]) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    def aug(image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        if spec.get("hflip") and torch.rand(()) < float(spec["hflip"]):
-            image, mask = image.flip(-1), mask.flip(-1)
-        if spec.get("vflip") and torch.rand(()) < float(spec["vflip"]):
-            image, mask = image.flip(-2), mask.flip(-2)
-        if spec.get("rot90"):
-            k = int(torch.randint(0, 4, ()))
-            image, mask = torch.rot90(image, k, (-2, -1)), torch.rot90(mask, k, (-2, -1))
-        return image.contiguous(), mask.contiguous()
-
-    return aug
+        aug = Augment.from_config(spec)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"data.augment: {err}") from None
+    return None if aug.is_identity() else aug
 
 
 def load_data(cfg: Mapping[str, Any], seed: int = 0) -> DataBundle:
-    """The train/val/test datasets, augmentation and class names a config asks for."""
-    from smelib.settings import data_root
+    """The train/val/test datasets, augmentation and class names a config asks for.
+
+    The split comes from :func:`smelib.splits.make_split` (``data.split``, ``data.seed``, ``data.val_fraction``,
+    ``data.groups``);
+    the datasets from :mod:`smelib.data` (decoded into memory when small, streamed otherwise), normalised with the
+    dataset's statistics; ``data.limit`` keeps the first N ids of each subset. The training set carries the
+    augmentation (seeded per sample from ``(train.seed, epoch, index)``); validation and test sets do not.
+    """
+    from smelib import data as sd
+    from smelib.splits import make_split
 
     dc = cfg["data"]
-    root = data_root(dc["root"])
     in_ch = int(cfg["model"]["in_channels"])
-    limit = dc["limit"]
+    info = sd.open_dataset(_resolve_root(dc["root"]), num_classes=dc["num_classes"])
+    num_classes = int(dc["num_classes"] or info.num_classes)
+    if num_classes < 2:
+        raise sd.DatasetError(f"{info.root}: number of classes unknown; add class_names.txt or set data.num_classes")
+    groups = None
+    if dc.get("groups") and dc["split"] == "grouped":
+        from smelib.splits import load_groups
 
-    def pairs(img_dir: Path, ann_dir: Path, stems: list[str] | None = None) -> list[tuple[Path, Path]]:
-        if stems is None:
-            stems = sorted(p.stem for p in img_dir.glob("*.jpg"))
-        return [(img_dir / f"{s}.jpg", ann_dir / f"{s}.png") for s in stems]
+        groups = load_groups(_resolve_root(dc["groups"]))
+    split = make_split(info, dc["split"], seed=int(dc["seed"]), val_fraction=float(dc["val_fraction"]),
+                       groups=groups)
+    ids = {name: list(split.get(name) or []) for name in ("train", "val", "test")}
+    if dc["limit"]:
+        ids = {name: v[: int(dc["limit"])] for name, v in ids.items()}
+    if not ids["train"]:
+        raise sd.DatasetError(f"{info.root}: the {dc['split']} split has no training images")
+    from PIL import Image
 
-    if (root / "images" / "training").is_dir():
-        train_all = pairs(root / "images" / "training", root / "annotations" / "training")
-        test = pairs(root / "images" / "test", root / "annotations" / "test")
-        names = ["background", "inclusion", "patches", "scratches"]
-    elif (root / "JPEGImages").is_dir():
-        sets = root / "ImageSets" / "Segmentation"
-        read = lambda n: (sets / f"{n}.txt").read_text().split() if (sets / f"{n}.txt").is_file() else []  # noqa
-        train_all = pairs(root / "JPEGImages", root / "SegmentationClass", read("train"))
-        test = pairs(root / "JPEGImages", root / "SegmentationClass", read("test") or read("val"))
-        k = int(dc["num_classes"] or 4)
-        names = ["background"] + [f"class {i}" for i in range(1, k)]
-    else:
-        raise FileNotFoundError(f"no NEU-Seg or VOC layout under {root}")
-    g = torch.Generator().manual_seed(int(dc["seed"]))
-    order = torch.randperm(len(train_all), generator=g).tolist()
-    n_val = int(round(dc["val_fraction"] * len(train_all)))
-    val = [train_all[i] for i in sorted(order[:n_val])]
-    train = [train_all[i] for i in sorted(order[n_val:])]
-    if limit:
-        train, val, test = train[:limit], val[:limit], test[:limit]
-    augment = _flip_rot_augment(dc["augment"]) if dc["augment"] else None
-    first = np.array(read_image(train[0][0])).shape[:2]
-    return DataBundle(_Pairs(train, in_ch), _Pairs(val, in_ch), _Pairs(test, in_ch), augment, names, len(names),
-                      {"root": str(root)}, (int(first[0]), int(first[1])))
+    with Image.open(info.image_paths[ids["train"][0]]) as im:
+        w, h = im.size
+    total = sum(len(v) for v in ids.values())
+    cls = sd.InMemorySegDataset if w * h * total < 600_000_000 else sd.StreamingSegDataset
+    kw = dict(channels=in_ch, num_classes=num_classes)
+
+    def make(names: list[str], transform: Any = None) -> Any:
+        return cls(info, names, transform=transform, seed=seed, **kw) if names else None
+
+    train = make(ids["train"], build_augment(dc["augment"]))
+    names = list(info.class_names) or [f"class_{i}" for i in range(num_classes)]
+    facts = {"root": str(info.root), "layout": info.layout, **{k: v for k, v in split.items()
+                                                              if k not in ("train", "val", "test")
+                                                              and isinstance(v, (int, float, str, bool))}}
+    return DataBundle(train, make(ids["val"]), make(ids["test"]), None, names, num_classes, facts, (h, w),
+                      mean=train.mean.reshape(-1).tolist(), std=train.std.reshape(-1).tolist())
+
