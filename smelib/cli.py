@@ -572,7 +572,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_cmd_data_split)
 
     d = dsub.add_parser("download", help="download NEU-Seg, verify every file's SHA-256, unpack")
-    d.add_argument("--dest", help="target folder (default: $SMELIB_DATA, else ../shared/data/NEU_Seg beside the checkout)")
+    d.add_argument("--dest",
+                   help="target folder (default: $SMELIB_DATA, else ../shared/data/NEU_Seg beside the checkout)")
     d.add_argument("--url", help="archive URL (default: the GitHub archive of DHW-Master/NEU_Seg at the pinned commit)")
     d.add_argument("--sha-list", help="sha256sum-format list to verify against (default: the packaged one)")
     d.set_defaults(func=_cmd_data_download)

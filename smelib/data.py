@@ -411,7 +411,9 @@ def validate_mask_values(mask: torch.Tensor, num_classes: int, path: str | os.Pa
         )
 
 
-def colour_mask_to_index(rgb: np.ndarray, palette: Sequence[Sequence[int]], ignore: Sequence[int] | None = None) -> np.ndarray:
+def colour_mask_to_index(
+    rgb: np.ndarray, palette: Sequence[Sequence[int]], ignore: Sequence[int] | None = None
+) -> np.ndarray:
     """Convert an RGB colour mask to class indices.
 
     Args:
@@ -864,7 +866,9 @@ class InMemorySegDataset(_SegDatasetBase):
         progress: show a tqdm bar while loading.
     """
 
-    def __init__(self, info: DatasetInfo, ids: Sequence[str] | None = None, *, progress: bool = False, **kw: Any) -> None:
+    def __init__(
+        self, info: DatasetInfo, ids: Sequence[str] | None = None, *, progress: bool = False, **kw: Any
+    ) -> None:
         super().__init__(info, ids, **kw)
         it: Iterable[str] = self.ids
         if progress:

@@ -1,11 +1,12 @@
 """Near-duplicate groups, the leakage audit, and official and group-aware train/val/test splits.
 
-NEU-Seg shows most surface patches several times: rotated by 90/180/270 degrees (and a few flipped or shifted
-by a pixel), each copy re-encoded as JPEG, so copies are *not* byte-identical. Its multi-class images are
-moreover composites: half of one single-class picture blended with half of another. Many official test images
-therefore have a copy, or share half their content, with a training image. :func:`find_groups` finds both
-kinds of link; :func:`make_split` builds the ``official`` split and a ``grouped`` one that keeps every group on
-one side; :func:`audit` measures the leakage and how much the masks of copies disagree.
+NEU-Seg shows most surface patches several times: rotated by 90/180/270 degrees (a few also shifted by a
+pixel, four pairs exactly duplicated), each copy re-encoded as JPEG, so copies are *not* byte-identical. Its
+multi-class images are moreover composites: half of one single-class picture blended with half of another.
+Many official test images therefore have a copy, or share half their content, with a training image.
+:func:`find_groups` finds both kinds of link; :func:`make_split` builds the ``official`` split and a ``grouped``
+one that keeps every group on one side; :func:`audit` measures the leakage and how much the masks of copies
+disagree.
 
 Dihedral transforms are numbered ``k = 0..7``: ``k < 4`` is ``torch.rot90(x, k, (-2, -1))``, ``k >= 4`` is the
 same rotation applied after a left-right flip (:func:`dihedral`).
@@ -204,7 +205,8 @@ def _links_above(
         out_j.append(jj.numpy())
         out_s.append(best[ii, jj].numpy())
         out_k.append(arg[ii, jj].numpy())
-    return tuple(np.concatenate(a) if a else np.zeros(0) for a in (out_i, out_j, out_s, out_k))  # type: ignore[return-value]
+    i, j, s, k = (np.concatenate(a) for a in (out_i, out_j, out_s, out_k))
+    return i, j, s, k
 
 
 def _components(n: int, pairs: Iterable[tuple[int, int]]) -> np.ndarray:
@@ -253,18 +255,21 @@ def find_groups(
     Groups are the connected components (union-find) of the links. All similarities are computed as chunked
     matrix products (about 330 GFLOP for copies and 570 for strips on 4,470 images: 20-30 s on 2 CPU cores).
 
-    How the thresholds were validated on the full NEU-Seg (4,470 images): copy similarities are bimodal.
-    Between 0.94 and 0.98 the copy groups are always 30 singletons (all official test images, whose best
-    match anywhere scores <= 0.70), ~1,085 groups of 4 (the four rotations of one picture) and ~12 groups of 8
-    (two such groups joined by an exact duplicate or a 1-pixel-shifted copy, which score >= 0.98). Below 0.94
-    composites that share a dominant feature (a bright roll mark) start joining groups into 12s and 16s; at
-    0.985 and above, JPEG noise starts splitting true 4-groups into 3 + 1. 0.97 sits in the stable range. For
-    overlaps there is no clean gap: at 0.98, full-resolution checks (high-passed correlation with a +-2 px shift
-    search) confirmed ~93 % of the strip links as shared content (>= 0.8 correlation), and every false link seen
-    of random links (about a dozen) showed shared content. Many true overlaps score below 0.98 (composites whose
-    blend reaches into the border strips; about a thousand pairs at 0.85-0.98 also correlate >= 0.9 at full
-    resolution), so the overlap counts are a lower bound. The largest component this makes on NEU-Seg has 40
-    images: a chain of composites sharing one inclusion streak, one patch and one scratch, checked by eye.
+    How the thresholds were validated on the full NEU-Seg (4,470 images). Copy similarities are bimodal. With
+    the threshold anywhere in 0.94-0.98, the 30 images that have no copy (all official test images; their best
+    match anywhere scores <= 0.70) stay alone and every other image falls in a group of 4 (one picture at 0,
+    90, 180 and 270 degrees; no flipped copies were found) or of 8 (two such groups joined); only the number of
+    8s moves (21 at 0.94, 12 at 0.97, 10 at 0.98). Exact duplicates score 1.0 and copies shifted by one pixel
+    score >= 0.98; composites dominated by one shared bright roll mark score 0.95-0.97 against each other. Below
+    0.94 such composites join groups into 12s and 16s; from 0.985 JPEG noise splits true groups of 4 into
+    3 + 1. 0.97 sits in the stable range, above most composite pairs (the overlap links handle those).
+
+    Overlap similarities have no clean gap. Of the strip links >= 0.98, ~93 % were confirmed at full resolution
+    (high-passed correlation >= 0.8 with a +-2 px shift search), and most of a dozen random ones checked by
+    eye showed shared content (one was unclear). Many true overlaps score below 0.98 (composites whose blend
+    reaches into the border strips; about a thousand pairs at 0.85-0.98 also correlate >= 0.9 at full
+    resolution), so overlap counts are a lower bound. The largest group this makes on NEU-Seg has 40 images: a
+    chain of composites sharing one inclusion streak, one patch and one scratch, checked by eye.
 
     Non-square images are squeezed to square thumbnails: rotating then squeezing equals squeezing then
     rotating, so the descriptor still matches rotated copies.
@@ -581,7 +586,9 @@ def split_summary(info: DatasetInfo, split: Mapping[str, Sequence[str]]) -> dict
         out[side] = {
             "images": len(ids),
             "images_containing": {names[c]: int(p[:, c].sum()) for c in range(1, k)},
-            "fraction_containing": {names[c]: round(float(p[:, c].mean()), 4) if len(ids) else 0.0 for c in range(1, k)},
+            "fraction_containing": {
+                names[c]: round(float(p[:, c].mean()), 4) if len(ids) else 0.0 for c in range(1, k)
+            },
             "multi_class": int((p[:, 1:].sum(1) > 1).sum()),
         }
     return out
@@ -639,7 +646,8 @@ def audit(info: DatasetInfo, groups: Groups, *, seed: int = 0, progress: bool = 
     exact_info = []
     for dup in sorted(exact):
         a, b = dup[0], dup[1]
-        diff = int((masks[index[a]] != masks[index[b]]).sum()) if masks[index[a]].shape == masks[index[b]].shape else None
+        ma, mb = masks[index[a]], masks[index[b]]
+        diff = int((ma != mb).sum()) if ma.shape == mb.shape else None
         exact_info.append(
             {"ids": dup, "same_copy_group": len({copy_of[s] for s in dup}) == 1, "mask_pixels_differing": diff}
         )

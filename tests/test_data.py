@@ -186,8 +186,9 @@ def test_voc_without_names_uses_num_classes_or_infers_it(tmp_path: Path) -> None
 def _one_pair(tmp_path: Path, img: np.ndarray | None = None, mask: np.ndarray | None = None) -> Path:
     img = texture(0, 16, 16) if img is None else img
     mask = np.zeros((16, 16), np.uint8) if mask is None else mask
-    return write_voc(tmp_path / "bad", {"a": img, "b": texture(1, 16, 16)}, {"a": mask, "b": np.zeros((16, 16), np.uint8)},
-                     class_names=["bg", "defect"])
+    images = {"a": img, "b": texture(1, 16, 16)}
+    masks = {"a": mask, "b": np.zeros((16, 16), np.uint8)}
+    return write_voc(tmp_path / "bad", images, masks, class_names=["bg", "defect"])
 
 
 def test_missing_mask_is_named(tmp_path: Path) -> None:
