@@ -579,9 +579,147 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_cmd_data_download)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# bench, export (smelib.bench, smelib.optimize, smelib.export)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _split_names(values: list[str] | None) -> list[str] | None:
+    if values is None:
+        return None
+    return [n.strip() for v in values for n in v.split(",") if n.strip()]
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from smelib import bench
+    from smelib.models import names
+    from smelib.optimize import OptimizeOptions
+
+    if args.model not in names():
+        raise CLIError(f"unknown model {args.model!r}; see `smelib models`")
+    size = tuple(args.size) if len(args.size) == 2 else (args.size[0], args.size[0])
+    if len(args.size) > 2 or min(size) < 8:
+        raise CLIError("--size takes one or two integers >= 8 (H [W])")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CLIError(f"--device {args.device}: CUDA is not available in this torch build / machine")
+    try:
+        options = OptimizeOptions.from_names(_split_names(args.only), _split_names(args.disable),
+                                             amp=None if args.amp == "none" else args.amp, threads=None)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    if args.profile:
+        prof = bench.profile_ops(args.model, size, args.batch, optimised=not args.profile_eager,
+                                 options=OptimizeOptions(**{**options.to_dict(), "compile": False}),
+                                 threads=args.threads)
+        stem = Path(args.profile)
+        jpath, cpath = bench.write_profile(prof, stem)
+        if args.json:
+            print(json.dumps(prof, indent=2))
+        else:
+            rows = [[r["class"], r["self_cpu_ms"] / prof["steps"], 100 * r["share"]] for r in prof["by_class"]]
+            print(f"{args.model} {prof['mode']} inference, batch {args.batch}, {size[0]}x{size[1]}: "
+                  f"{prof['ms_per_batch_wall']:.1f} ms per batch (profiled)")
+            print(_format_rows(["operator class", "self CPU ms/batch", "% of self CPU"], rows))
+            print()
+            rows = [[r["op"], r["self_cpu_ms"] / prof["steps"], 100 * r["share"], r["calls"]] for r in prof["top_ops"][:15]]
+            print(_format_rows(["op", "self CPU ms/batch", "%", "calls"], rows))
+            print(f"\n7x7 depthwise convolutions: {100 * prof['depthwise_share']:.1f} % of self CPU time")
+            print(f"wrote {jpath} and {cpath}")
+        return 0
+    try:
+        result = bench.benchmark(args.model, size, args.batch, train=args.train, iters=args.iters,
+                                 warmup=args.warmup, threads=args.threads, device=args.device, options=options)
+    except (RuntimeError, ValueError) as err:
+        raise CLIError(str(err)) from None
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(bench.format_result(result))
+        if args.out:
+            print(f"wrote {args.out}")
+    return 0
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    # Kept in step with smelib.optimize.OPTIMISATIONS (not imported here: building the parser stays torch-free).
+    optimisations = ("fold_bn, fuse_msaa, fuse_star, channels_last, inference_mode, compile, amp, cudnn_benchmark, "
+                     "pinned_memory")
+    p = sub.add_parser("bench", help="images/s and %% of the measured matmul peak, eager vs optimised, interleaved")
+    p.add_argument("model", help="a registered model name (see `smelib models`)")
+    p.add_argument("--size", nargs="+", type=int, default=[200, 200], metavar="H",
+                   help="input size: H or H W (default 200 200, NEU-Seg's)")
+    p.add_argument("--batch", type=int, default=16, help="images per batch / training step (default 16)")
+    p.add_argument("--train", action="store_true",
+                   help="time a training step (forward, cross-entropy, backward, SGD); work counted as 3x forward MACs")
+    p.add_argument("--iters", type=int, default=10, help="timed repetitions per mode, interleaved (default 10)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed repetitions per mode (default 2)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads for both modes (default: leave)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--amp", choices=["bf16", "fp16", "none"], default="bf16",
+                   help="autocast dtype of the optimised mode on CUDA (ignored on CPU; default bf16)")
+    p.add_argument("--only", action="append", metavar="A,B",
+                   help=f"optimised mode uses only these optimisations ({optimisations})")
+    p.add_argument("--disable", action="append", metavar="A,B", help="optimised mode leaves these out")
+    p.add_argument("--json", action="store_true",
+                   help='print JSON: {"eager": {...}, "optimised": {...}, "speedup", "record"}')
+    p.add_argument("--out", help="also write the JSON here (e.g. results/bench/sme_infer.json)")
+    p.add_argument("--profile", metavar="STEM",
+                   help="instead: torch.profiler table of inference, written to STEM.json and STEM.csv")
+    p.add_argument("--profile-eager", action="store_true", help="with --profile: profile the eager model")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from smelib.export import ExportError, export_onnx
+
+    try:
+        report = export_onnx(args.source, args.onnx, size=tuple(args.size), batch=args.batch, opset=args.opset,
+                             dynamic=not args.static, atol=args.atol, rewrite=args.rewrite,
+                             num_classes=args.num_classes)
+    except ExportError as err:
+        raise CLIError(str(err)) from None
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"wrote {report['out']} ({report['bytes'] / 1e6:.2f} MB, opset {report['opset']}, "
+          f"{'dynamic batch/height/width' if report['dynamic_axes'] else 'static shape'})")
+    print(f"source: {report['source'].get('kind')} {report['source'].get('model') or ''}".rstrip())
+    print(f"onnx.checker: {report['onnx_checker']}")
+    print(f"onnxruntime: {report['onnxruntime']}")
+    for shape, diff in report.get("max_abs_diff", {}).items():
+        print(f"  input {shape}: max abs diff {diff:.3g} (limit {report['atol']:g})")
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="ONNX export, checked against PyTorch with onnxruntime when installed")
+    p.add_argument("source", metavar="CHECKPOINT_OR_MODEL", help="a .pt from `smelib train`, or a model name")
+    p.add_argument("--onnx", required=True, metavar="OUT", help="the .onnx file to write")
+    p.add_argument("--size", nargs=2, type=int, default=[200, 200], metavar=("H", "W"),
+                   help="example input size (default 200 200); height and width stay dynamic")
+    p.add_argument("--batch", type=int, default=1, help="example batch (default 1; the batch axis stays dynamic)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
+    p.add_argument("--static", action="store_true", help="fixed input shape instead of dynamic axes")
+    p.add_argument("--atol", type=float, default=1e-3, help="largest allowed max abs diff (default 1e-3)")
+    p.add_argument("--rewrite", action="store_true", help="export with BatchNorm folded and MSAA/star fusions")
+    p.add_argument("--num-classes", type=int, default=4, help="classes of a model built by name (default 4)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_cmd_export)
+
+
 # Every subcommand, in the order `smelib --help` lists them.
 _SUBCOMMANDS = [_add_info, _add_models, _add_flops, _add_train, _add_eval, _add_predict, _add_reproduce,
                _add_results, _add_data]
+_SUBCOMMANDS += [_add_bench, _add_export]
 
 
 def build_parser() -> argparse.ArgumentParser:

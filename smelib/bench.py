@@ -1,0 +1,606 @@
+"""Throughput benchmark: eager versus optimised, side by side in one run, against the machine's measured peak.
+
+What one run measures (``smelib bench MODEL`` or :func:`benchmark`):
+
+* **Work**: fvcore's multiply-adds of the *original* model per image (:func:`smelib.flops.fvcore_macs`, eval
+  mode). For a training step (``train=True``) we count forward + backward as **3 × the forward multiply-adds**
+  (the backward pass computes a gradient for the input and one for the weights, each as costly as the forward);
+  that is a convention, stated in the record as ``macs_convention``. The optimised graph may execute fewer
+  multiply-adds than the model defines (exact rewrites such as MSAA's three convolutions as one): its own count
+  is recorded as ``executed_gmacs_per_image``, and ``gmacs_per_s`` always uses the model's count (useful work).
+* **Peak**: the best of several large square fp32 matmuls (``n``³ multiply-adds; ``n = 2048`` on the CPU, about
+  0.05–0.2 s each here), measured in the same run, interleaved with the model's repetitions.
+  ``peak_gmacs_per_s`` is the best sample; the samples are kept in the record.
+* **Interleaving**: each repetition times eager then optimised, or optimised then eager (alternating), with a
+  peak sample every round, so load from other processes on a shared machine hits both modes alike. The load
+  average before and after is recorded.
+* **Per mode**: latency per batch (min, p50, p95, in ms), ``images_per_s = batch / p50``,
+  ``gmacs_per_s = images_per_s × GMACs per image``, ``percent_of_peak = 100 × gmacs_per_s / peak``; the same
+  from the fastest repetition as ``images_per_s_best`` and ``percent_of_peak_best``.
+
+The JSON (``smelib bench --json``, and the files under ``results/bench/``) is one object::
+
+    {"model", "task": "inference" | "train", "batch", "size": [H, W], "device", "torch",
+     "eager": {...}, "optimised": {...}, "speedup": optimised / eager images per s (p50),
+     "record": {load averages, threads, CPU model, git commit, optimisations asked for and applied, ...}}
+
+where ``eager`` and ``optimised`` each carry ``mode`` (``"eager"`` | ``"optimised"``), ``images_per_s``,
+``gmacs_per_s``, ``peak_gmacs_per_s``, ``percent_of_peak``, ``device``, ``torch`` and the latencies.
+
+"Eager" is the model as written: NCHW, ``torch.no_grad()`` for inference; for training: NCHW, cross-entropy,
+backward and ``torch.optim.SGD`` (momentum 0.9, default ``foreach``). "Optimised" is
+:func:`smelib.optimize.optimize_for_inference` for inference, and for training the same step with
+channels_last, ``torch.compile`` (when asked and working) and the fused SGD kernel where torch has one; graph
+rewrites (BatchNorm folding, fusions) are inference-only.
+
+On CUDA the timings are bracketed by ``torch.cuda.synchronize()``, inputs come from pinned host memory with
+``non_blocking`` copies (inside the timed region), and the optimised mode may use autocast (``amp``); its peak
+is then measured in that dtype.
+
+:func:`profile_ops` writes the table the book's Speed chapter reads: top operators by self CPU time, and the
+share of time per operator class (7x7 depthwise convolutions, other convolutions, elementwise, ...).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from smelib.optimize import OptimizeOptions, compile_available, optimize_for_inference, set_threads
+
+__all__ = ["benchmark", "format_result", "machine_info", "measure_peak", "profile_ops", "write_profile"]
+
+MODES = ("eager", "optimised")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Machine
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> list[str]:
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [f for f in wanted if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """CPU model and flags, cores, threads, torch build, git commit, OMP/MKL settings, the GPU if any."""
+    device = torch.device(device)
+    info: dict[str, Any] = {
+        "cpu_model": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
+        "cpu_count": os.cpu_count(),
+        "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "torch": torch.__version__,
+        "mkldnn": bool(torch.backends.mkldnn.is_available()),
+        "python": platform.python_version(),
+        "git_commit": _git_commit(),
+        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_PROC_BIND", "OMP_PLACES",
+                                           "KMP_AFFINITY", "KMP_BLOCKTIME", "OMP_WAIT_POLICY") if k in os.environ},
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version()
+    return info
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+class _Peak:
+    """Large square matmuls: ``n**3`` multiply-adds each; keeps every sample in GMAC/s."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype = torch.float32, n: int | None = None) -> None:
+        self.device, self.dtype = device, dtype
+        self.n = n or (8192 if device.type == "cuda" else 2048)
+        g = torch.Generator().manual_seed(0)
+        self.a = torch.randn(self.n, self.n, generator=g).to(device, dtype)
+        self.b = torch.randn(self.n, self.n, generator=g).to(device, dtype)
+        self.samples: list[float] = []
+        self.sample()  # warm-up, not kept
+        self.samples.clear()
+
+    def sample(self) -> float:
+        dt = _timed(lambda: torch.mm(self.a, self.b), self.device)
+        g = self.n**3 / dt / 1e9
+        self.samples.append(g)
+        return g
+
+    @property
+    def best(self) -> float:
+        return max(self.samples)
+
+
+def measure_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, n: int | None = None,
+                 repeats: int = 5) -> dict[str, Any]:
+    """The machine's matmul peak: best of ``repeats`` ``n×n @ n×n`` products, in GMAC/s (multiply-adds)."""
+    peak = _Peak(torch.device(device), dtype, n)
+    for _ in range(repeats):
+        peak.sample()
+    return {"peak_gmacs_per_s": peak.best, "n": peak.n, "dtype": str(dtype).removeprefix("torch."),
+            "samples": [round(s, 2) for s in peak.samples]}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    if len(s) == 1:
+        return s[0]
+    pos = (len(s) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Runners: one callable per mode doing one batch (inference) or one step (training)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _build(name: str, num_classes: int, seed: int) -> nn.Module:
+    from smelib.models import build
+
+    torch.manual_seed(seed)
+    return build(name, num_classes=num_classes)
+
+
+def _fused_sgd_ok(device: torch.device) -> bool:
+    try:
+        p = nn.Parameter(torch.zeros(2, device=device))
+        p.grad = torch.ones_like(p)
+        torch.optim.SGD([p], lr=0.1, momentum=0.9, fused=True).step()
+        return True
+    except Exception:
+        return False
+
+
+def _train_runner(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, optimised: bool,
+                  options: OptimizeOptions, notes: dict[str, Any]) -> Callable[[], Any]:
+    model = model.to(device).train()
+    x_host, y_host = x, y
+    fused = optimised and _fused_sgd_ok(device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, **({"fused": True} if fused else {}))
+    channels_last = optimised and options.channels_last
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp_dtype = None
+    if optimised and device.type == "cuda" and options.amp:
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[options.amp]
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    forward: Callable[[torch.Tensor], torch.Tensor] = model
+    compile_state = {"status": "off", "fn": None}
+    if optimised and options.compile:
+        ok, why = compile_available(device)
+        if ok:
+            compile_state.update(status="pending", fn=torch.compile(model, dynamic=False))
+        else:
+            compile_state["status"] = f"fallback: {why}"
+    pinned = device.type == "cuda" and options.pinned_memory and optimised
+    if pinned:
+        x_host, y_host = x.pin_memory(), y.pin_memory()
+
+    def step() -> None:
+        xb = x_host.to(device, non_blocking=pinned)
+        yb = y_host.to(device, non_blocking=pinned)
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else _null():
+            fn = compile_state["fn"]
+            if fn is not None:
+                try:
+                    out = fn(xb)
+                    compile_state["status"] = "compiled"
+                except Exception as err:
+                    compile_state.update(fn=None, status=f"fallback: {type(err).__name__}: {str(err)[:300]}")
+                    out = forward(xb)
+            else:
+                out = forward(xb)
+            loss = F.cross_entropy(out.float(), yb)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        notes["compile"] = compile_state["status"]
+
+    notes.update({"channels_last": channels_last, "fused_sgd": fused, "amp": options.amp if amp_dtype else False,
+                  "pinned_memory": pinned, "compile": compile_state["status"]})
+    return step
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The benchmark
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def benchmark(
+    model: str,
+    size: tuple[int, int] = (200, 200),
+    batch: int = 16,
+    train: bool = False,
+    iters: int = 10,
+    warmup: int = 2,
+    threads: int | None = None,
+    device: str = "cpu",
+    options: OptimizeOptions | None = None,
+    num_classes: int = 4,
+    peak_n: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Benchmark ``model`` (a registry name) eager versus optimised; returns the JSON object described above.
+
+    Args:
+        model: a name from :func:`smelib.models.names`.
+        size: ``(H, W)`` of the input.
+        batch: images per batch (per training step).
+        train: time a training step (forward, cross-entropy, backward, SGD step) instead of inference.
+        iters: timed repetitions per mode (interleaved).
+        warmup: untimed repetitions per mode first (the first optimised call also compiles, when asked).
+        threads: ``torch.set_num_threads`` for both modes (``None``: leave).
+        device: ``"cpu"`` or ``"cuda[:N]"``.
+        options: optimisations of the optimised mode (default: :class:`OptimizeOptions` with ``compile=True``).
+        num_classes: output classes.
+        peak_n: matmul size of the peak measurement (default 2048 on CPU, 8192 on CUDA).
+        seed: seeds the model weights and the data.
+    """
+    from smelib.flops import fvcore_macs
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("CUDA was asked for but torch.cuda.is_available() is False")
+    if iters < 1 or warmup < 0 or batch < 1:
+        raise ValueError("need iters >= 1, warmup >= 0 and batch >= 1")
+    options = options or OptimizeOptions(compile=True)
+    load_before = _loadavg()
+    threads_used = set_threads(threads)
+    h, w = size
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, h, w, generator=g)
+    y = torch.randint(0, num_classes, (batch, h, w), generator=g)
+
+    base = _build(model, num_classes, seed).eval()
+    macs_per_image, _ = fvcore_macs(base, torch.zeros(1, 3, h, w))
+    gmacs_per_image = macs_per_image / 1e9 * (3 if train else 1)
+    notes: dict[str, dict[str, Any]] = {"eager": {}, "optimised": {}}
+    executed = None
+
+    if train:
+        eager_model = base
+        opt_model = _build(model, num_classes, seed)
+        runners = {
+            "eager": _train_runner(eager_model, x, y, dev, False, options, notes["eager"]),
+            "optimised": _train_runner(opt_model, x, y, dev, True, options, notes["optimised"]),
+        }
+    else:
+        eager_model = base.to(dev)
+        x_dev = x.to(dev)
+
+        def eager() -> Any:
+            with torch.no_grad():
+                return eager_model(x_dev)
+
+        fast = optimize_for_inference(base, options, example=x[:2].to(dev), device=dev)
+        x_in = x.pin_memory() if dev.type == "cuda" and options.pinned_memory else x
+        runners = {"eager": eager, "optimised": lambda: fast(x_in)}
+        notes["optimised"] = fast.applied
+        try:
+            executed_macs, _ = fvcore_macs(fast.module, torch.zeros(1, 3, h, w, device=dev))
+            executed = executed_macs / 1e9
+        except Exception:  # fvcore cannot trace every rewritten graph; the record then says so with None
+            executed = None
+
+    peaks = {"eager": _Peak(dev, torch.float32, peak_n)}
+    opt_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(options.amp or "", torch.float32)
+    if dev.type == "cuda" and opt_dtype != torch.float32:
+        peaks["optimised"] = _Peak(dev, opt_dtype, peak_n)
+    else:
+        peaks["optimised"] = peaks["eager"]
+
+    for _ in range(warmup):
+        for mode in MODES:
+            runners[mode]()
+    if train:  # the compile status is only known after the first call
+        pass
+    times: dict[str, list[float]] = {m: [] for m in MODES}
+    for p in {id(p): p for p in peaks.values()}.values():
+        for _ in range(3):
+            p.sample()
+    for i in range(iters):
+        order = MODES if i % 2 == 0 else MODES[::-1]
+        for p in {id(p): p for p in peaks.values()}.values():
+            p.sample()
+        for mode in order:
+            times[mode].append(_timed(runners[mode], dev))
+    for p in {id(p): p for p in peaks.values()}.values():
+        for _ in range(2):
+            p.sample()
+    load_after = _loadavg()
+
+    def summarise(mode: str) -> dict[str, Any]:
+        t = times[mode]
+        p50, p95, best = _percentile(t, 0.5), _percentile(t, 0.95), min(t)
+        ips, ips_best = batch / p50, batch / best
+        peak = peaks[mode].best
+        return {
+            "mode": mode,
+            "device": str(dev),
+            "torch": torch.__version__,
+            "images_per_s": ips,
+            "images_per_s_best": ips_best,
+            "latency_ms_min": 1e3 * best,
+            "latency_ms_p50": 1e3 * p50,
+            "latency_ms_p95": 1e3 * p95,
+            "gmacs_per_s": ips * gmacs_per_image,
+            "gmacs_per_s_best": ips_best * gmacs_per_image,
+            "peak_gmacs_per_s": peak,
+            "peak_dtype": str(peaks[mode].dtype).removeprefix("torch."),
+            "percent_of_peak": 100 * ips * gmacs_per_image / peak,
+            "percent_of_peak_best": 100 * ips_best * gmacs_per_image / peak,
+            "latencies_ms": [round(1e3 * v, 3) for v in t],
+            "settings": notes[mode],
+        }
+
+    result = {"model": model, "task": "train" if train else "inference", "batch": batch, "size": [h, w],
+              "device": str(dev), "torch": torch.__version__}
+    result["eager"] = summarise("eager")
+    result["optimised"] = summarise("optimised")
+    result["speedup"] = result["optimised"]["images_per_s"] / result["eager"]["images_per_s"]
+    result["record"] = {
+        "gmacs_per_image": gmacs_per_image,
+        "gmacs_per_image_forward": macs_per_image / 1e9,
+        "executed_gmacs_per_image_optimised": executed,
+        "macs_convention": ("fvcore multiply-adds of the original model in eval mode; training step counted as "
+                            "3 x forward (forward + input gradients + weight gradients)" if train else
+                            "fvcore multiply-adds of the original model in eval mode"),
+        "peak": {"n": peaks["eager"].n, "samples_gmacs_per_s": [round(s, 2) for s in peaks["eager"].samples],
+                 "best_gmacs_per_s": peaks["eager"].best},
+        "iters": iters,
+        "warmup": warmup,
+        "threads": threads_used,
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "options": options.to_dict(),
+        "machine": machine_info(dev),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if "optimised" in peaks and peaks["optimised"] is not peaks["eager"]:
+        result["record"]["peak_optimised"] = {"dtype": str(opt_dtype), "samples_gmacs_per_s":
+                                              [round(s, 2) for s in peaks["optimised"].samples]}
+    return result
+
+
+def format_result(r: dict[str, Any]) -> str:
+    """A short human-readable table of one :func:`benchmark` result."""
+    rec = r["record"]
+    lines = [
+        f"{r['model']} {r['task']}  batch {r['batch']}  {r['size'][0]}x{r['size'][1]}  {r['device']}  "
+        f"torch {r['torch']}  threads {rec['threads']}",
+        f"work: {rec['gmacs_per_image']:.3f} GMACs per image ({rec['macs_convention']})",
+        f"peak: {rec['peak']['best_gmacs_per_s']:.1f} GMAC/s (best of {len(rec['peak']['samples_gmacs_per_s'])} "
+        f"{rec['peak']['n']}^3 fp32 matmuls)",
+        "",
+        f"{'mode':10s} {'img/s p50':>10s} {'img/s best':>10s} {'p50 ms':>9s} {'p95 ms':>9s} {'GMAC/s':>8s} "
+        f"{'% peak':>7s} {'% best':>7s}",
+    ]
+    for mode in MODES:
+        m = r[mode]
+        lines.append(f"{mode:10s} {m['images_per_s']:10.2f} {m['images_per_s_best']:10.2f} {m['latency_ms_p50']:9.1f} "
+                     f"{m['latency_ms_p95']:9.1f} {m['gmacs_per_s']:8.1f} {m['percent_of_peak']:7.1f} "
+                     f"{m['percent_of_peak_best']:7.1f}")
+    lines.append(f"\nspeedup (p50): {r['speedup']:.2f}x   load average before {rec['loadavg_before']} "
+                 f"after {rec['loadavg_after']}")
+    settings = r["optimised"]["settings"]
+    lines.append("optimised: " + ", ".join(f"{k}={v}" for k, v in settings.items()
+                                          if k not in ("fold_bn",)) +
+                 (f", fold_bn={settings['fold_bn']['folded']} pairs" if isinstance(settings.get("fold_bn"), dict)
+                  else ""))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Profiler table
+# ---------------------------------------------------------------------------------------------------------------
+
+_CONV_OPS = ("aten::mkldnn_convolution", "mkldnn::_convolution_pointwise", "mkldnn::_convolution_pointwise_",
+             "aten::convolution_backward", "aten::_convolution", "aten::thnn_conv2d", "aten::_slow_conv2d_forward",
+             "aten::_nnpack_spatial_convolution", "aten::cudnn_convolution", "aten::_mkldnn_convolution")
+_ELEMENTWISE = ("aten::mul", "aten::mul_", "aten::add", "aten::add_", "aten::clamp", "aten::clamp_",
+                "aten::clamp_min", "aten::clamp_min_", "aten::relu", "aten::relu_", "aten::hardtanh",
+                "aten::hardtanh_", "aten::sigmoid", "aten::sigmoid_", "aten::copy_", "aten::native_batch_norm",
+                "aten::hardtanh_backward", "aten::threshold_backward", "aten::sigmoid_backward")
+
+
+def _classify(name: str, shapes: list[Any]) -> str:
+    if name in _CONV_OPS or "convolution" in name:
+        # forward: [input, weight, ...]; backward: [grad_out, input, weight, ...]
+        if name == "aten::convolution_backward" and len(shapes) >= 3:
+            x_shape, w_shape = shapes[1], shapes[2]
+        elif len(shapes) >= 2 and name.endswith("_convolution_pointwise_") and len(shapes) >= 3:
+            x_shape, w_shape = shapes[1], shapes[2]  # (other, input, weight, ...) for the in-place binary form
+        elif len(shapes) >= 2:
+            x_shape, w_shape = shapes[0], shapes[1]
+        else:
+            return "convolution"
+        if isinstance(w_shape, list) and len(w_shape) == 4 and isinstance(x_shape, list) and len(x_shape) == 4:
+            if w_shape[1] == 1 and x_shape[1] == w_shape[0] and w_shape[0] > 1:
+                return f"conv depthwise {w_shape[2]}x{w_shape[3]}"
+            if w_shape[2:] == [1, 1]:
+                return "conv 1x1"
+            return f"conv dense {w_shape[2]}x{w_shape[3]}"
+        return "convolution (other)"
+    if name in _ELEMENTWISE or name.endswith("_backward"):
+        return "elementwise / norm"
+    if "upsample" in name or "interpolate" in name:
+        return "upsample"
+    if name in ("aten::cat", "aten::stack"):
+        return "concatenate"
+    if "CompiledFxGraph" in name or "Compiled" in name:
+        return "compiled kernels (fused elementwise)"
+    return "other"
+
+
+def profile_ops(
+    model: str,
+    size: tuple[int, int] = (200, 200),
+    batch: int = 16,
+    optimised: bool = True,
+    options: OptimizeOptions | None = None,
+    steps: int = 2,
+    threads: int | None = None,
+    top: int = 25,
+    num_classes: int = 4,
+) -> dict[str, Any]:
+    """``torch.profiler`` table of inference: top ops by self CPU time, and time per operator class.
+
+    Args:
+        optimised: profile the optimised model (default options without ``compile``, so ops stay visible) or
+            the eager one.
+
+    Returns:
+        ``{"model", "mode", "batch", "size", "total_self_cpu_ms", "ms_per_batch", "top_ops": [...],
+        "by_shape": [...], "by_class": [...], "depthwise_share", "record": {...}}``; times are totals over
+        ``steps`` batches, shares are fractions of the total self CPU time.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    threads_used = set_threads(threads)
+    load_before = _loadavg()
+    x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
+    base = _build(model, num_classes, 0).eval()
+    options = options or OptimizeOptions(compile=False)
+    if optimised:
+        fast = optimize_for_inference(base, options, example=x[:2])
+        run: Callable[[], Any] = lambda: fast(x)  # noqa: E731
+    else:
+        def run() -> Any:
+            with torch.no_grad():
+                return base(x)
+    run()
+    run()
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(steps):
+            run()
+    wall = (time.perf_counter() - t0) / steps
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    top_ops = [{"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total,
+                "calls": e.count} for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]]
+    by_shape_events = prof.key_averages(group_by_input_shape=True)
+    by_class: dict[str, float] = {}
+    by_shape = []
+    for e in sorted(by_shape_events, key=lambda e: -e.self_cpu_time_total):
+        shapes = list(e.input_shapes or [])
+        cls = _classify(e.key, shapes)
+        by_class[cls] = by_class.get(cls, 0.0) + e.self_cpu_time_total
+        if len(by_shape) < top:
+            by_shape.append({"op": e.key, "class": cls, "input_shapes": str(shapes)[:160],
+                             "self_cpu_ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total,
+                             "calls": e.count})
+    classes = [{"class": k, "self_cpu_ms": v / 1e3, "share": v / total}
+               for k, v in sorted(by_class.items(), key=lambda kv: -kv[1])]
+    depthwise = sum(v for k, v in by_class.items() if k.startswith("conv depthwise"))
+    return {
+        "model": model, "mode": "optimised" if optimised else "eager", "batch": batch, "size": list(size),
+        "steps": steps, "total_self_cpu_ms": total / 1e3, "ms_per_batch_wall": wall * 1e3,
+        "depthwise_share": depthwise / total,
+        "top_ops": top_ops, "by_shape": by_shape, "by_class": classes,
+        "record": {"threads": threads_used, "loadavg_before": load_before, "loadavg_after": _loadavg(),
+                   "options": options.to_dict() if optimised else None, "machine": machine_info("cpu"),
+                   "note": "self CPU time summed over threads' op calls as torch.profiler reports it; shares are "
+                           "fractions of the total; depthwise = convolutions with groups == channels",
+                   "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+    }
+
+
+def write_profile(prof: dict[str, Any], stem: str | Path) -> tuple[Path, Path]:
+    """Write ``<stem>.json`` (everything) and ``<stem>.csv`` (the by-shape rows and the class totals)."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    jpath, cpath = stem.with_suffix(".json"), stem.with_suffix(".csv")
+    jpath.write_text(json.dumps(prof, indent=2) + "\n")
+    with open(cpath, "w", newline="") as fh:
+        wr = csv.writer(fh)
+        wr.writerow(["kind", "op_or_class", "input_shapes", "self_cpu_ms", "share", "calls"])
+        for row in prof["by_class"]:
+            wr.writerow(["class", row["class"], "", f"{row['self_cpu_ms']:.3f}", f"{row['share']:.4f}", ""])
+        for row in prof["top_ops"]:
+            wr.writerow(["op", row["op"], "", f"{row['self_cpu_ms']:.3f}", f"{row['share']:.4f}", row["calls"]])
+        for row in prof["by_shape"]:
+            wr.writerow(["op_shape", f"{row['op']} [{row['class']}]", row["input_shapes"],
+                         f"{row['self_cpu_ms']:.3f}", f"{row['share']:.4f}", row["calls"]])
+    return jpath, cpath

@@ -1,0 +1,135 @@
+"""The benchmark: JSON keys and sanity of the numbers (no timing thresholds), the profiler table, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from smelib import bench
+from smelib.cli import main
+from smelib.optimize import OptimizeOptions
+
+MODE_KEYS = {"images_per_s", "gmacs_per_s", "peak_gmacs_per_s", "percent_of_peak", "mode", "device", "torch",
+             "latency_ms_p50", "latency_ms_p95", "images_per_s_best", "percent_of_peak_best"}
+RECORD_KEYS = {"loadavg_before", "loadavg_after", "threads", "machine", "options", "gmacs_per_image", "peak",
+               "macs_convention"}
+
+
+def check_result(r: dict, batch: int, train: bool, iters: int) -> None:
+    assert r["task"] == ("train" if train else "inference") and r["batch"] == batch
+    for mode in ("eager", "optimised"):
+        m = r[mode]
+        assert MODE_KEYS <= set(m), MODE_KEYS - set(m)
+        assert m["mode"] == mode and m["device"] == "cpu" and m["torch"] == torch.__version__
+        for key in ("images_per_s", "gmacs_per_s", "peak_gmacs_per_s", "percent_of_peak", "images_per_s_best"):
+            assert m[key] > 0, (mode, key, m[key])
+        assert 0 < m["percent_of_peak"] < 1000
+        assert m["images_per_s_best"] >= m["images_per_s"] * (1 - 1e-9)
+        assert m["latency_ms_p95"] >= m["latency_ms_p50"] >= m["latency_ms_min"] > 0
+        assert len(m["latencies_ms"]) == iters
+        # images/s, GMAC/s and % of peak are consistent with each other
+        assert m["gmacs_per_s"] == pytest.approx(m["images_per_s"] * r["record"]["gmacs_per_image"])
+        assert m["percent_of_peak"] == pytest.approx(100 * m["gmacs_per_s"] / m["peak_gmacs_per_s"])
+        assert m["images_per_s"] == pytest.approx(1e3 * batch / m["latency_ms_p50"])
+    rec = r["record"]
+    assert RECORD_KEYS <= set(rec)
+    assert rec["gmacs_per_image"] > 0
+    assert rec["gmacs_per_image"] == pytest.approx((3 if train else 1) * rec["gmacs_per_image_forward"])
+    assert rec["machine"]["cpu_model"] and rec["machine"]["torch"] == torch.__version__
+    assert len(rec["peak"]["samples_gmacs_per_s"]) >= iters
+    assert r["speedup"] == pytest.approx(r["optimised"]["images_per_s"] / r["eager"]["images_per_s"])
+    json.dumps(r)  # JSON-ready
+
+
+def test_benchmark_inference_keys_and_sanity() -> None:
+    r = bench.benchmark("sme_deeplabv3plus_lite", size=(48, 48), batch=2, iters=2, warmup=1,
+                        options=OptimizeOptions(compile=False), peak_n=256)
+    check_result(r, 2, False, 2)
+    settings = r["optimised"]["settings"]
+    assert settings["fold_bn"]["folded"] > 0 and settings["channels_last"] is True
+    assert settings["compile"] == "off"
+    assert r["record"]["executed_gmacs_per_image_optimised"] is not None
+    assert r["record"]["executed_gmacs_per_image_optimised"] < r["record"]["gmacs_per_image"], \
+        "the MSAA rewrite executes fewer multiply-adds than the model defines"
+    assert "fvcore" in r["record"]["macs_convention"]
+
+
+def test_benchmark_train_counts_three_forwards() -> None:
+    r = bench.benchmark("sme_deeplabv3plus_lite", size=(32, 32), batch=2, iters=2, warmup=1, train=True,
+                        options=OptimizeOptions(compile=False), peak_n=256)
+    check_result(r, 2, True, 2)
+    assert "3 x forward" in r["record"]["macs_convention"]
+    assert r["optimised"]["settings"]["channels_last"] is True
+    assert r["eager"]["settings"]["channels_last"] is False
+
+
+def test_train_compile_failure_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object):
+        def run(*a: object, **k: object) -> None:
+            raise RuntimeError("simulated compiler failure")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(bench, "compile_available", lambda device="cpu": (True, "pretend"))
+    r = bench.benchmark("sme_deeplabv3plus_lite", size=(32, 32), batch=2, iters=1, warmup=1, train=True,
+                        options=OptimizeOptions(compile=True), peak_n=128)
+    assert r["optimised"]["settings"]["compile"].startswith("fallback: RuntimeError: simulated compiler failure")
+    assert r["optimised"]["images_per_s"] > 0
+
+
+def test_measure_peak() -> None:
+    p = bench.measure_peak("cpu", n=128, repeats=3)
+    assert p["peak_gmacs_per_s"] > 0 and len(p["samples"]) == 3
+    assert p["peak_gmacs_per_s"] == pytest.approx(max(p["samples"]), rel=1e-2)
+
+
+def test_benchmark_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        bench.benchmark("sme_deeplabv3plus_lite", iters=0)
+
+
+def test_cli_bench_json_and_out(tmp_path, capsys) -> None:
+    out = tmp_path / "b.json"
+    rc = main(["bench", "sme_deeplabv3plus_lite", "--size", "32", "--batch", "2", "--iters", "2", "--warmup", "1",
+               "--disable", "compile", "--json", "--out", str(out)])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads(out.read_text())
+    assert printed["optimised"]["images_per_s"] == saved["optimised"]["images_per_s"]
+    check_result(saved, 2, False, 2)
+    assert saved["size"] == [32, 32]
+    assert saved["record"]["options"]["compile"] is False
+
+
+def test_cli_bench_errors(capsys) -> None:
+    assert main(["bench", "no_such_model"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert main(["bench", "sme_deeplabv3plus_lite", "--disable", "warp_drive"]) == 2
+    assert "unknown optimisation" in capsys.readouterr().err
+
+
+def test_profile_table(tmp_path) -> None:
+    prof = bench.profile_ops("sme_deeplabv3plus_lite", (48, 48), batch=2, steps=1, top=10)
+    assert prof["top_ops"] and len(prof["top_ops"]) <= 10
+    shares = [r["share"] for r in prof["by_class"]]
+    assert sum(shares) == pytest.approx(1.0, rel=1e-6)
+    classes = {r["class"] for r in prof["by_class"]}
+    assert "conv depthwise 7x7" in classes
+    assert 0 < prof["depthwise_share"] < 1
+    jpath, cpath = bench.write_profile(prof, tmp_path / "prof")
+    assert json.loads(jpath.read_text())["model"] == "sme_deeplabv3plus_lite"
+    assert cpath.read_text().startswith("kind,op_or_class")
+
+
+@pytest.mark.parametrize("name,shapes,expected", [
+    ("aten::mkldnn_convolution", [[16, 128, 13, 13], [128, 1, 7, 7], [128]], "conv depthwise 7x7"),
+    ("aten::mkldnn_convolution", [[16, 304, 50, 50], [256, 304, 3, 3], [256]], "conv dense 3x3"),
+    ("aten::mkldnn_convolution", [[16, 128, 13, 13], [512, 128, 1, 1], [512]], "conv 1x1"),
+    ("aten::convolution_backward", [[16, 128, 13, 13], [16, 128, 13, 13], [128, 1, 7, 7]], "conv depthwise 7x7"),
+    ("aten::mul", [[2, 3], [2, 3]], "elementwise / norm"),
+    ("aten::cat", [], "concatenate"),
+])
+def test_classify(name: str, shapes: list, expected: str) -> None:
+    assert bench._classify(name, shapes) == expected
