@@ -121,7 +121,8 @@ class StarNet(nn.Module):
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
         # The official code writes `isinstance(m, nn.Linear or nn.Conv2d)`, which only ever tests Linear and
-        # leaves convolutions at PyTorch's default; we apply the intended init to both (as timm does).
+        # leaves convolutions at PyTorch's default; we apply the intended truncated normal to both, as timm
+        # does. Unlike timm we also zero the convolution biases, as the official code does for Linear.
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             nn.init.trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
