@@ -47,7 +47,8 @@ Keys (the defaults are in :data:`DEFAULTS`; ``null`` means "decided at run time"
     loss: str | {…}                # a spec for smelib.losses.build_loss, e.g. "focal+dice"
     train:
       epochs: int
-      max_steps: int | null        # stop after this many optimiser steps in all (smoke runs, throughput)
+      max_steps: int | null        # stop after this many optimiser steps in all (smoke runs, throughput); the
+                                   # schedule is compressed proportionally into them
       val_every: int               # validate every N epochs (and always after the last one); 0 = never
       amp: auto | none | bf16 | fp16   # autocast dtype; auto = bf16 on CUDA when supported, none on CPU
       channels_last: auto | bool   # auto = on CUDA only

@@ -186,6 +186,15 @@ def _freeze_bn(model: nn.Module) -> None:
             m.eval()
 
 
+def _broadcast_buffers(model: nn.Module, ctx: D.DistContext) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank, so all ranks evaluate the same model."""
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
+
+
 def _has_bn(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
@@ -248,7 +257,7 @@ def _fvcore_gmacs(model: nn.Module, in_channels: int, size: tuple[int, int]) -> 
 
 
 def train(
-    config: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | str | os.PathLike | None = None,
     *,
     out: str | os.PathLike | None = None,
     runs_dir: str | os.PathLike | None = None,
@@ -258,9 +267,9 @@ def train(
     """Train a model as ``config`` says, write checkpoints, ``log.csv`` and ``record.json``; return the result.
 
     Args:
-        config: a (partial) config dict, laid over :data:`smelib.config.DEFAULTS`. With ``resume`` it may be
-            None (the run's own config is used); otherwise it must equal the run's config except for
-            :data:`RESUME_MAY_DIFFER`.
+        config: a (partial) config dict, laid over :data:`smelib.config.DEFAULTS`, or a YAML path. With
+            ``resume`` it may be None (the run's own config is used); otherwise it must equal the run's config
+            except for :data:`RESUME_MAY_DIFFER`.
         out: the run directory. New runs: must not exist or be empty (default: a fresh
             ``<runs_dir>/<run_id>``). With ``resume``: the run to continue.
         runs_dir: where new run directories go when ``out`` is None (default ``<repo>/results/runs``).
@@ -276,6 +285,10 @@ def train(
         TrainingDiverged: non-finite loss; ``last.pt`` holds the last good state and the record says so.
     """
     started = time.time()
+    if isinstance(config, (str, os.PathLike)):
+        from smelib.config import load_config
+
+        config = load_config(config)
     ckpt: dict[str, Any] | None = None
     if resume:
         if out is None:
@@ -458,6 +471,7 @@ def _train(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: 
                      position=0, dynamic_ncols=True)
     stop = state["global_step"] >= max_steps
     epoch = state["epoch"]
+    last_line = time.time()
     while epoch < epochs and not stop:
         batches = epoch_batches(n_train, batch, seed, epoch)
         todo = batches[state["batches_done"]:]
@@ -520,6 +534,11 @@ def _train(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: 
             if bars:
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}",
                                 img_s=f"{st['train_images'] / max(st['train_seconds'], 1e-9):.1f}")
+            if verbose and not bars and time.time() - last_line >= 60:  # a heartbeat in logs (no TTY)
+                last_line = time.time()
+                _say(True, f"epoch {epoch + 1}/{epochs}  batch {state['batches_done']}/{len(batches)}  "
+                     f"step {state['global_step']}  loss {loss_value:.4f}  lr {lr:.2e}  "
+                     f"{st['train_images'] / max(st['train_seconds'], 1e-9):.1f} img/s")
             if state["global_step"] >= max_steps:
                 stop = True
             if every and state["global_step"] % every == 0 and state["batches_done"] < len(batches) and not stop:
@@ -532,7 +551,10 @@ def _train(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: 
         last_epoch = epoch + 1 == epochs or stop
         val_metrics = None
         if bundle.val is not None and len(bundle.val) and val_every and ((epoch + 1) % val_every == 0 or last_epoch):
-            val_metrics = evaluate(net, bundle.val, **eval_kw)
+            # The bare model, not the DDP wrapper: ranks evaluate different numbers of batches, and a DDP forward
+            # may run collectives (buffer broadcasts) that would then never be matched.
+            _broadcast_buffers(model, ctx)
+            val_metrics = evaluate(model, bundle.val, **eval_kw)
         st = state["stats"]
         st["epoch_seconds"] += time.perf_counter() - t_val
         row = {"epoch": epoch + 1, "step": state["global_step"], "lr": schedule.lr(max(schedule.step_count - 1, 0)),
@@ -569,9 +591,9 @@ def _train(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: 
     tta = bool(cfg["eval"]["tta"])
     final: dict[str, Any] = {"checkpoint": final_path.stem, "epoch": len(final_ckpt["history"]), "tta": tta}
     if bundle.val is not None and len(bundle.val):
-        final["val"] = evaluate(net, bundle.val, tta=tta, **eval_kw).to_dict()
+        final["val"] = evaluate(model, bundle.val, tta=tta, **eval_kw).to_dict()
     if tc["test_at_end"] and bundle.test is not None and len(bundle.test):
-        final["test"] = evaluate(net, bundle.test, tta=tta, **eval_kw).to_dict()
+        final["test"] = evaluate(model, bundle.test, tta=tta, **eval_kw).to_dict()
     input_size = size_tuple(dc["size"]) or tuple(int(s) for s in bundle.input_size)
     record = {}
     if ctx.is_main:

@@ -83,10 +83,17 @@ def build_optimizer(cfg: Mapping[str, Any], model: nn.Module) -> torch.optim.Opt
 
 
 def build_schedule(cfg: Mapping[str, Any], optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> LRSchedule:
-    """The config's schedule over ``min(epochs * steps_per_epoch, max_steps)`` steps; warm-up in epochs."""
-    total = cfg["train"]["epochs"] * steps_per_epoch
-    if cfg["train"]["max_steps"]:
-        total = min(total, int(cfg["train"]["max_steps"]))
+    """The config's schedule over ``epochs * steps_per_epoch`` steps, warm-up in epochs.
+
+    ``train.max_steps`` below that length compresses the whole schedule (warm-up included) proportionally into
+    ``max_steps`` steps, so a shortened run still warms up, decays and ends at ``min_lr_ratio``.
+    """
+    full = cfg["train"]["epochs"] * steps_per_epoch
+    warmup = cfg["schedule"]["warmup_epochs"] * steps_per_epoch
+    total = full
+    if cfg["train"]["max_steps"] and cfg["train"]["max_steps"] < full:
+        total = int(cfg["train"]["max_steps"])
+        warmup = warmup * total / full
     s = cfg["schedule"]
-    return LRSchedule(optimizer, cfg["optim"]["lr"], total, round(s["warmup_epochs"] * steps_per_epoch), s["name"],
-                      s["warmup_start_ratio"], s["min_lr_ratio"], s["power"])
+    return LRSchedule(optimizer, cfg["optim"]["lr"], total, round(warmup), s["name"], s["warmup_start_ratio"],
+                      s["min_lr_ratio"], s["power"])

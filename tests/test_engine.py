@@ -276,3 +276,16 @@ def test_resolve_rejects_unknown_model_override(neu: Path, tmp_path: Path) -> No
     cfg["model"]["overrides"]["no_such_argument"] = 1
     with pytest.raises(ConfigError, match="does not accept"):
         engine.train(cfg, out=tmp_path / "x", quiet=True)
+
+
+def test_max_steps_compresses_the_schedule() -> None:
+    from smelib.optim import build_schedule
+
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    cfg = resolve({"optim": {"lr": 1.0}, "schedule": {"warmup_epochs": 1, "min_lr_ratio": 0.01},
+                   "train": {"epochs": 10, "max_steps": 20}})
+    sched = build_schedule(cfg, opt, steps_per_epoch=100)
+    assert sched.total_steps == 20 and sched.warmup_steps == 2  # 1 of 10 epochs -> 2 of 20 steps
+    assert sched.lr(2) == pytest.approx(1.0) and sched.lr(19) == pytest.approx(0.01)
+    full = build_schedule(resolve({**cfg, "train": {"epochs": 10, "max_steps": None}}), opt, 100)
+    assert full.total_steps == 1000 and full.warmup_steps == 100
