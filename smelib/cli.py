@@ -137,7 +137,7 @@ def _engine_errors():
     return (ConfigError, CheckpointError, DatasetError, RunDirError, FileNotFoundError, NotADirectoryError)
 
 
-def _train_config(args: argparse.Namespace) -> dict | None:
+def _train_config(args: argparse.Namespace) -> dict:
     """The resolved config of ``smelib train``/``reproduce``: the file, the flags, then ``key=value`` overrides."""
     from smelib.config import load_config
 
@@ -146,8 +146,6 @@ def _train_config(args: argparse.Namespace) -> dict | None:
              ("data.split", args.split)]
     overrides = [(key, value) for key, value in flags if value is not None] + list(args.overrides)
     if args.config is None:
-        if args.resume:
-            return load_config(None, overrides) if overrides else None
         raise CLIError("give --config FILE (e.g. configs/quick.yaml)")
     return load_config(args.config, overrides)
 
@@ -155,13 +153,12 @@ def _train_config(args: argparse.Namespace) -> dict | None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from smelib.engine import TrainingDiverged, train
 
+    flags = (args.model, args.data_root, args.num_classes, args.epochs, args.max_steps, args.seed, args.split)
+    if args.resume and args.config is None and (args.overrides or any(v is not None for v in flags)):
+        raise CLIError("--resume without --config continues with the run's own config: give no flags or overrides "
+                       "(or give the same --config, flags and overrides as the run)")
     try:
-        cfg = _train_config(args)
-        if cfg is not None and args.config is None and args.resume:
-            cfg = None  # a resumed run uses its own config; overrides without --config are refused below
-        if args.resume and args.config is None and (args.overrides or any(
-                v is not None for v in (args.model, args.epochs, args.max_steps, args.seed, args.split))):
-            raise CLIError("with --resume and no --config, give no overrides: the run continues with its own config")
+        cfg = None if args.resume and args.config is None else _train_config(args)
         result = train(cfg, out=args.out, runs_dir=args.runs, resume=args.resume, quiet=args.quiet)
     except _engine_errors() as err:
         raise CLIError(str(err)) from None

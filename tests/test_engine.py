@@ -289,3 +289,25 @@ def test_max_steps_compresses_the_schedule() -> None:
     assert sched.lr(2) == pytest.approx(1.0) and sched.lr(19) == pytest.approx(0.01)
     full = build_schedule(resolve({**cfg, "train": {"epochs": 10, "max_steps": None}}), opt, 100)
     assert full.total_steps == 1000 and full.warmup_steps == 100
+
+
+def test_worker_processes_do_not_change_the_result(neu: Path, tmp_path: Path) -> None:
+    """Augmentation is seeded per sample from (seed, epoch, index): loading in 2 worker processes gives the
+    same weights, bit for bit, as loading in the main process."""
+    states = []
+    for workers in (0, 2):
+        cfg = tiny_config(neu, data={"workers": workers}, train={"max_steps": 2, "val_every": 0,
+                                                                 "test_at_end": False, "checkpoint_every_steps": 0})
+        states.append(read_checkpoint(engine.train(cfg, out=tmp_path / f"w{workers}", quiet=True).last_checkpoint))
+    assert all(torch.equal(states[0]["model"][k], states[1]["model"][k]) for k in states[0]["model"])
+    assert states[0]["history"][0]["train_loss"] == states[1]["history"][0]["train_loss"]
+
+
+def test_resume_refuses_a_different_config_and_continues_a_finished_run(run: engine.RunResult, neu: Path) -> None:
+    with pytest.raises(ConfigError, match=r"these keys differ: optim.lr: 0.005 in the run, 0.001 now"):
+        engine.train(tiny_config(neu, optim={"lr": 1e-3}), out=run.run_dir, resume=True, quiet=True)
+    before = read_checkpoint(run.last_checkpoint)
+    again = engine.train(None, out=run.run_dir, resume=True, quiet=True)  # already finished: nothing to add
+    assert again.record["steps_done"] == 3 and len(again.history) == 1
+    after = read_checkpoint(run.last_checkpoint)
+    assert all(torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
