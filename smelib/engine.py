@@ -601,8 +601,10 @@ def _train(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: 
         record = write_record(
             "completed", final=final, params=params, params_m=params / 1e6,
             gmacs=_fvcore_gmacs(model, int(cfg["model"]["in_channels"]), input_size), input_size=list(input_size),
-            checkpoint={"path": str(final_path), "kind": final_path.stem, "sha256": sha256_file(final_path)},
-            last_checkpoint={"path": str(last_path), "sha256": sha256_file(last_path)},
+            checkpoint={"path": str(final_path), "relpath": f"checkpoints/{final_path.name}",
+                        "kind": final_path.stem, "sha256": sha256_file(final_path)},
+            last_checkpoint={"path": str(last_path), "relpath": "checkpoints/last.pt",
+                             "sha256": sha256_file(last_path)},
         )
         _say(verbose, f"run {run_id} done: {run_dir}")
     record = D.broadcast_object(ctx, record)
