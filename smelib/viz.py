@@ -14,9 +14,10 @@ import numpy as np
 #: NEU-Seg's classes in label order.
 NEU_SEG_CLASSES = ("background", "inclusion", "patches", "scratches")
 
-#: RGB colour per class index (background black; then colour-blind-safe Okabe-Ito hues); extended for K > 4.
+#: RGB colour per class index (background black; then colour-blind-safe Okabe-Ito hues, chosen so that
+#: NEU-Seg's three defect classes — orange, sky blue, bluish green — stay apart in overlays); cycled for K > 8.
 CLASS_COLORS: tuple[tuple[int, int, int], ...] = (
-    (0, 0, 0), (230, 159, 0), (86, 180, 233), (213, 94, 0), (0, 158, 115), (240, 228, 66), (0, 114, 178),
+    (0, 0, 0), (230, 159, 0), (86, 180, 233), (0, 158, 115), (213, 94, 0), (240, 228, 66), (0, 114, 178),
     (204, 121, 167),
 )
 
