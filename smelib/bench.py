@@ -16,7 +16,11 @@ What one run measures (``smelib bench MODEL`` or :func:`benchmark`):
   average before and after is recorded.
 * **Per mode**: latency per batch (min, p50, p95, in ms), ``images_per_s = batch / p50``,
   ``gmacs_per_s = images_per_s × GMACs per image``, ``percent_of_peak = 100 × gmacs_per_s / peak``; the same
-  from the fastest repetition as ``images_per_s_best`` and ``percent_of_peak_best``.
+  from the fastest repetition as ``images_per_s_best`` and ``percent_of_peak_best``; and
+  ``percent_of_adjacent_peak_p50``, the median over repetitions of each repetition's GMAC/s divided by the peak
+  sample taken just before it (less sensitive to load that comes and goes during the run).
+* **Threads**: the eager mode and the peak run at ``threads`` (default: torch's, one per core); the optimised
+  mode at ``opt_threads`` (a number, or ``"auto"``: the fastest of 1 … cores, probed in the same run).
 
 The JSON (``smelib bench --json``, and the files under ``results/bench/``) is one object::
 
@@ -43,13 +47,14 @@ share of time per operator class (7x7 depthwise convolutions, other convolutions
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smelib.optimize import OptimizeOptions, compile_available, optimize_for_inference, set_threads
+from smelib.optimize import OptimizeOptions, compile_available, optimize_for_inference, pick_threads, set_threads
 
 __all__ = ["benchmark", "format_result", "machine_info", "measure_peak", "profile_ops", "write_profile"]
 
@@ -274,6 +279,18 @@ def _train_runner(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: to
     return step
 
 
+@contextlib.contextmanager
+def _with_threads(n: int) -> Iterator[None]:
+    prev = torch.get_num_threads()
+    if n != prev:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != prev:
+            torch.set_num_threads(prev)
+
+
 class _null:
     def __enter__(self) -> None:
         return None
@@ -300,6 +317,7 @@ def benchmark(
     num_classes: int = 4,
     peak_n: int | None = None,
     seed: int = 0,
+    opt_threads: int | str | None = None,
 ) -> dict[str, Any]:
     """Benchmark ``model`` (a registry name) eager versus optimised; returns the JSON object described above.
 
@@ -310,7 +328,12 @@ def benchmark(
         train: time a training step (forward, cross-entropy, backward, SGD step) instead of inference.
         iters: timed repetitions per mode (interleaved).
         warmup: untimed repetitions per mode first (the first optimised call also compiles, when asked).
-        threads: ``torch.set_num_threads`` for both modes (``None``: leave).
+        threads: intra-op threads of the eager mode and of the peak measurement (``None``: leave, i.e. torch's
+            default, one per core).
+        opt_threads: threads of the optimised mode: a number, ``"auto"`` (time the optimised step at 1 … cores
+            threads after the warm-up and keep the fastest; the probe's timings are recorded) or ``None``
+            (same as ``threads``). The peak stays the all-thread one, so a mode that is faster with fewer
+            threads is credited against the whole machine's peak.
         device: ``"cpu"`` or ``"cuda[:N]"``.
         options: optimisations of the optimised mode (default: :class:`OptimizeOptions` with ``compile=True``).
         num_classes: output classes.
@@ -347,11 +370,10 @@ def benchmark(
         }
     else:
         eager_model = base.to(dev)
-        x_dev = x.to(dev)
 
-        def eager() -> Any:
+        def eager() -> Any:  # the host-to-device copy is timed in both modes (a no-op on the CPU)
             with torch.no_grad():
-                return eager_model(x_dev)
+                return eager_model(x.to(dev))
 
         fast = optimize_for_inference(base, options, example=x[:2].to(dev), device=dev)
         x_in = x.pin_memory() if dev.type == "cuda" and options.pinned_memory else x
@@ -370,22 +392,41 @@ def benchmark(
     else:
         peaks["optimised"] = peaks["eager"]
 
-    for _ in range(warmup):
+    mode_threads = {"eager": threads_used, "optimised": threads_used}
+    if isinstance(opt_threads, int):
+        if opt_threads < 1:
+            raise ValueError(f"opt_threads must be >= 1, got {opt_threads}")
+        mode_threads["optimised"] = opt_threads
+    # A compiling mode is called at least once before timing: its first call compiles.
+    for _ in range(max(warmup, 1 if options.compile else 0)):
         for mode in MODES:
-            runners[mode]()
-    if train:  # the compile status is only known after the first call
-        pass
+            with _with_threads(mode_threads[mode]):
+                runners[mode]()
+    probe = None
+    if opt_threads == "auto" and dev.type == "cpu":
+        best_n, timings = pick_threads(runners["optimised"], trials=2)
+        mode_threads["optimised"] = best_n
+        probe = {str(k): round(v * 1e3, 3) for k, v in timings.items()}
+    elif opt_threads not in (None, "auto") and not isinstance(opt_threads, int):
+        raise ValueError(f"opt_threads must be an integer, 'auto' or None, got {opt_threads!r}")
+    for mode in MODES:
+        notes[mode]["threads"] = mode_threads[mode]
     times: dict[str, list[float]] = {m: [] for m in MODES}
-    for p in {id(p): p for p in peaks.values()}.values():
+    paired: dict[str, list[float]] = {m: [] for m in MODES}  # each repetition's GMAC/s over the peak sample beside it
+    unique_peaks = list({id(p): p for p in peaks.values()}.values())
+    for p in unique_peaks:
         for _ in range(3):
             p.sample()
     for i in range(iters):
         order = MODES if i % 2 == 0 else MODES[::-1]
-        for p in {id(p): p for p in peaks.values()}.values():
+        for p in unique_peaks:
             p.sample()
         for mode in order:
-            times[mode].append(_timed(runners[mode], dev))
-    for p in {id(p): p for p in peaks.values()}.values():
+            with _with_threads(mode_threads[mode]):
+                dt = _timed(runners[mode], dev)
+            times[mode].append(dt)
+            paired[mode].append(batch * gmacs_per_image / dt / peaks[mode].samples[-1])
+    for p in unique_peaks:
         for _ in range(2):
             p.sample()
     load_after = _loadavg()
@@ -410,6 +451,8 @@ def benchmark(
             "peak_dtype": str(peaks[mode].dtype).removeprefix("torch."),
             "percent_of_peak": 100 * ips * gmacs_per_image / peak,
             "percent_of_peak_best": 100 * ips_best * gmacs_per_image / peak,
+            "percent_of_adjacent_peak_p50": 100 * _percentile(paired[mode], 0.5),
+            "threads": mode_threads[mode],
             "latencies_ms": [round(1e3 * v, 3) for v in t],
             "settings": notes[mode],
         }
@@ -431,6 +474,8 @@ def benchmark(
         "iters": iters,
         "warmup": warmup,
         "threads": threads_used,
+        "threads_optimised": mode_threads["optimised"],
+        "threads_probe_ms": probe,
         "loadavg_before": load_before,
         "loadavg_after": load_after,
         "options": options.to_dict(),
@@ -454,13 +499,13 @@ def format_result(r: dict[str, Any]) -> str:
         f"{rec['peak']['n']}^3 fp32 matmuls)",
         "",
         f"{'mode':10s} {'img/s p50':>10s} {'img/s best':>10s} {'p50 ms':>9s} {'p95 ms':>9s} {'GMAC/s':>8s} "
-        f"{'% peak':>7s} {'% best':>7s}",
+        f"{'% peak':>7s} {'% best':>7s} {'% adj':>6s} {'thr':>3s}",
     ]
     for mode in MODES:
         m = r[mode]
         lines.append(f"{mode:10s} {m['images_per_s']:10.2f} {m['images_per_s_best']:10.2f} {m['latency_ms_p50']:9.1f} "
                      f"{m['latency_ms_p95']:9.1f} {m['gmacs_per_s']:8.1f} {m['percent_of_peak']:7.1f} "
-                     f"{m['percent_of_peak_best']:7.1f}")
+                     f"{m['percent_of_peak_best']:7.1f} {m['percent_of_adjacent_peak_p50']:6.1f} {m['threads']:3d}")
     lines.append(f"\nspeedup (p50): {r['speedup']:.2f}x   load average before {rec['loadavg_before']} "
                  f"after {rec['loadavg_after']}")
     settings = r["optimised"]["settings"]

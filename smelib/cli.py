@@ -628,9 +628,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             print(f"\n7x7 depthwise convolutions: {100 * prof['depthwise_share']:.1f} % of self CPU time")
             print(f"wrote {jpath} and {cpath}")
         return 0
+    if args.opt_threads in ("auto", "same"):
+        opt_threads = None if args.opt_threads == "same" else "auto"
+    elif args.opt_threads.isdigit() and int(args.opt_threads) >= 1:
+        opt_threads = int(args.opt_threads)
+    else:
+        raise CLIError(f"--opt-threads takes a positive integer, auto or same, not {args.opt_threads!r}")
     try:
         result = bench.benchmark(args.model, size, args.batch, train=args.train, iters=args.iters,
-                                 warmup=args.warmup, threads=args.threads, device=args.device, options=options)
+                                 warmup=args.warmup, threads=args.threads, device=args.device, options=options,
+                                 opt_threads=opt_threads)
     except (RuntimeError, ValueError) as err:
         raise CLIError(str(err)) from None
     if args.out:
@@ -659,7 +666,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                    help="time a training step (forward, cross-entropy, backward, SGD); work counted as 3x forward MACs")
     p.add_argument("--iters", type=int, default=10, help="timed repetitions per mode, interleaved (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed repetitions per mode (default 2)")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads for both modes (default: leave)")
+    p.add_argument("--threads", type=int, help="threads of the eager mode and the peak (default: one per core)")
+    p.add_argument("--opt-threads", default="auto", metavar="N|auto|same",
+                   help="threads of the optimised mode: N, auto (fastest of 1..cores, probed in the run; default) "
+                        "or same (as --threads)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     p.add_argument("--amp", choices=["bf16", "fp16", "none"], default="bf16",
                    help="autocast dtype of the optimised mode on CUDA (ignored on CPU; default bf16)")

@@ -23,13 +23,16 @@ Runtime settings:
 
 * ``channels_last`` — NHWC activations and weights (oneDNN's native layout on CPU; tensor cores' on CUDA).
 * ``inference_mode`` — ``torch.inference_mode()`` around the forward (no autograd bookkeeping).
-* ``threads`` — ``torch.set_num_threads`` (``None`` leaves it).
+* ``threads`` — intra-op threads for the optimised forward (set around each call and restored; ``None``
+  leaves them). :func:`pick_threads` finds the fastest count by timing; on a loaded shared machine it is
+  often fewer threads than cores.
 * ``compile`` — ``torch.compile`` (Inductor; with ``freezing`` on CPU, which lets it constant-fold weights and
   fuse convolution + elementwise epilogues). It needs a C++ compiler on CPU and Triton on CUDA; when either is
   missing, or compilation fails at the first call, the wrapper falls back to the eager module and records why
   (:attr:`OptimizedModel.compile_status`).
-* CUDA only: ``amp`` (``"bf16"`` or ``"fp16"`` autocast), ``cudnn_benchmark``, and host inputs copied from
-  pinned memory with ``non_blocking=True``. On CPU these are ignored (and reported as off).
+* CUDA only: ``amp`` (``"bf16"`` or ``"fp16"`` autocast), ``cudnn_benchmark`` (switched on around the optimised
+  forward only), and host inputs copied from pinned memory with ``non_blocking=True``. On CPU these are ignored
+  (and reported as off).
 
 Example::
 
@@ -66,6 +69,7 @@ __all__ = [
     "fuse_star",
     "max_abs_diff",
     "optimize_for_inference",
+    "pick_threads",
     "set_threads",
 ]
 
@@ -86,7 +90,7 @@ class OptimizeOptions:
         channels_last: NHWC memory format for weights and inputs.
         inference_mode: run the forward under ``torch.inference_mode()`` (else ``torch.no_grad()``).
         compile: ``torch.compile`` with a fallback to eager (off by default: compiling takes tens of seconds).
-        threads: intra-op threads (``None``: leave as is).
+        threads: intra-op threads around each optimised forward (``None``: leave as is).
         amp: CUDA autocast dtype, ``"bf16"``, ``"fp16"`` or ``None`` (fp32). Ignored on CPU.
         cudnn_benchmark: ``torch.backends.cudnn.benchmark = True`` on CUDA.
         pinned_memory: copy host inputs to CUDA from pinned memory, ``non_blocking``.
@@ -421,6 +425,43 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads (``None``: unchanged), then restore the previous count."""
+    if n is None or n == torch.get_num_threads():
+        yield
+        return
+    prev = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
+def pick_threads(fn: Callable[[], Any], candidates: list[int] | None = None, trials: int = 2) -> tuple[int, dict[int, float]]:
+    """The intra-op thread count at which ``fn`` runs fastest (best of ``trials`` calls per candidate).
+
+    On a machine shared with other processes, fewer threads than cores can be much faster: an OpenMP parallel
+    region waits for its slowest thread, and a thread whose core is taken by another process stalls every
+    region. Returns ``(best, {threads: seconds})``; the previous thread count is restored.
+    """
+    import time
+
+    candidates = candidates or list(range(1, (os.cpu_count() or 1) + 1))
+    timings: dict[int, float] = {}
+    for n in candidates:
+        with _threads(n):
+            fn()
+            best = float("inf")
+            for _ in range(trials):
+                t0 = time.perf_counter()
+                fn()
+                best = min(best, time.perf_counter() - t0)
+        timings[n] = best
+    return min(timings, key=timings.__getitem__), timings
+
+
 def compile_available(device: torch.device | str = "cpu") -> tuple[bool, str]:
     """Whether ``torch.compile`` (Inductor) can work here: ``(ok, reason)`` without compiling anything."""
     if not hasattr(torch, "compile"):
@@ -487,6 +528,11 @@ class OptimizedModel(nn.Module):
         stack.enter_context(torch.inference_mode() if self.options.inference_mode else torch.no_grad())
         if self.amp_dtype is not None:
             stack.enter_context(torch.autocast("cuda", dtype=self.amp_dtype))
+        if self.device.type == "cuda" and self.options.cudnn_benchmark:
+            # scoped to the optimised forward, so an eager model timed beside it keeps its own setting
+            previous = torch.backends.cudnn.benchmark
+            torch.backends.cudnn.benchmark = True
+            stack.callback(setattr, torch.backends.cudnn, "benchmark", previous)
         return stack
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -497,7 +543,7 @@ class OptimizedModel(nn.Module):
         return x.to(self.device, non_blocking=self.device.type == "cuda").contiguous(memory_format=fmt)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with self.context():
+        with self.context(), _threads(self.options.threads if self.device.type == "cpu" else None):
             x = self.prepare(x)
             if self._compiled is not None:
                 try:
@@ -537,7 +583,9 @@ def optimize_for_inference(
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
     device = torch.device(device)
-    applied: dict[str, Any] = {"threads": set_threads(options.threads)}
+    if options.threads is not None and options.threads < 1:
+        raise ValueError(f"threads must be >= 1, got {options.threads}")
+    applied: dict[str, Any] = {"threads": options.threads or torch.get_num_threads()}
     reference = model
     module = copy.deepcopy(model).eval().to(device)
     ex = example.to(device) if example is not None else None
@@ -566,8 +614,6 @@ def optimize_for_inference(
     applied["inference_mode"] = options.inference_mode
     is_cuda = device.type == "cuda"
     applied["amp"] = options.amp if is_cuda and options.amp else False
-    if is_cuda and options.cudnn_benchmark:
-        torch.backends.cudnn.benchmark = True
     applied["cudnn_benchmark"] = bool(is_cuda and options.cudnn_benchmark)
     applied["pinned_memory"] = bool(is_cuda and options.pinned_memory)
     return OptimizedModel(module, options, device, applied)

@@ -133,3 +133,25 @@ def test_profile_table(tmp_path) -> None:
 ])
 def test_classify(name: str, shapes: list, expected: str) -> None:
     assert bench._classify(name, shapes) == expected
+
+
+def test_opt_threads_auto_probes_and_records() -> None:
+    import os
+
+    r = bench.benchmark("sme_deeplabv3plus_lite", size=(32, 32), batch=1, iters=2, warmup=1,
+                        options=OptimizeOptions(compile=False), peak_n=128, opt_threads="auto", threads=1)
+    probe = r["record"]["threads_probe_ms"]
+    assert set(probe) == {str(n) for n in range(1, (os.cpu_count() or 1) + 1)}
+    best = min(probe, key=probe.__getitem__)
+    assert r["optimised"]["threads"] == int(best) == r["record"]["threads_optimised"]
+    assert r["eager"]["threads"] == 1
+    assert torch.get_num_threads() == 1, "the eager thread count is left in place after the run"
+
+
+def test_opt_threads_fixed() -> None:
+    r = bench.benchmark("sme_deeplabv3plus_lite", size=(32, 32), batch=1, iters=1, warmup=0,
+                        options=OptimizeOptions(compile=False), peak_n=128, opt_threads=1, threads=1)
+    assert r["optimised"]["threads"] == 1 and r["record"]["threads_probe_ms"] is None
+    with pytest.raises(ValueError):
+        bench.benchmark("sme_deeplabv3plus_lite", size=(32, 32), batch=1, iters=1, opt_threads="many",
+                        options=OptimizeOptions(compile=False), peak_n=128)

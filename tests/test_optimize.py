@@ -218,3 +218,30 @@ def test_set_threads() -> None:
             optimize.set_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_pick_threads_returns_the_fastest_and_restores() -> None:
+    import time
+
+    before = torch.get_num_threads()
+    seen = []
+
+    def fn() -> None:
+        n = torch.get_num_threads()
+        seen.append(n)
+        time.sleep(0.002 if n == 1 else 0.02)
+
+    best, timings = optimize.pick_threads(fn, candidates=[1, 2], trials=1)
+    assert best == 1 and set(timings) == {1, 2} and timings[1] < timings[2]
+    assert set(seen) == {1, 2}
+    assert torch.get_num_threads() == before
+
+
+def test_optimised_threads_are_scoped(lite: nn.Module) -> None:
+    before = torch.get_num_threads()
+    want = 2 if before == 1 else 1
+    fast = optimize_for_inference(lite, OptimizeOptions(threads=want))
+    seen = []
+    fast.module.register_forward_pre_hook(lambda m, a: seen.append(torch.get_num_threads()))
+    fast(torch.randn(1, 3, 32, 32))
+    assert seen == [want] and torch.get_num_threads() == before
