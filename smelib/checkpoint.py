@@ -134,7 +134,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     Raises:
         CheckpointError: missing file, unreadable or unsafe content, or not an smelib checkpoint.
     """
-    path = Path(path)
+    from smelib.pretrained import resolve
+
+    path = resolve(path)  # a release name (e.g. "sme_deeplabv3plus_lite_neuseg") is verified and located
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
@@ -162,6 +164,7 @@ def build_model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"cannot rebuild model {ckpt['model_name']!r} from the checkpoint's config: {err}") from None
     check_state_dict(model, ckpt["model"], ckpt["model_name"])
+    # releases store fp16 weights; load_state_dict copies them into the float32 parameters
     model.load_state_dict(ckpt["model"])
     return model
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 import sys
 from collections.abc import Sequence
 
@@ -723,10 +724,37 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_export)
 
 
+def _cmd_release(args: argparse.Namespace) -> int:
+    from smelib.checkpoint import CheckpointError
+    from smelib.pretrained import make_release
+
+    metrics = {}
+    if args.record:
+        record = json.loads(Path(args.record).read_text())
+        test = (record.get("final") or {}).get("test") or {}
+        metrics = {k: test[k] for k in ("miou", "precision", "mpa", "pixel_acc") if k in test}
+        if "defects_only" in test:
+            metrics["miou_defects_only"] = test["defects_only"].get("miou")
+    try:
+        entry = make_release(args.checkpoint, args.name, metrics=metrics)
+    except CheckpointError as err:
+        raise CLIError(str(err)) from None
+    print(json.dumps({args.name: entry}, indent=2))
+    return 0
+
+
+def _add_release(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("release", help="ship a trained checkpoint inside the package (fp16, SHA256 in a manifest)")
+    p.add_argument("checkpoint", help="a best.pt/last.pt written by `smelib train`")
+    p.add_argument("--name", required=True, help="release name; then usable as --checkpoint NAME anywhere")
+    p.add_argument("--record", help="the run's record.json, to copy its test metrics into the manifest")
+    p.set_defaults(func=_cmd_release)
+
+
 # Every subcommand, in the order `smelib --help` lists them.
 _SUBCOMMANDS = [_add_info, _add_models, _add_flops, _add_train, _add_eval, _add_predict, _add_reproduce,
                _add_results, _add_data]
-_SUBCOMMANDS += [_add_bench, _add_export]
+_SUBCOMMANDS += [_add_bench, _add_export, _add_release]
 
 
 def build_parser() -> argparse.ArgumentParser:
