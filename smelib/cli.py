@@ -199,8 +199,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
 
-def _eval_dataset(meta: dict, data_root: str | None, split: str, limit: int | None):
-    """The checkpoint's dataset subset (its config's split and validation carve-out), optionally re-rooted."""
+def _eval_bundle(meta: dict, data_root: str | None, limit: int | None):
+    """The checkpoint's datasets (its config's split and validation carve-out), optionally re-rooted."""
     import copy
 
     from smelib.loading import load_data
@@ -210,7 +210,12 @@ def _eval_dataset(meta: dict, data_root: str | None, split: str, limit: int | No
         cfg["data"]["root"] = data_root
     if limit is not None:
         cfg["data"]["limit"] = limit
-    bundle = load_data(cfg, seed=int(cfg["train"]["seed"]))
+    return load_data(cfg, seed=int(cfg["train"]["seed"]))
+
+
+def _eval_dataset(meta: dict, data_root: str | None, split: str, limit: int | None, bundle=None):
+    """The checkpoint's dataset subset (its config's split and validation carve-out), optionally re-rooted."""
+    bundle = bundle if bundle is not None else _eval_bundle(meta, data_root, limit)
     dataset = bundle.test if split == "test" else bundle.val
     if dataset is None or len(dataset) == 0:
         raise CLIError(f"the dataset under {bundle.split.get('root')} has no {split} images")
@@ -219,25 +224,44 @@ def _eval_dataset(meta: dict, data_root: str | None, split: str, limit: int | No
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from smelib.engine import evaluate, load_checkpoint
+    from smelib.mechanisms import rule_for_checkpoint
     from smelib.metrics import format_table
 
     try:
         model, meta = load_checkpoint(args.checkpoint, device=args.device)
         split = args.split or meta["config"]["eval"]["split"]
-        dataset = _eval_dataset(meta, args.data_root, split, args.limit)
+        bundle = _eval_bundle(meta, args.data_root, args.limit)
+        dataset = _eval_dataset(meta, args.data_root, split, args.limit, bundle)
+        # --threshold/--tau0 override the checkpoint config's eval.decision/eval.threshold (default: argmax); a
+        # checkpoint without train_stats has them counted on its whole training subset (not cut by --limit)
+        rule = rule_for_checkpoint(meta, mode=args.threshold, tau0=args.tau0, train_dataset=lambda: (
+            bundle if args.limit is None else _eval_bundle(meta, args.data_root, None)).train)
         metrics = evaluate(model, dataset, tta=args.tta, num_classes=meta["num_classes"],
                            ignore_index=meta["config"]["data"]["ignore_index"], size=meta["config"]["data"]["size"],
-                           batch_size=meta["config"]["data"]["eval_batch_size"], progress=sys.stderr.isatty())
+                           batch_size=meta["config"]["data"]["eval_batch_size"], progress=sys.stderr.isatty(),
+                           decision=rule)
     except (*_engine_errors(), ValueError) as err:
         raise CLIError(str(err)) from None
     if args.json:
         out = metrics.to_dict()
-        out.update({"split": split, "images": len(dataset), "tta": bool(args.tta), "checkpoint": args.checkpoint})
+        out.update({"split": split, "images": len(dataset), "tta": bool(args.tta), "checkpoint": args.checkpoint,
+                    "decision": rule.to_dict()})
         print(json.dumps(out, indent=2))
     else:
-        print(f"{args.checkpoint}: {split} split, {len(dataset)} images, tta={'on' if args.tta else 'off'}")
+        how = rule.mode + (f" (tau0={rule.tau0:g})" if rule.mode != "argmax" else "")
+        print(f"{args.checkpoint}: {split} split, {len(dataset)} images, tta={'on' if args.tta else 'off'}, "
+              f"decision={how}")
         print(format_table(metrics, meta.get("class_names")))
     return 0
+
+
+def _add_threshold_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threshold", choices=["argmax", "static", "dynamic"],
+                   help="how pixels are labelled (smelib.mechanisms): argmax, or defect where 1 - p(background) > "
+                        "tau, tau fixed (static) or adapted to the predicted defect sizes (dynamic); default: the "
+                        "checkpoint config's eval.decision (argmax unless the run set it)")
+    p.add_argument("--tau0", type=float, help="the static threshold / the dynamic rule's base "
+                                              "(default: eval.threshold.tau0, 0.5)")
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -249,6 +273,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="only the first N images (smoke tests)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true", help="print a JSON object")
+    _add_threshold_flags(p)
     p.set_defaults(func=_cmd_eval)
 
 
@@ -288,12 +313,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         model, meta = load_checkpoint(args.checkpoint, device=args.device)
         # Every file is read before anything is written: one unreadable image stops the command cleanly.
         images = [read_image(p, meta["in_channels"]) for p in files]
+        from smelib.mechanisms import rule_for_checkpoint
+
+        rule = rule_for_checkpoint(meta, mode=args.threshold, tau0=args.tau0,
+                                   train_dataset=lambda: _eval_bundle(meta, None, None).train)
     except (*_engine_errors(), ValueError) as err:
         raise CLIError(str(err)) from None
     out.mkdir(parents=True, exist_ok=True)
     for path, image in zip(files, images):
         mask = predict(model, [image], tta=args.tta, size=meta["config"]["data"]["size"],
-                       normalization=meta.get("normalization"))[0]
+                       normalization=meta.get("normalization"), decision=rule)[0]
         Image.fromarray(mask).save(out / f"{path.stem}.png")
         rgb = image.expand(3, -1, -1).permute(1, 2, 0).numpy()
         Image.fromarray(overlay(rgb, mask)).save(out / f"{path.stem}_overlay.png")
@@ -309,6 +338,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action="store_true", help="average softmax over the 8 flips x rot90 transforms")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    _add_threshold_flags(p)
     p.set_defaults(func=_cmd_predict)
 
 

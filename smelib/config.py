@@ -62,9 +62,24 @@ Keys (the defaults are in :data:`DEFAULTS`; ``null`` means "decided at run time"
       freeze_bn: bool              # BatchNorm layers stay in eval mode while training (running statistics)
       test_at_end: bool            # evaluate the best checkpoint on the test subset after training
       nan_at_step: int | null      # testing aid: make the loss NaN at this global step (1-based)
+    model_init:                    # dataset-adaptive initialisation (smelib.mechanisms; off by default)
+      classifier_prior: bool       # classifier bias = log of the training split's class pixel frequencies
+      class_weights: none | inverse_sqrt   # loss class weights w_k ∝ freq_k^(-1/2), pixel-weighted mean 1
     eval:
       tta: bool                    # average softmax over the 8 dihedral transforms
       split: test | val            # what the test metrics of a run and `smelib eval` measure by default
+      decision: argmax | static | dynamic  # how the run's final metrics (and `smelib eval`) turn probabilities
+                                   # into labels (smelib.mechanisms); the per-epoch validation that picks the
+                                   # best checkpoint always uses argmax
+      threshold:                   # static/dynamic: defect where 1 - p(background) > tau
+        tau0: float                # in (0, 1): the static tau, and the dynamic rule's base
+        slope: float               # >= 0: dynamic tau = clamp(tau0 + slope * (large share - small share))
+        min: float                 # bounds of the dynamic tau, 0 <= min <= max <= 1
+        max: float
+        scope: image | batch       # the dynamic rule measures defect sizes per image or per inference batch
+
+The keys of :data:`MECHANISM_KEYS` (``model_init``, ``eval.decision``, ``eval.threshold``) are the paper's
+unspecified mechanisms, all off by default; a shipped config need not state them.
 
 Overrides: ``apply_overrides(cfg, ["optim.lr=3e-3", "data.size=[256,256]"])``. Values are parsed as YAML
 (``true``, ``null``, lists, dicts), plus plain Python float syntax (``3e-3``, which YAML 1.1 reads as a
@@ -85,6 +100,7 @@ import yaml
 
 __all__ = [
     "DEFAULTS",
+    "MECHANISM_KEYS",
     "ConfigError",
     "apply_overrides",
     "deep_merge",
@@ -149,8 +165,13 @@ DEFAULTS: dict[str, Any] = {
         "test_at_end": True,
         "nan_at_step": None,
     },
-    "eval": {"tta": False, "split": "test"},
+    "model_init": {"classifier_prior": False, "class_weights": "none"},
+    "eval": {"tta": False, "split": "test", "decision": "argmax",
+             "threshold": {"tau0": 0.5, "slope": 0.2, "min": 0.05, "max": 0.95, "scope": "image"}},
 }
+
+#: Dotted keys of the off-by-default mechanisms (smelib.mechanisms) that a config file may leave out.
+MECHANISM_KEYS = ("model_init", "eval.decision", "eval.threshold")
 
 _SPLITS = ("official", "grouped")
 _OPTIMS = ("sgd", "adamw")
@@ -388,7 +409,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
     """Check every value of a full config (see the module docstring); raise :class:`ConfigError` on the first bad one."""
     if not isinstance(cfg["name"], str) or not cfg["name"] or any(c in cfg["name"] for c in "/\\ "):
         raise _err("name", f"must be a non-empty string without slashes or spaces, got {cfg['name']!r}")
-    for section in ("model", "data", "optim", "schedule", "train", "eval"):
+    for section in ("model", "data", "optim", "schedule", "train", "model_init", "eval"):
         if not isinstance(cfg[section], Mapping):
             raise _err(section, f"must be a mapping, got {type(cfg[section]).__name__}")
 
@@ -489,6 +510,29 @@ def validate(cfg: Mapping[str, Any]) -> None:
 
     _bool(cfg, "eval", "tta")
     _choice(cfg, "eval", "split", ("test", "val"))
+    _validate_mechanisms(cfg)
+
+
+def _validate_mechanisms(cfg: Mapping[str, Any]) -> None:
+    """``model_init`` and ``eval.decision``/``eval.threshold`` (see :mod:`smelib.mechanisms`)."""
+    from smelib.mechanisms import CLASS_WEIGHT_SCHEMES, DECISIONS, SCOPES
+
+    _bool(cfg, "model_init", "classifier_prior")
+    _choice(cfg, "model_init", "class_weights", CLASS_WEIGHT_SCHEMES)
+    _choice(cfg, "eval", "decision", DECISIONS)
+    th = cfg["eval"]["threshold"]
+    if not isinstance(th, Mapping):
+        raise _err("eval.threshold", f"must be a mapping with keys tau0, slope, min, max, scope, got {th!r} "
+                   "(the static threshold is eval.threshold.tau0)")
+    named = {"eval.threshold": th}  # so that the messages name the full dotted key
+    if not _is_num(th["tau0"]) or not 0.0 < th["tau0"] < 1.0:
+        raise _err("eval.threshold.tau0", f"must be a number > 0 and < 1, got {th['tau0']!r}")
+    _num(named, "eval.threshold", "slope", 0.0)
+    _num(named, "eval.threshold", "min", 0.0, 1.0)
+    _num(named, "eval.threshold", "max", 0.0, 1.0)
+    if th["min"] > th["max"]:
+        raise _err("eval.threshold.min", f"must be <= eval.threshold.max, got {th['min']!r} > {th['max']!r}")
+    _choice(named, "eval.threshold", "scope", SCOPES)
 
 
 def dump_yaml(cfg: Mapping[str, Any]) -> str:

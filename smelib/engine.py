@@ -24,6 +24,12 @@ takes a contiguous slice of every global batch, :func:`smelib.distributed.shard`
 mean of equal-sized per-rank means is the global mean for pixel-averaged losses), BatchNorm becomes
 SyncBatchNorm on CUDA, evaluation shards images over ranks and sums the confusion matrices, and rank 0 alone
 logs and writes.
+
+The paper's unspecified mechanisms (:mod:`smelib.mechanisms`, all off by default): ``model_init`` sets the
+classifier bias to the training split's log class frequencies and/or class-weights the loss; ``eval.decision``
+chooses how the final metrics label pixels (argmax, or a static or dynamic threshold on the defect
+probability). The training split's statistics are always counted and stored (``train_stats`` in the record and
+the checkpoints); with the options off, training is bit-identical to a run without them.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import torch
 from torch import nn
 
 from smelib import distributed as D
+from smelib import mechanisms as M
 from smelib import records as R
 from smelib.checkpoint import (
     CHECKPOINT_VERSION,
@@ -347,10 +354,20 @@ def _train(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: 
     steps_per_epoch = n_train // batch
     if steps_per_epoch == 0:
         raise ConfigError(f"data.batch_size={batch} is larger than the {n_train} training images")
+    # Label statistics of the training split only (smelib.mechanisms): pure counting, no random draw.
+    train_stats = M.training_stats(bundle.train, num_classes, int(dc["ignore_index"]))
+    try:  # the decision rule of the final metrics (eval.decision), checked before any training
+        rule = M.rule_from_config(cfg["eval"], train_stats)
+    except ValueError as err:
+        raise ConfigError(f"eval.decision: {err}") from None
 
     # ---- model, optimiser, schedule, loss (seeded: the initial weights depend on train.seed only)
     seed_everything(seed)
     model = build_model(cfg, num_classes).to(device)
+    try:  # model_init: a no-op when its options are off
+        mechanisms = M.apply_model_init(cfg, model, train_stats)
+    except ValueError as err:
+        raise ConfigError(f"model_init: {err}") from None
     amp_dtype = _amp_dtype(cfg, device)
     channels_last = device.type == "cuda" if tc["channels_last"] == "auto" else bool(tc["channels_last"])
     if channels_last:
@@ -358,7 +375,8 @@ def _train(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: 
     optimizer = build_optimizer(cfg, model)
     schedule = build_schedule(cfg, optimizer, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    criterion = build_loss(cfg["loss"], num_classes, ignore_index=dc["ignore_index"]).to(device)
+    criterion = build_loss(cfg["loss"], num_classes, ignore_index=dc["ignore_index"],
+                           class_weights=mechanisms["class_weights"]).to(device)
 
     net: nn.Module = model
     if ctx.distributed:
@@ -418,7 +436,7 @@ def _train(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: 
             "model_name": cfg["model"]["name"], "model_config": dict(getattr(model, "config", {})),
             "num_classes": num_classes, "in_channels": int(cfg["model"]["in_channels"]), "class_names": class_names,
             "normalization": {"mean": bundle.mean, "std": bundle.std},
-            "config": cfg,
+            "config": cfg, "train_stats": train_stats.to_dict(),
             "model": {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "schedule": schedule.state_dict(),
             "rng": capture_rng(), **copy.deepcopy({k: state[k] for k in ("epoch", "batches_done", "global_step",
@@ -441,6 +459,7 @@ def _train(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: 
         "host": R.host_info(device), "world_size": ctx.world_size, "torch_version": str(torch.__version__),
         "smelib_version": __version__, "started_utc": R.utc_iso(), "epochs": tc["epochs"],
         "batch_size": batch, "steps_per_epoch": steps_per_epoch,
+        "train_stats": train_stats.to_dict(), "model_init": mechanisms,
     }
 
     def write_record(status: str, **extra: Any) -> dict[str, Any]:
@@ -589,11 +608,12 @@ def _train(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: 
     model.load_state_dict(final_ckpt["model"])
     eval_kw["size"] = dc["size"]
     tta = bool(cfg["eval"]["tta"])
-    final: dict[str, Any] = {"checkpoint": final_path.stem, "epoch": len(final_ckpt["history"]), "tta": tta}
+    final: dict[str, Any] = {"checkpoint": final_path.stem, "epoch": len(final_ckpt["history"]), "tta": tta,
+                             "decision": rule.to_dict()}
     if bundle.val is not None and len(bundle.val):
-        final["val"] = evaluate(model, bundle.val, tta=tta, **eval_kw).to_dict()
+        final["val"] = evaluate(model, bundle.val, tta=tta, decision=rule, **eval_kw).to_dict()
     if tc["test_at_end"] and bundle.test is not None and len(bundle.test):
-        final["test"] = evaluate(model, bundle.test, tta=tta, **eval_kw).to_dict()
+        final["test"] = evaluate(model, bundle.test, tta=tta, decision=rule, **eval_kw).to_dict()
     input_size = size_tuple(dc["size"]) or tuple(int(s) for s in bundle.input_size)
     record = {}
     if ctx.is_main:

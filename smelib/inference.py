@@ -1,12 +1,13 @@
 """Inference: class probabilities with optional test-time augmentation, evaluation at the original resolution
-(streaming confusion matrix, sharded over ranks under DDP), and index-mask prediction."""
+(streaming confusion matrix, sharded over ranks under DDP), and index-mask prediction. Labels are the argmax of
+the probabilities unless a :class:`smelib.mechanisms.DecisionRule` (static or dynamic threshold) is given."""
 
 from __future__ import annotations
 
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,6 +18,9 @@ from smelib import distributed as D
 from smelib.checkpoint import load_checkpoint
 from smelib.loading import normalize_image, size_tuple, unpack
 from smelib.metrics import ConfusionMatrix, SegMetrics
+
+if TYPE_CHECKING:
+    from smelib.mechanisms import DecisionRule
 
 __all__ = ["evaluate", "predict", "predict_proba", "unwrap"]
 
@@ -124,6 +128,7 @@ def evaluate(
     channels_last: bool = False,
     ctx: D.DistContext | None = None,
     progress: bool = False,
+    decision: DecisionRule | None = None,
 ) -> SegMetrics:
     """Metrics of a model on a dataset, at each image's original resolution.
 
@@ -138,6 +143,8 @@ def evaluate(
         batch_size: images per forward pass (same-size images only).
         device: where to run (default: where the model is, or CPU for a checkpoint).
         ctx: under DDP, each rank evaluates every W-th image and the confusion matrices are summed.
+        decision: how probabilities become labels (:mod:`smelib.mechanisms`); None (default) or ``argmax``:
+            the argmax. A dynamic rule with ``scope="batch"`` pools each batch of ``batch_size`` images.
 
     Returns:
         :class:`smelib.metrics.SegMetrics` (``.to_dict()`` for JSON; background-included means and
@@ -163,7 +170,7 @@ def evaluate(
         for images, masks in batches:
             images, masks = images.to(dev), masks.to(dev)
             probs = predict_proba(model, images, tuple(masks.shape[-2:]), size_t, tta, amp_dtype, channels_last)
-            cm.update(probs.argmax(1), masks)
+            cm.update(probs.argmax(1) if decision is None else decision(probs), masks)
     finally:
         model.train(was_training)
     cm.all_reduce()
@@ -178,6 +185,7 @@ def predict(
     size: int | Sequence[int] | None = None,
     device: torch.device | str | None = None,
     normalization: dict[str, Any] | None = None,
+    decision: DecisionRule | str | None = None,
 ) -> list[np.ndarray]:
     """Index masks for images.
 
@@ -190,6 +198,9 @@ def predict(
         size: model input size (default: the checkpoint's ``data.size``; None = native).
         device: where to run.
         normalization: ``{"mean": [...], "std": [...]}`` for a bare model (a checkpoint carries its own).
+        decision: how probabilities become labels: None (argmax), a :class:`smelib.mechanisms.DecisionRule`,
+            or a mode name (``argmax``/``static``/``dynamic``) completed from the checkpoint's config and
+            training statistics. Images are decided one at a time (a batch scope is the image scope here).
 
     Returns:
         One ``(H, W)`` uint8 array of class ids per image, at the image's own size.
@@ -199,6 +210,16 @@ def predict(
         size = meta["config"]["data"].get("size")
     in_channels = meta.get("in_channels") or getattr(unwrap(model), "config", {}).get("in_channels", 3)
     norm = dict(normalization or meta.get("normalization") or {})
+    if isinstance(decision, str):
+        from smelib.mechanisms import DecisionRule, rule_for_checkpoint
+
+        if meta:
+            decision = rule_for_checkpoint(meta, mode=decision)
+        elif decision in ("argmax", "static"):
+            decision = DecisionRule(mode=decision)
+        else:
+            raise ValueError("decision='dynamic' with a bare model needs a DecisionRule carrying the training "
+                             "split's defect-area quartiles (smelib.mechanisms.rule_from_config)")
     size_t = size_tuple(size)
     dev = next(model.parameters()).device
     was_training = model.training
@@ -210,7 +231,8 @@ def predict(
                 normalize_image(item, in_channels, norm.get("mean"), norm.get("std"))
             x = x.to(dev)[None]
             probs = predict_proba(model, x, tuple(x.shape[-2:]), size_t, tta)
-            out.append(probs.argmax(1)[0].to(torch.uint8).cpu().numpy())
+            labels = probs.argmax(1) if decision is None else decision(probs)
+            out.append(labels[0].to(torch.uint8).cpu().numpy())
     finally:
         model.train(was_training)
     return out

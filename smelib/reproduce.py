@@ -71,9 +71,12 @@ def reproduce(config: Mapping[str, Any], runs_dir: str | os.PathLike | None = No
     bundle = load_data(cfg, seed=int(cfg["train"]["seed"]))
     subset = "test" if bundle.test is not None and len(bundle.test) else "val"
     dataset = bundle.test if subset == "test" else bundle.val
+    from smelib.mechanisms import rule_for_checkpoint
+
     metrics = evaluate(model, dataset, tta=bool(cfg["eval"]["tta"]), num_classes=meta["num_classes"],
                        ignore_index=cfg["data"]["ignore_index"], size=cfg["data"]["size"],
-                       batch_size=cfg["data"]["eval_batch_size"])
+                       batch_size=cfg["data"]["eval_batch_size"],
+                       decision=rule_for_checkpoint(meta, train_dataset=bundle.train))  # eval.decision
     write_json(run_dir / f"eval_{subset}.json", {**metrics.to_dict(), "checkpoint": str(result.checkpoint),
                                                  "images": len(dataset), "tta": bool(cfg["eval"]["tta"])})
     curves = plot_curves(run_dir / "log.csv", run_dir / "curves.png", title=run_dir.name)
