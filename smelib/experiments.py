@@ -1,0 +1,236 @@
+"""Experiment bookkeeping for the book's result chapters: which runs are still missing, and one checkpoint scored
+under several decision rules in one pass.
+
+>>> from smelib.results import load_records, summarize
+>>> from smelib.experiments import missing_runs
+>>> todo = missing_runs(summarize(load_records("results/runs")))   # what the planned tables still lack
+
+:func:`missing_runs` compares the rows of :func:`smelib.results.summarize` (or of ``results/summary.csv``,
+read with :func:`smelib.status.read_summary`) with :data:`REQUIRED_RUNS`, the plan of Table 1 and Table 3:
+on the grouped split 3 seeds of SME-DeepLabV3+ and the two DeepLabV3+ baselines and at least one of every
+other model, and on the official split at least one of each.
+
+:func:`evaluate_decisions` runs a model once over a dataset and scores every given
+:class:`smelib.mechanisms.DecisionRule` on the same probabilities, also recording the threshold each image
+received. Batches are formed exactly as :func:`smelib.inference.evaluate` forms them, so each rule's metrics
+equal that function's with ``decision=rule`` (a test checks this).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from smelib.metrics import ConfusionMatrix, SegMetrics
+
+__all__ = [
+    "DEFAULT_CONFIGS", "REQUIRED_RUNS", "DecisionOutcome", "MissingRun", "RunRequirement", "evaluate_decisions",
+    "missing_runs", "pick_row", "seeds_of", "tau_counts",
+]
+
+
+@dataclass(frozen=True)
+class RunRequirement:
+    """A planned cell of the result tables: ``model`` on the ``split`` split, with at least ``n_seeds`` seeds."""
+
+    model: str
+    split: str
+    n_seeds: int
+
+
+#: The models of the paper's Table 1 (comparison) and Table 3 (ablation) as registered in :mod:`smelib.models`.
+TABLE_MODELS: tuple[str, ...] = (
+    "sme_deeplabv3plus", "deeplabv3plus_mobilenetv2", "deeplabv3plus_xception", "starnet_aspp",
+    "starnet_aspp_ela", "starnet_msaa", "resunet", "pspnet", "hrnet",
+)
+
+#: Models that need 3 seeds on the grouped split (the headline comparison); every other needs 1.
+THREE_SEED_MODELS: tuple[str, ...] = ("sme_deeplabv3plus", "deeplabv3plus_mobilenetv2", "deeplabv3plus_xception")
+
+#: The plan: grouped split (3 seeds for :data:`THREE_SEED_MODELS`, else 1), then official split (1 seed each).
+REQUIRED_RUNS: tuple[RunRequirement, ...] = (
+    *(RunRequirement(m, "grouped", 3 if m in THREE_SEED_MODELS else 1) for m in TABLE_MODELS),
+    *(RunRequirement(m, "official", 1) for m in TABLE_MODELS),
+)
+
+#: Training protocols whose runs count towards the plan (ablation variants such as ``cpu_budget_prior`` do not).
+DEFAULT_CONFIGS: tuple[str, ...] = ("cpu_budget", "paper")
+
+
+@dataclass(frozen=True)
+class MissingRun:
+    """One training run the plan still needs.
+
+    Attributes:
+        model, split, seed: what to train.
+        config: the protocol to train it with (``configs/<config>.yaml``).
+        have: seeds of this model and split already measured under ``config``.
+        need: seeds the plan asks for.
+    """
+
+    model: str
+    split: str
+    seed: int
+    config: str
+    have: int
+    need: int
+
+    @property
+    def command(self) -> str:
+        """The ``smelib train`` command line for this run."""
+        return (f"smelib train --config configs/{self.config}.yaml --model {self.model} "
+                f"--split {self.split} --seed {self.seed}")
+
+
+def seeds_of(row: Mapping[str, Any]) -> list[int]:
+    """The seeds of a summary row: its ``seeds`` field (``"0 1 2"`` in the CSV, the same string from
+    :func:`smelib.results.summarize`); an empty or missing field gives ``[]``."""
+    raw = row.get("seeds")
+    if raw is None:
+        return []
+    if isinstance(raw, (list, tuple)):
+        return [int(s) for s in raw]
+    return [int(s) for s in str(raw).split()]
+
+
+def missing_runs(
+    rows: Sequence[Mapping[str, Any]],
+    required: Sequence[RunRequirement] = REQUIRED_RUNS,
+    configs: Collection[str] = DEFAULT_CONFIGS,
+) -> list[MissingRun]:
+    """The runs still needed to fill ``required``, given the summary ``rows`` measured so far.
+
+    For each requirement, only rows of that model and split whose ``config`` is in ``configs`` count, and the
+    seeds of different configs are never pooled: the config with the most seeds is taken (ties: the first in
+    ``configs``), and the seeds it lacks become :class:`MissingRun` items, the smallest unused seed numbers
+    first, trained with that config (with the first of ``configs`` when nothing was measured).
+
+    Args:
+        rows: summary rows (:func:`smelib.results.summarize` output or ``results/summary.csv`` rows).
+        required: the plan (default :data:`REQUIRED_RUNS`).
+        configs: protocols that count, in order of preference.
+
+    Returns:
+        One item per missing (model, split, seed), in the order of ``required``.
+    """
+    configs = list(configs)
+    if not configs:
+        raise ValueError("configs must name at least one training protocol")
+    out: list[MissingRun] = []
+    for req in required:
+        by_config: dict[str, set[int]] = {c: set() for c in configs}
+        for row in rows:
+            if row.get("model") == req.model and row.get("split") == req.split and row.get("config") in by_config:
+                by_config[str(row["config"])].update(seeds_of(row))
+        config = max(configs, key=lambda c: (len(by_config[c]), -configs.index(c)))
+        have = by_config[config]
+        seed = 0
+        for _ in range(max(0, req.n_seeds - len(have))):
+            while seed in have:
+                seed += 1
+            out.append(MissingRun(req.model, req.split, seed, config, len(have), req.n_seeds))
+            seed += 1
+    return out
+
+
+def pick_row(
+    rows: Sequence[Mapping[str, Any]], model: str, split: str, configs: Collection[str] = DEFAULT_CONFIGS,
+) -> Mapping[str, Any] | None:
+    """The summary row of ``model`` on ``split`` under the protocol in ``configs`` with the most seeds (ties: the
+    first in ``configs``), or None when none of them has one; the same choice :func:`missing_runs` makes."""
+    order = list(configs)
+    found = [r for r in rows if r.get("model") == model and r.get("split") == split and r.get("config") in order]
+    if not found:
+        return None
+    return max(found, key=lambda r: (len(seeds_of(r)), -order.index(str(r["config"]))))
+
+
+@dataclass
+class DecisionOutcome:
+    """One decision rule's result on a dataset.
+
+    Attributes:
+        name: the rule's label (the key it was given under).
+        rule: its parameters (:meth:`smelib.mechanisms.DecisionRule.to_dict`; ``{"mode": "argmax"}`` for None).
+        metrics: the metrics at each image's original resolution.
+        taus: the threshold each image received, in dataset order (NaN for argmax).
+    """
+
+    name: str
+    rule: dict[str, Any]
+    metrics: SegMetrics
+    taus: list[float] = field(default_factory=list)
+
+
+def tau_counts(taus: Sequence[float], decimals: int = 3) -> dict[float, int]:
+    """How many images received each threshold (rounded to ``decimals``), sorted by threshold; NaN skipped."""
+    counts: dict[float, int] = {}
+    for t in taus:
+        if not math.isnan(t):
+            key = round(float(t), decimals)
+            counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+@torch.no_grad()
+def evaluate_decisions(
+    model_or_checkpoint: nn.Module | str | os.PathLike,
+    dataset: Any,
+    rules: Mapping[str, Any],
+    num_classes: int | None = None,
+    ignore_index: int = 255,
+    size: int | Sequence[int] | None = None,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+) -> dict[str, DecisionOutcome]:
+    """Score several decision rules on the same forward passes.
+
+    Args:
+        model_or_checkpoint: a model or a checkpoint path / release name (as :func:`smelib.inference.evaluate`).
+        dataset: items ``(image, mask)`` (or dicts), images normalised as the model expects.
+        rules: label -> :class:`smelib.mechanisms.DecisionRule` (or None for argmax).
+        num_classes, ignore_index, size, batch_size, device: as :func:`smelib.inference.evaluate` (no TTA,
+            no autocast); a dynamic rule with ``scope="batch"`` pools batches of ``batch_size`` images.
+
+    Returns:
+        label -> :class:`DecisionOutcome`, in the order of ``rules``.
+    """
+    from smelib.inference import _eval_batches, _model_from, predict_proba, unwrap
+    from smelib.loading import size_tuple
+    from smelib.mechanisms import decide
+
+    model, meta = _model_from(model_or_checkpoint, device)
+    if size is None and meta:
+        size = meta["config"]["data"].get("size")
+    size_t = size_tuple(size)
+    dev = next(model.parameters()).device
+    k = int(num_classes or getattr(unwrap(model), "num_classes", None) or meta.get("num_classes"))
+    cms = {name: ConfusionMatrix(k, ignore_index=ignore_index, device=dev) for name in rules}
+    taus: dict[str, list[float]] = {name: [] for name in rules}
+    was_training = model.training
+    model.eval()
+    try:
+        for images, masks in _eval_batches(dataset, list(range(len(dataset))), batch_size):
+            images, masks = images.to(dev), masks.to(dev)
+            probs = predict_proba(model, images, tuple(masks.shape[-2:]), size_t)
+            for name, rule in rules.items():
+                if rule is None or rule.mode == "argmax":
+                    labels: Tensor = probs.argmax(1)
+                    taus[name] += [float("nan")] * probs.shape[0]
+                else:
+                    labels = decide(probs, rule)
+                    taus[name] += [float(t) for t in rule.thresholds(probs).cpu()]
+                cms[name].update(labels, masks)
+    finally:
+        model.train(was_training)
+    return {
+        name: DecisionOutcome(name, {"mode": "argmax"} if rule is None else rule.to_dict(), cms[name].compute(),
+                              taus[name])
+        for name, rule in rules.items()
+    }

@@ -1,0 +1,107 @@
+"""smelib.experiments: the missing-runs list from summary rows, and several decision rules scored in one pass."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from smelib import experiments as X
+from smelib.inference import evaluate
+from smelib.mechanisms import DecisionRule
+
+
+def _row(model: str, split: str, seeds: str, config: str = "cpu_budget") -> dict[str, object]:
+    return {"config": config, "model": model, "split": split, "seeds": seeds, "n_seeds": len(seeds.split())}
+
+
+def test_missing_runs_with_no_records_is_the_whole_plan() -> None:
+    todo = X.missing_runs([])
+    assert len(todo) == 3 * 3 + 6 + 9
+    assert {(m.model, m.seed) for m in todo if m.split == "grouped" and m.model == "sme_deeplabv3plus"} == {
+        ("sme_deeplabv3plus", 0), ("sme_deeplabv3plus", 1), ("sme_deeplabv3plus", 2)}
+    assert todo[0].command == ("smelib train --config configs/cpu_budget.yaml --model sme_deeplabv3plus "
+                               "--split grouped --seed 0")
+
+
+def test_missing_runs_subtracts_measured_seeds_and_ignores_other_configs_and_models() -> None:
+    rows = [
+        _row("sme_deeplabv3plus", "grouped", "0 2"),
+        _row("sme_deeplabv3plus", "grouped", "0 1 2", config="cpu_budget_prior"),  # ablation variant: not counted
+        _row("sme_deeplabv3plus_lite", "official", "0"),  # not in the plan
+        _row("pspnet", "official", "3", config="paper"),  # any seed satisfies ">= 1"
+    ]
+    todo = X.missing_runs(rows)
+    sme = [m for m in todo if m.model == "sme_deeplabv3plus" and m.split == "grouped"]
+    assert [(m.seed, m.have, m.need, m.config) for m in sme] == [(1, 2, 3, "cpu_budget")]
+    assert not [m for m in todo if m.model == "pspnet" and m.split == "official"]
+    assert len(todo) == 3 * 3 + 6 + 9 - 2 - 1
+
+
+def test_missing_runs_custom_plan_and_seed_parsing() -> None:
+    plan = [X.RunRequirement("a", "grouped", 3)]
+    assert [m.seed for m in X.missing_runs([_row("a", "grouped", "1")], plan)] == [0, 2]
+    assert X.seeds_of({"seeds": ""}) == [] and X.seeds_of({"seeds": [0, 1]}) == [0, 1] and X.seeds_of({}) == []
+    with pytest.raises(ValueError):
+        X.missing_runs([], plan, configs=())
+
+
+def test_pick_row_prefers_more_seeds_then_config_order() -> None:
+    rows = [_row("m", "grouped", "0", config="paper"), _row("m", "grouped", "0 1"), _row("m", "official", "0"),
+            _row("m", "grouped", "0 1 2", config="cpu_budget_prior")]
+    assert X.pick_row(rows, "m", "grouped")["config"] == "cpu_budget"  # type: ignore[index]
+    assert X.pick_row(rows[:1] + [_row("m", "grouped", "5")], "m", "grouped")["config"] == "cpu_budget"  # type: ignore[index]
+    assert X.pick_row(rows, "m", "official")["seeds"] == "0"  # type: ignore[index]
+    assert X.pick_row(rows, "x", "grouped") is None
+
+
+def test_tau_counts() -> None:
+    assert X.tau_counts([0.5, float("nan"), 0.3, 0.5000001, 0.7]) == {0.3: 1, 0.5: 2, 0.7: 1}
+
+
+class _Tiny(nn.Module):
+    num_classes = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        with torch.no_grad():
+            self.conv.bias.copy_(torch.tensor([1.5, 0.0, 0.2, -0.2]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def _dataset() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    items = []
+    for i in range(7):
+        h = 12 if i < 5 else 10  # two sizes: batches never mix them
+        img = torch.randn(3, h, h, generator=g) * (0.5 + i)
+        mask = torch.randint(0, 4, (h, h), generator=g)
+        mask[: h // 2] = 0
+        items.append((img, mask))
+    return items
+
+
+def test_evaluate_decisions_equals_evaluate_per_rule() -> None:
+    model, data = _Tiny(), _dataset()
+    rules = {
+        "argmax": None,
+        "static": DecisionRule(mode="static"),
+        "dynamic": DecisionRule(mode="dynamic", small=0.2, large=0.6),
+        "dynamic batch": DecisionRule(mode="dynamic", small=0.2, large=0.6, scope="batch"),
+    }
+    out = X.evaluate_decisions(model, data, rules, batch_size=3)
+    assert list(out) == list(rules)
+    for name, rule in rules.items():
+        ref = evaluate(model, data, batch_size=3, decision=rule)
+        assert torch.equal(out[name].metrics.confusion, ref.confusion), name
+        assert len(out[name].taus) == len(data)
+    assert all(math.isnan(t) for t in out["argmax"].taus) and out["argmax"].rule == {"mode": "argmax"}
+    assert out["static"].taus == [0.5] * len(data)
+    assert set(X.tau_counts(out["dynamic"].taus)) <= {0.3, 0.5, 0.7}
+    assert out["dynamic"].rule["small"] == 0.2
