@@ -1,0 +1,17 @@
+"""The reproduction-status table reads summary rows correctly (fractions shown as percent, one seed no spread)."""
+
+from smelib import status
+
+
+def test_status_reports_percent_and_no_false_spread(monkeypatch) -> None:
+    rows = [{"model": "sme_deeplabv3plus", "split": "grouped", "config": "cpu_budget", "n_seeds": "1",
+             "miou_mean": "0.7533", "miou_std": "", "seeds": "0"},
+            {"model": "sme_deeplabv3plus", "split": "official", "config": "cpu_budget", "n_seeds": "3",
+             "miou_mean": "0.80", "miou_std": "0.012", "seeds": "0 1 2"}]
+    monkeypatch.setattr(status, "read_summary", lambda path=None: rows)
+    monkeypatch.setattr(status, "table2_matches", lambda: [("starnet_msaa", True), ("starnet_aspp", False)])
+    text = str(status.reproduction_table())
+    assert "1 of 2 rows equal" in text
+    assert "75.33 (n=1, cpu_budget)" in text
+    assert "80.00 ± 1.20 (n=3, cpu_budget)" in text
+    assert "not run yet" in text  # the lite model has no row here
