@@ -577,7 +577,8 @@ def profile_ops(
 
     Returns:
         ``{"model", "mode", "batch", "size", "total_self_cpu_ms", "ms_per_batch", "top_ops": [...],
-        "by_shape": [...], "by_class": [...], "depthwise_share", "record": {...}}``; times are totals over
+        "by_shape": [...], "by_class": [...], "depthwise_share" (every depthwise convolution: the star blocks'
+        7x7 and ELA's 1x7), "depthwise_7x7_share", "record": {...}}``; times are totals over
         ``steps`` batches, shares are fractions of the total self CPU time.
     """
     from torch.profiler import ProfilerActivity, profile
@@ -619,10 +620,12 @@ def profile_ops(
     classes = [{"class": k, "self_cpu_ms": v / 1e3, "share": v / total}
                for k, v in sorted(by_class.items(), key=lambda kv: -kv[1])]
     depthwise = sum(v for k, v in by_class.items() if k.startswith("conv depthwise"))
+    depthwise_7x7 = by_class.get("conv depthwise 7x7", 0.0)
     return {
         "model": model, "mode": "optimised" if optimised else "eager", "batch": batch, "size": list(size),
         "steps": steps, "total_self_cpu_ms": total / 1e3, "ms_per_batch_wall": wall * 1e3,
         "depthwise_share": depthwise / total,
+        "depthwise_7x7_share": depthwise_7x7 / total,
         "top_ops": top_ops, "by_shape": by_shape, "by_class": classes,
         "record": {"threads": threads_used, "loadavg_before": load_before, "loadavg_after": _loadavg(),
                    "options": options.to_dict() if optimised else None, "machine": machine_info("cpu"),

@@ -656,7 +656,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             print()
             rows = [[r["op"], r["self_cpu_ms"] / prof["steps"], 100 * r["share"], r["calls"]] for r in prof["top_ops"][:15]]
             print(_format_rows(["op", "self CPU ms/batch", "%", "calls"], rows))
-            print(f"\n7x7 depthwise convolutions: {100 * prof['depthwise_share']:.1f} % of self CPU time")
+            print(f"\ndepthwise convolutions: {100 * prof['depthwise_share']:.1f} % of self CPU time "
+                  f"(7x7 in the star blocks: {100 * prof['depthwise_7x7_share']:.1f} %)")
             print(f"wrote {jpath} and {cpath}")
         return 0
     if args.opt_threads in ("auto", "same"):

@@ -117,7 +117,7 @@ def test_profile_table(tmp_path) -> None:
     assert sum(shares) == pytest.approx(1.0, rel=1e-6)
     classes = {r["class"] for r in prof["by_class"]}
     assert "conv depthwise 7x7" in classes
-    assert 0 < prof["depthwise_share"] < 1
+    assert 0 < prof["depthwise_7x7_share"] <= prof["depthwise_share"] < 1
     jpath, cpath = bench.write_profile(prof, tmp_path / "prof")
     assert json.loads(jpath.read_text())["model"] == "sme_deeplabv3plus_lite"
     assert cpath.read_text().startswith("kind,op_or_class")
