@@ -600,10 +600,14 @@ def optimize_for_inference(
         ref_param = next(reference.parameters(), None)
         ref_device = ref_param.device if ref_param is not None else torch.device("cpu")
         reference.eval()
+        # On CUDA, cuDNN convolutions may run in TF32 by default; compare in true fp32.
+        tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
         try:
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
             with torch.no_grad():
                 diff = max_abs_diff(module(ex), reference(example.to(ref_device)))
         finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
             reference.train(was)
         applied["verify_max_abs_diff"] = diff
         if not diff <= verify_atol:
