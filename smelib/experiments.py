@@ -201,16 +201,10 @@ def evaluate_decisions(
     Returns:
         label -> :class:`DecisionOutcome`, in the order of ``rules``.
     """
-    from smelib.inference import _eval_batches, _model_from, predict_proba, unwrap
-    from smelib.loading import size_tuple
+    from smelib.inference import _eval_batches, _eval_setup, predict_proba
     from smelib.mechanisms import decide
 
-    model, meta = _model_from(model_or_checkpoint, device)
-    if size is None and meta:
-        size = meta["config"]["data"].get("size")
-    size_t = size_tuple(size)
-    dev = next(model.parameters()).device
-    k = int(num_classes or getattr(unwrap(model), "num_classes", None) or meta.get("num_classes"))
+    model, meta, size_t, dev, k = _eval_setup(model_or_checkpoint, device, size, num_classes)
     cms = {name: ConfusionMatrix(k, ignore_index=ignore_index, device=dev) for name in rules}
     taus: dict[str, list[float]] = {name: [] for name in rules}
     was_training = model.training

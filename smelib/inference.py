@@ -101,6 +101,17 @@ def _model_from(model_or_checkpoint: nn.Module | str | os.PathLike, device: torc
     return load_checkpoint(model_or_checkpoint, device=dev)
 
 
+def _eval_setup(model_or_checkpoint: nn.Module | str | os.PathLike, device: torch.device | str | None,
+                size: Any, num_classes: int | None) -> tuple[nn.Module, dict[str, Any], Any, torch.device, int]:
+    """What every evaluation needs: the model, its checkpoint meta, the eval size (the checkpoint's when not
+    given), the model's device and the class count."""
+    model, meta = _model_from(model_or_checkpoint, device)
+    if size is None and meta:
+        size = meta["config"]["data"].get("size")
+    k = int(num_classes or getattr(unwrap(model), "num_classes", None) or meta.get("num_classes"))
+    return model, meta, size_tuple(size), next(model.parameters()).device, k
+
+
 def _eval_batches(dataset: Any, indices: Sequence[int], batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
     """Batches of consecutive same-size samples (images of different sizes are never padded together)."""
     pending: list[tuple[Tensor, Tensor]] = []
@@ -150,12 +161,7 @@ def evaluate(
         :class:`smelib.metrics.SegMetrics` (``.to_dict()`` for JSON; background-included means and
         ``.defects_only``).
     """
-    model, meta = _model_from(model_or_checkpoint, device)
-    if size is None and meta:
-        size = meta["config"]["data"].get("size")
-    size_t = size_tuple(size)
-    dev = next(model.parameters()).device
-    k = int(num_classes or getattr(unwrap(model), "num_classes", None) or meta.get("num_classes"))
+    model, meta, size_t, dev, k = _eval_setup(model_or_checkpoint, device, size, num_classes)
     ctx = ctx or D.DistContext()
     cm = ConfusionMatrix(k, ignore_index=ignore_index, device=dev)
     indices = list(range(ctx.rank, len(dataset), ctx.world_size))

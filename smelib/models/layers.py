@@ -26,10 +26,7 @@ class ConvBN(nn.Sequential):
         super().__init__()
         self.add_module("conv", nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding, dilation, groups))
         if with_bn:
-            bn = nn.BatchNorm2d(out_ch)
-            nn.init.ones_(bn.weight)
-            nn.init.zeros_(bn.bias)
-            self.add_module("bn", bn)
+            self.add_module("bn", nn.BatchNorm2d(out_ch))
 
 
 class ConvBNReLU(nn.Sequential):
