@@ -14,6 +14,9 @@ other model, and on the official split at least one of each.
 :class:`smelib.mechanisms.DecisionRule` on the same probabilities, also recording the threshold each image
 received. Batches are formed exactly as :func:`smelib.inference.evaluate` forms them, so each rule's metrics
 equal that function's with ``decision=rule`` (a test checks this).
+
+:func:`summary_value`, :func:`mean_std_text` and :func:`summary_table` format summary rows for the book's
+ablation chapter.
 """
 
 from __future__ import annotations
@@ -22,16 +25,19 @@ import math
 import os
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from smelib.metrics import ConfusionMatrix, SegMetrics
 
+if TYPE_CHECKING:
+    from smelib.viz import Table
+
 __all__ = [
     "DEFAULT_CONFIGS", "REQUIRED_RUNS", "DecisionOutcome", "MissingRun", "RunRequirement", "evaluate_decisions",
-    "missing_runs", "pick_row", "seeds_of", "tau_counts",
+    "mean_std_text", "missing_runs", "pick_row", "seeds_of", "summary_table", "summary_value", "tau_counts",
 ]
 
 
@@ -228,3 +234,44 @@ def evaluate_decisions(
                               taus[name])
         for name, rule in rules.items()
     }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Summary rows as the book's tables show them
+
+
+def summary_value(row: Mapping[str, Any] | None, key: str) -> float | None:
+    """``row[key]`` as a float; None when the row is None or the field is missing or empty (CSV rows hold
+    strings, :func:`smelib.results.summarize` rows numbers)."""
+    v = row.get(key) if row else None
+    return None if v in (None, "") else float(v)
+
+
+def mean_std_text(row: Mapping[str, Any] | None, key: str = "miou") -> str:
+    """``"<mean> ± <std>"`` of metric ``key`` in percent with 2 decimals (from the row's ``<key>_mean`` and
+    ``<key>_std``); ``" ± –"`` when there is no std (one seed), ``"not yet measured"`` when there is no mean."""
+    mean, std = summary_value(row, f"{key}_mean"), summary_value(row, f"{key}_std")
+    if mean is None:
+        return "not yet measured"
+    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else " ± –")
+
+
+def summary_table(rows: Sequence[Mapping[str, Any]]) -> Table:
+    """Every summary row: config, model, split, number of seeds, seeds, and test mIoU, defect-class mIoU (mean ±
+    std, :func:`mean_std_text`), precision and MPA (means), in percent.
+
+    Args:
+        rows: ``results/summary.csv`` rows (:func:`smelib.status.read_summary`) or :func:`smelib.results.summarize`
+            output; each needs ``config``, ``model``, ``split``, ``n_seeds``, ``seeds``, ``miou_mean``,
+            ``miou_defects_mean``, ``precision_mean`` and ``mpa_mean`` (``*_std`` optional).
+    """
+    from smelib.viz import Table
+
+    def pct(row: Mapping[str, Any], key: str) -> str:
+        v = summary_value(row, key)
+        return "–" if v is None else f"{100 * v:.2f}"
+
+    return Table(["config", "model", "split", "n", "seeds", "mIoU %", "defects mIoU %", "precision %", "MPA %"],
+                 [[r["config"], r["model"], r["split"], int(r["n_seeds"]), r["seeds"], mean_std_text(r),
+                   mean_std_text(r, "miou_defects"), pct(r, "precision_mean"), pct(r, "mpa_mean")] for r in rows],
+                 title="All aggregated runs (mean ± sample std over seeds)")

@@ -105,3 +105,26 @@ def test_evaluate_decisions_equals_evaluate_per_rule() -> None:
     assert out["static"].taus == [0.5] * len(data)
     assert set(X.tau_counts(out["dynamic"].taus)) <= {0.3, 0.5, 0.7}
     assert out["dynamic"].rule["small"] == 0.2
+
+
+def test_summary_value_and_mean_std_text() -> None:
+    row = {"miou_mean": "0.7533", "miou_std": "", "precision_mean": 0.5, "mpa_std": "0.01"}
+    assert X.summary_value(row, "miou_mean") == pytest.approx(0.7533)
+    assert X.summary_value(row, "miou_std") is None and X.summary_value(None, "miou_mean") is None
+    assert X.mean_std_text(row) == "75.33 ± –"
+    assert X.mean_std_text({"miou_mean": 0.7, "miou_std": 0.0123}) == "70.00 ± 1.23"
+    assert X.mean_std_text(row, "mpa") == "not yet measured"
+    assert X.mean_std_text(None) == "not yet measured"
+
+
+def test_summary_table_rows() -> None:
+    rows = [
+        {"config": "cpu_budget", "model": "sme_deeplabv3plus", "split": "grouped", "n_seeds": "2", "seeds": "0 1",
+         "miou_mean": "0.74", "miou_std": "0.01", "miou_defects_mean": "0.6719", "miou_defects_std": "",
+         "precision_mean": "0.8348", "mpa_mean": "0.8471"},
+    ]
+    t = X.summary_table(rows)
+    assert t.columns[5] == "mIoU %" and len(t.rows) == 1
+    assert t.rows[0] == ["cpu_budget", "sme_deeplabv3plus", "grouped", 2, "0 1", "74.00 ± 1.00", "67.19 ± –",
+                         "83.48", "84.71"]
+    assert X.summary_table([]).rows == []
