@@ -782,10 +782,48 @@ def _add_release(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_release)
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from smelib.qualitative import ComparisonError, build_comparison, save_comparison
+
+    runs: dict[str, str] = {}
+    for item in args.runs:
+        label, sep, spec = item.partition("=")
+        if not sep or not label or not spec:
+            raise CLIError(f"{item!r}: expected LABEL=RUN_DIR_OR_CHECKPOINT")
+        if label in runs:
+            raise CLIError(f"label {label!r} given twice")
+        runs[label] = spec
+    out = Path(args.out)
+    if (out / "comparison.json").exists() and not args.force:
+        raise CLIError(f"{out / 'comparison.json'} exists; add --force to overwrite it")
+    try:
+        comp = build_comparison(runs, data_root=args.data_root, subset=args.subset, per_class=args.per_class,
+                                failures=args.failures, device=args.device, progress=True)
+        path = save_comparison(comp, out, force=args.force)
+    except (*_engine_errors(), ComparisonError) as err:
+        raise CLIError(str(err)) from None
+    print(f"wrote {path} and {len(comp.examples)} examples ({len(comp.ids)} {args.subset} images scored)")
+    return 0
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="several runs on the same test images: per-image scores and Fig.-9 examples")
+    p.add_argument("runs", nargs="+", metavar="LABEL=RUN", help="display label = run folder or checkpoint; "
+                   "the first is the reference that picks the examples")
+    p.add_argument("--out", required=True, help="folder for comparison.json and the example PNGs")
+    p.add_argument("--subset", choices=["test", "val"], default="test")
+    p.add_argument("--per-class", type=int, default=1, help="typical images per defect class (default 1)")
+    p.add_argument("--failures", type=int, default=2, help="the reference's worst images (default 2)")
+    p.add_argument("--data-root", help="dataset folder (default: the one the first run was trained on)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--force", action="store_true", help="overwrite an existing comparison")
+    p.set_defaults(func=_cmd_compare)
+
+
 # Every subcommand, in the order `smelib --help` lists them.
 _SUBCOMMANDS = [_add_info, _add_models, _add_flops, _add_train, _add_eval, _add_predict, _add_reproduce,
                _add_results, _add_data]
-_SUBCOMMANDS += [_add_bench, _add_export, _add_release]
+_SUBCOMMANDS += [_add_compare, _add_bench, _add_export, _add_release]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,7 @@ from smelib.metrics import ConfusionMatrix, SegMetrics
 if TYPE_CHECKING:
     from smelib.mechanisms import DecisionRule
 
-__all__ = ["evaluate", "predict", "predict_proba", "unwrap"]
+__all__ = ["evaluate", "predict", "predict_dataset", "predict_proba", "unwrap"]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -181,6 +181,41 @@ def evaluate(
         model.train(was_training)
     cm.all_reduce()
     return cm.compute()
+
+
+@torch.no_grad()
+def predict_dataset(
+    model_or_checkpoint: nn.Module | str | os.PathLike,
+    dataset: Any,
+    tta: bool = False,
+    size: int | Sequence[int] | None = None,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+) -> list[np.ndarray]:
+    """Argmax label maps for every item of an evaluation dataset, in dataset order.
+
+    The same batching, resizing and TTA as :func:`evaluate`, so that a confusion matrix accumulated over these
+    maps equals the one :func:`evaluate` computes.
+
+    Args:
+        model_or_checkpoint: a model (its mode is restored afterwards) or a checkpoint path.
+        dataset: items ``(image (C, H, W) float normalised, mask (H, W) int, ...)``.
+        tta, size, batch_size, device: as for :func:`evaluate` (``size=None`` with a checkpoint: its ``data.size``).
+
+    Returns:
+        One ``(H, W)`` uint8 array of class ids per item, at the item's own size.
+    """
+    model, _, size_t, dev, _ = _eval_setup(model_or_checkpoint, device, size, None)
+    was_training = model.training
+    model.eval()
+    out: list[np.ndarray] = []
+    try:
+        for images, masks in _eval_batches(dataset, range(len(dataset)), batch_size):
+            probs = predict_proba(model, images.to(dev), tuple(masks.shape[-2:]), size_t, tta)
+            out.extend(probs.argmax(1).to(torch.uint8).cpu().numpy())
+    finally:
+        model.train(was_training)
+    return out
 
 
 @torch.no_grad()

@@ -1,0 +1,435 @@
+"""Qualitative comparison (the paper's Fig. 9): several trained runs on the same test images.
+
+:func:`build_comparison` predicts every test image with each run, scores each image, and picks the examples to
+show: for every defect class the image whose score under the reference run (the first one) is that class's median
+(a *typical* case, not a hand-picked one), the reference run's worst images (failures), and the image where the
+reference run trails a baseline the most. :func:`save_comparison` writes a small, committable folder (the chosen
+images, their ground truth and predictions as PNG, and ``comparison.json`` with every test image's score), so the
+book can draw the figure without checkpoints or the full dataset; :func:`plot_comparison` draws it.
+
+The per-image score is the mean IoU over the classes present in the ground truth or the prediction of that
+image (background included): a class absent from both is not a success to average in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Comparison", "ComparisonError", "build_comparison", "image_miou", "load_comparison", "plot_comparison",
+           "plot_score_scatter", "resolve_run", "save_comparison", "select_examples"]
+
+FORMAT = 1
+
+
+class ComparisonError(ValueError):
+    """A comparison cannot be built or read; the message names the run, checkpoint or file and the problem."""
+
+
+@dataclass
+class Example:
+    """One image shown in the figure.
+
+    Attributes:
+        id: the dataset's sample id.
+        reason: why it was picked (e.g. ``"typical scratches"``).
+        image: ``(H, W)`` uint8 gray image.
+        gt: ``(H, W)`` uint8 ground-truth class ids (255: ignored).
+        preds: label → ``(H, W)`` uint8 predicted class ids.
+    """
+
+    id: str
+    reason: str
+    image: np.ndarray
+    gt: np.ndarray
+    preds: dict[str, np.ndarray]
+
+
+@dataclass
+class Comparison:
+    """Several runs' predictions on one test subset.
+
+    Attributes:
+        models: one dict per run, in display order (the first is the reference): ``label``, ``run_id``, ``model``,
+            ``checkpoint_sha256``, ``miou_record`` (the run record's test mIoU, or None), ``miou_here`` (the
+            mIoU of the confusion matrix over this comparison's predictions).
+        class_names: K names, background first.
+        ids: every test sample id, in dataset order.
+        dominant: per test image, the defect class with most ground-truth pixels (0 when it has none).
+        scores: label → per-image score (:func:`image_miou`), aligned with ``ids``.
+        examples: the images to draw.
+        meta: split facts, git commit, creation time.
+    """
+
+    models: list[dict[str, Any]]
+    class_names: list[str]
+    ids: list[str]
+    dominant: list[int]
+    scores: dict[str, list[float]]
+    examples: list[Example]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list[str]:
+        """The runs' display labels, reference first."""
+        return [m["label"] for m in self.models]
+
+
+def image_miou(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index: int = 255) -> float:
+    """Mean IoU of one image over the classes present in its ground truth or prediction.
+
+    Args:
+        pred: ``(H, W)`` predicted class ids.
+        gt: ``(H, W)`` ground-truth class ids; ``ignore_index`` pixels are not counted.
+        num_classes: K.
+
+    Returns:
+        A value in [0, 1]; NaN when every pixel is ignored.
+    """
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
+    keep = gt != ignore_index
+    p, g = pred[keep].astype(np.int64), gt[keep].astype(np.int64)
+    if p.size == 0:
+        return float("nan")
+    ious = []
+    for k in range(num_classes):
+        pk, gk = p == k, g == k
+        union = np.count_nonzero(pk | gk)
+        if union:
+            ious.append(np.count_nonzero(pk & gk) / union)
+    return float(np.mean(ious))
+
+
+def dominant_class(gt: np.ndarray, num_classes: int) -> int:
+    """The defect class (1..K-1) with most pixels in ``gt`` ``(H, W)``; 0 when there is none."""
+    counts = np.bincount(gt[gt < num_classes].ravel().astype(np.int64), minlength=num_classes)[1:num_classes]
+    return int(np.argmax(counts)) + 1 if counts.sum() else 0
+
+
+def select_examples(
+    ids: Sequence[str],
+    dominant: Sequence[int],
+    scores: Mapping[str, Sequence[float]],
+    reference: str,
+    class_names: Sequence[str],
+    per_class: int = 1,
+    failures: int = 2,
+    deficit: bool = True,
+) -> list[tuple[int, str]]:
+    """Which test images to show, and why; deterministic (ties broken by sample id).
+
+    Args:
+        ids: sample ids; dominant: their dominant defect class; scores: label → per-image scores.
+        reference: the label whose scores pick the examples (the model the figure is about).
+        per_class: typical images per defect class: those whose reference score is nearest the class median.
+        failures: the reference's lowest-scoring images (not already picked).
+        deficit: also the image where the reference trails the best other run by the widest margin.
+
+    Returns:
+        ``[(index into ids, reason), ...]`` in display order.
+    """
+    ref = np.asarray(scores[reference], dtype=np.float64)
+    order_key = np.asarray([str(i) for i in ids])
+    picked: list[tuple[int, str]] = []
+    taken: set[int] = set()
+
+    def take(candidates: np.ndarray, key: np.ndarray, reason: str, n: int) -> None:
+        cand = [int(i) for i in candidates if int(i) not in taken and np.isfinite(key[i])]
+        cand.sort(key=lambda i: (key[i], order_key[i]))
+        for i in cand[:n]:
+            picked.append((i, reason))
+            taken.add(i)
+
+    dom = np.asarray(dominant)
+    for k in range(1, len(class_names)):
+        members = np.flatnonzero(dom == k)
+        if members.size:
+            median = np.nanmedian(ref[members])
+            take(members, np.abs(ref - median), f"typical {class_names[k]}", per_class)
+    take(np.arange(len(ids)), ref, f"{reference}: a failure", failures)
+    others = [label for label in scores if label != reference]
+    if deficit and others:
+        best_other = np.nanmax(np.stack([np.asarray(scores[o], dtype=np.float64) for o in others]), axis=0)
+        gap = best_other - ref
+        if np.nanmax(gap) > 0:
+            take(np.arange(len(ids)), -gap, f"{reference} trails another run most", 1)
+    return picked
+
+
+def resolve_run(spec: str | os.PathLike) -> tuple[Path, dict[str, Any] | None]:
+    """A checkpoint path and its run record from a run folder (its record's best checkpoint) or a ``.pt``.
+
+    Raises:
+        ComparisonError: the folder has no ``record.json`` or the checkpoint file is missing.
+    """
+    path = Path(spec)
+    if path.is_dir():
+        record_path = path / "record.json"
+        if not record_path.is_file():
+            raise ComparisonError(f"{path}: not a run folder (no record.json)")
+        record = json.loads(record_path.read_text())
+        ckpt = path / (record.get("checkpoint") or {}).get("relpath", "checkpoints/best.pt")
+        if not ckpt.is_file():
+            raise ComparisonError(f"{ckpt}: checkpoint missing (checkpoints are not committed; re-run the training "
+                                  f"of {record.get('run_id', path.name)})")
+        return ckpt, record
+    if not path.is_file():
+        raise ComparisonError(f"{path}: no such run folder or checkpoint")
+    record_path = path.parent.parent / "record.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else None
+    return path, record
+
+
+def _split_key(cfg: Mapping[str, Any]) -> tuple[Any, ...]:
+    d = cfg["data"]
+    return d["split"], d["seed"], d.get("groups"), d["val_fraction"], d.get("limit")
+
+
+def build_comparison(
+    runs: Mapping[str, str | os.PathLike],
+    data_root: str | None = None,
+    subset: str = "test",
+    per_class: int = 1,
+    failures: int = 2,
+    device: str = "cpu",
+    progress: bool = False,
+) -> Comparison:
+    """Predict one test subset with several runs and pick the examples to show.
+
+    Args:
+        runs: display label → run folder (``results/runs/<id>``) or checkpoint; the first is the reference. All
+            must have been trained on the same split (same kind, seed, groups and validation fraction).
+        data_root: dataset folder (default: the one the first run was trained on).
+        subset: ``"test"`` or ``"val"``.
+        per_class, failures: see :func:`select_examples`.
+
+    Returns:
+        A :class:`Comparison`.
+
+    Raises:
+        ComparisonError: fewer than one run, runs on different splits, missing checkpoints, or a mismatch in
+            class names.
+    """
+    import copy
+
+    import torch
+
+    from smelib.checkpoint import load_checkpoint
+    from smelib.inference import predict_dataset
+    from smelib.loading import load_data
+    from smelib.metrics import ConfusionMatrix
+    from smelib.records import git_info, utc_iso
+
+    if not runs:
+        raise ComparisonError("no runs to compare")
+    if subset not in ("test", "val"):
+        raise ComparisonError(f"subset must be 'test' or 'val', not {subset!r}")
+    loaded = []
+    for label, spec in runs.items():
+        ckpt, record = resolve_run(spec)
+        model, meta = load_checkpoint(ckpt, device=device)
+        loaded.append((label, ckpt, record, model, meta))
+    first_meta = loaded[0][4]
+    for label, ckpt, _, _, meta in loaded[1:]:
+        if _split_key(meta["config"]) != _split_key(first_meta["config"]):
+            raise ComparisonError(f"{ckpt}: trained on split {_split_key(meta['config'])}, but {loaded[0][1]} on "
+                                  f"{_split_key(first_meta['config'])}; compare runs of one split only")
+        if list(meta["class_names"]) != list(first_meta["class_names"]):
+            raise ComparisonError(f"{ckpt}: classes {meta['class_names']} differ from {first_meta['class_names']}")
+    cfg = copy.deepcopy(first_meta["config"])
+    if data_root is not None:
+        cfg["data"]["root"] = data_root
+    bundle = load_data(cfg, seed=int(cfg["train"]["seed"]))
+    dataset = bundle.test if subset == "test" else bundle.val
+    if dataset is None or len(dataset) == 0:
+        raise ComparisonError(f"{bundle.split.get('root')}: the {subset} subset is empty")
+    k = bundle.num_classes
+    ignore = int(cfg["data"]["ignore_index"])
+    raws = [dataset._raw(i) for i in range(len(dataset))]  # uint8 (C, H, W) image and (H, W) mask, as stored
+    gts = [np.asarray(m, dtype=np.uint8) for _, m in raws]
+    ids = [str(sid) for sid in dataset.ids]
+    dominant = [dominant_class(g, k) for g in gts]
+    preds: dict[str, list[np.ndarray]] = {}
+    scores: dict[str, list[float]] = {}
+    models = []
+    for label, ckpt, record, model, meta in loaded:
+        preds[label] = predict_dataset(model, dataset, size=meta["config"]["data"].get("size"),
+                                       batch_size=int(meta["config"]["data"]["eval_batch_size"]), device=device)
+        scores[label] = [image_miou(p, g, k, ignore) for p, g in zip(preds[label], gts)]
+        cm = ConfusionMatrix(k, ignore_index=ignore)
+        for p, g in zip(preds[label], gts):
+            cm.update(torch.from_numpy(p.astype(np.int64)), torch.from_numpy(g.astype(np.int64)))
+        final = ((record or {}).get("final") or {}).get(subset) or {}
+        models.append({"label": label, "run_id": (record or {}).get("run_id"), "model": meta["model_name"],
+                       "checkpoint_sha256": (record or {}).get("checkpoint", {}).get("sha256"),
+                       "miou_record": final.get("miou"), "miou_here": cm.compute().miou})
+        if progress:
+            print(f"{label}: {subset} mIoU {100 * models[-1]['miou_here']:.2f} %")
+    reference = loaded[0][0]
+    chosen = select_examples(ids, dominant, scores, reference, bundle.class_names, per_class, failures)
+    examples = []
+    for i, reason in chosen:
+        image = np.asarray(raws[i][0], dtype=np.uint8)
+        image = image[0] if image.ndim == 3 else image
+        examples.append(Example(ids[i], reason, image, gts[i], {lab: preds[lab][i] for lab in preds}))
+    meta = {"subset": subset, "split": bundle.split, "git": git_info(), "created_utc": utc_iso()}
+    return Comparison(models, list(bundle.class_names), ids, dominant, scores, examples, meta)
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()
+    if not slug:
+        raise ComparisonError(f"label {text!r} gives an empty file name")
+    return slug
+
+
+def save_comparison(comp: Comparison, out: str | os.PathLike, force: bool = False) -> Path:
+    """Write ``comparison.json`` and ``examples/<id>/{image,gt,<label>}.png`` under ``out``.
+
+    Raises:
+        ComparisonError: ``out`` already holds a comparison and ``force`` is False, or two labels share a file name.
+    """
+    from PIL import Image
+
+    from smelib.records import write_json
+
+    out = Path(out)
+    if (out / "comparison.json").exists() and not force:
+        raise ComparisonError(f"{out / 'comparison.json'} exists; pass force=True (--force) to overwrite it")
+    slugs = [_slug(m["label"]) for m in comp.models]
+    if len(set(slugs)) != len(slugs) or {"image", "gt"} & set(slugs):
+        raise ComparisonError(f"labels {comp.labels} do not give distinct file names")
+    for ex in comp.examples:
+        folder = out / "examples" / _slug(ex.id)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(ex.image).save(folder / "image.png", optimize=True)
+        Image.fromarray(ex.gt).save(folder / "gt.png", optimize=True)
+        for m, slug in zip(comp.models, slugs):
+            Image.fromarray(ex.preds[m["label"]]).save(folder / f"{slug}.png", optimize=True)
+    doc = {
+        "format": FORMAT, **comp.meta, "class_names": comp.class_names,
+        "models": [{**m, "file": s} for m, s in zip(comp.models, slugs)],
+        "examples": [{"id": ex.id, "folder": f"examples/{_slug(ex.id)}", "reason": ex.reason} for ex in comp.examples],
+        "ids": comp.ids, "dominant": comp.dominant,
+        "scores": {label: [None if not np.isfinite(v) else round(float(v), 5) for v in vals]
+                   for label, vals in comp.scores.items()},
+    }
+    return write_json(out / "comparison.json", doc)
+
+
+def load_comparison(folder: str | os.PathLike) -> Comparison:
+    """Read what :func:`save_comparison` wrote.
+
+    Raises:
+        ComparisonError: a missing or malformed file (the message names it).
+    """
+    from PIL import Image
+
+    folder = Path(folder)
+    path = folder / "comparison.json"
+    if not path.is_file():
+        raise ComparisonError(f"{path}: no comparison here (write one with `smelib compare`)")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ComparisonError(f"{path}: not valid JSON ({err})") from None
+    if doc.get("format") != FORMAT:
+        raise ComparisonError(f"{path}: format {doc.get('format')!r}, this smelib reads format {FORMAT}")
+
+    def read(p: Path) -> np.ndarray:
+        if not p.is_file():
+            raise ComparisonError(f"{p}: missing (listed in {path})")
+        with Image.open(p) as im:
+            return np.asarray(im)
+
+    examples = []
+    for ex in doc["examples"]:
+        d = folder / ex["folder"]
+        examples.append(Example(ex["id"], ex["reason"], read(d / "image.png"), read(d / "gt.png"),
+                                {m["label"]: read(d / f"{m['file']}.png") for m in doc["models"]}))
+    scores = {label: [float("nan") if v is None else float(v) for v in vals] for label, vals in doc["scores"].items()}
+    models = [{k: v for k, v in m.items() if k != "file"} for m in doc["models"]]
+    meta = {k: doc[k] for k in ("subset", "split", "git", "created_utc") if k in doc}
+    return Comparison(models, doc["class_names"], doc["ids"], doc["dominant"], scores, examples, meta)
+
+
+def plot_comparison(comp: Comparison, examples: Sequence[Example] | None = None, size: float = 1.9) -> Any:
+    """The Fig.-9-style grid: one row per example; columns image, ground truth, then each run's prediction.
+
+    Each prediction's title carries its per-image score; the row's reason is on the left. Classes use the
+    book-wide palette (:data:`smelib.viz.CLASS_COLORS`).
+
+    Returns:
+        The matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from smelib.viz import class_color, colorize
+
+    examples = list(comp.examples if examples is None else examples)
+    if not examples:
+        raise ComparisonError("no examples to draw")
+    cols = 2 + len(comp.models)
+    fig, axes = plt.subplots(len(examples), cols, figsize=(size * cols, size * len(examples) + 0.5), squeeze=False)
+    k = len(comp.class_names)
+    for r, ex in enumerate(examples):
+        row = axes[r]
+        row[0].imshow(ex.image, cmap="gray", vmin=0, vmax=255)
+        row[0].set_ylabel(f"{ex.id}\n{ex.reason}", fontsize=7)
+        row[1].imshow(colorize(ex.gt))
+        for c, m in enumerate(comp.models):
+            pred = ex.preds[m["label"]]
+            row[2 + c].imshow(colorize(pred))
+            score = image_miou(pred, ex.gt, k)
+            row[2 + c].set_title(f"{100 * score:.1f} %", fontsize=7, pad=2)
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for c, name in enumerate(["image", "ground truth", *comp.labels]):
+        axes[0, c].annotate(name, (0.5, 1.22), xycoords="axes fraction", ha="center", va="bottom", fontsize=8,
+                            fontweight="bold")
+    handles = [Patch(color=np.asarray(class_color(i)) / 255, label=n) for i, n in enumerate(comp.class_names)]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
+
+
+def plot_score_scatter(comp: Comparison, other: str, reference: str | None = None, ax: Any = None) -> Any:
+    """Per-image scores of the reference run (y) against another run (x), coloured by dominant defect class.
+
+    Points above the diagonal are images where the reference does better. Returns the axes.
+    """
+    import matplotlib.pyplot as plt
+
+    from smelib.viz import class_color
+
+    reference = reference or comp.labels[0]
+    for label in (reference, other):
+        if label not in comp.scores:
+            raise ComparisonError(f"no run labelled {label!r}; runs: {comp.labels}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.2, 4.2))
+    x = 100 * np.asarray(comp.scores[other])
+    y = 100 * np.asarray(comp.scores[reference])
+    dom = np.asarray(comp.dominant)
+    for k in sorted(set(dom.tolist())):
+        sel = dom == k
+        name = comp.class_names[k] if k else "no defect"
+        ax.scatter(x[sel], y[sel], s=6, alpha=0.6, color=np.asarray(class_color(k)) / 255 if k else "0.5", label=name)
+    ax.plot([0, 100], [0, 100], color="0.3", lw=0.8, ls="--")
+    ax.set_xlabel(f"{other}: per-image mIoU (%)")
+    ax.set_ylabel(f"{reference}: per-image mIoU (%)")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_aspect("equal")
+    ax.legend(fontsize=7, markerscale=2, loc="lower right")
+    return ax

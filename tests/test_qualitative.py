@@ -1,0 +1,155 @@
+"""Qualitative comparison (smelib.qualitative, `smelib compare`): per-image scores, example picking, the saved
+folder's round trip, and the build on two tiny trained runs (its mIoU must equal the run record's)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from engine_helpers import make_neu, tiny_config
+
+from smelib import engine
+from smelib.cli import main
+from smelib.qualitative import (
+    Comparison,
+    ComparisonError,
+    Example,
+    build_comparison,
+    dominant_class,
+    image_miou,
+    load_comparison,
+    plot_comparison,
+    plot_score_scatter,
+    save_comparison,
+    select_examples,
+)
+
+
+def test_image_miou_averages_only_classes_present() -> None:
+    gt = np.array([[0, 0, 1, 1], [0, 0, 1, 1]], np.uint8)
+    pred = np.array([[0, 0, 0, 1], [0, 0, 0, 1]], np.uint8)
+    # background: 4 / 6; class 1: 2 / 4; classes 2 and 3 absent from both: not averaged in
+    assert image_miou(pred, gt, 4) == pytest.approx((4 / 6 + 2 / 4) / 2)
+    assert image_miou(gt, gt, 4) == 1.0
+    ignored = gt.copy()
+    ignored[:, 2] = 255  # the ignored column no longer counts against class 1
+    assert image_miou(pred, ignored, 4) == pytest.approx((4 / 4 + 2 / 2) / 2)
+    assert math.isnan(image_miou(pred, np.full_like(gt, 255), 4))
+    with pytest.raises(ValueError, match="shape"):
+        image_miou(pred[:, :3], gt, 4)
+
+
+def test_dominant_class_is_the_largest_defect() -> None:
+    gt = np.zeros((4, 4), np.uint8)
+    assert dominant_class(gt, 4) == 0
+    gt[0, :3] = 2
+    gt[1, :2] = 3
+    gt[3, 3] = 255
+    assert dominant_class(gt, 4) == 2
+
+
+def test_select_examples_typical_failures_and_deficit() -> None:
+    ids = [f"i{k}" for k in range(8)]
+    dominant = [1, 1, 1, 2, 2, 3, 3, 3]
+    ref = [0.9, 0.5, 0.7, 0.2, 0.8, 0.6, 0.65, 0.95]
+    other = [0.1, 0.5, 0.7, 0.2, 0.8, 0.9, 0.6, 0.5]
+    picks = select_examples(ids, dominant, {"A": ref, "B": other}, "A", ["bg", "c1", "c2", "c3"], failures=1)
+    # class 1: median 0.7 -> i2; class 2: median 0.5, ties 0.2/0.8 -> lower score first (i3); class 3: median 0.65
+    assert picks[:3] == [(2, "typical c1"), (3, "typical c2"), (6, "typical c3")]
+    # lowest remaining reference score: i1 (0.5); then the widest B - A gap: i5 (0.9 - 0.6)
+    assert picks[3] == (1, "A: a failure")
+    assert picks[4] == (5, "A trails another run most")
+    assert len({i for i, _ in picks}) == len(picks)
+    assert picks == select_examples(ids, dominant, {"A": ref, "B": other}, "A", ["bg", "c1", "c2", "c3"], failures=1)
+
+
+def _toy_comparison() -> Comparison:
+    rng = np.random.default_rng(0)
+    gt = rng.integers(0, 4, (12, 10)).astype(np.uint8)
+    image = rng.integers(0, 256, (12, 10)).astype(np.uint8)
+    ex = Example("test/000007", "typical c1", image, gt, {"Model A": gt, "B (base)": np.zeros_like(gt)})
+    models = [{"label": "Model A", "run_id": "r1", "model": "m", "checkpoint_sha256": None, "miou_record": 0.5,
+               "miou_here": 0.5}, {"label": "B (base)", "run_id": "r2", "model": "m", "checkpoint_sha256": None,
+                                  "miou_record": None, "miou_here": 0.4}]
+    return Comparison(models, ["bg", "c1", "c2", "c3"], ["test/000007", "test/000008"], [1, 2],
+                      {"Model A": [1.0, float("nan")], "B (base)": [0.25, 0.5]}, [ex], {"subset": "test"})
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    comp = _toy_comparison()
+    save_comparison(comp, tmp_path)
+    back = load_comparison(tmp_path)
+    assert back.labels == ["Model A", "B (base)"] and back.ids == comp.ids and back.dominant == [1, 2]
+    assert math.isnan(back.scores["Model A"][1]) and back.scores["B (base)"] == [0.25, 0.5]
+    ex = back.examples[0]
+    assert ex.id == "test/000007" and ex.reason == "typical c1"
+    np.testing.assert_array_equal(ex.image, comp.examples[0].image)
+    np.testing.assert_array_equal(ex.preds["B (base)"], 0)
+    np.testing.assert_array_equal(ex.preds["Model A"], comp.examples[0].gt)
+    with pytest.raises(ComparisonError, match="exists"):
+        save_comparison(comp, tmp_path)
+    save_comparison(comp, tmp_path, force=True)
+    (tmp_path / "examples" / "test_000007" / "model_a.png").unlink()
+    with pytest.raises(ComparisonError, match="model_a.png: missing"):
+        load_comparison(tmp_path)
+
+
+def test_load_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ComparisonError, match="no comparison here"):
+        load_comparison(tmp_path)
+    (tmp_path / "comparison.json").write_text("{not json")
+    with pytest.raises(ComparisonError, match="comparison.json: not valid JSON"):
+        load_comparison(tmp_path)
+
+
+def test_plots_draw_every_panel() -> None:
+    import matplotlib.pyplot as plt
+
+    comp = _toy_comparison()
+    fig = plot_comparison(comp)
+    assert len(fig.axes) == 1 * (2 + 2)
+    assert fig.axes[2].get_title() == "100.0 %"  # Model A predicts the ground truth
+    ax = plot_score_scatter(comp, "B (base)")
+    assert len(ax.collections) == 2  # one point set per dominant class present
+    with pytest.raises(ComparisonError, match="no run labelled"):
+        plot_score_scatter(comp, "C")
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    neu = make_neu(tmp_path_factory.mktemp("neu"))
+    runs = tmp_path_factory.mktemp("runs")
+    out = []
+    for seed in (0, 1):
+        cfg = tiny_config(neu)
+        cfg["train"]["seed"] = seed
+        out.append(engine.train(cfg, runs_dir=runs, quiet=True).run_dir)
+    return out
+
+
+def test_build_matches_the_run_records_and_cli_writes_it(two_runs: list[Path], tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    comp = build_comparison({"s0": two_runs[0], "s1": two_runs[1]}, failures=1)
+    for m, run_dir in zip(comp.models, two_runs):
+        rec = json.loads((run_dir / "record.json").read_text())
+        assert m["run_id"] == rec["run_id"]
+        assert m["miou_here"] == pytest.approx(rec["final"]["test"]["miou"], abs=1e-9)
+    assert len(comp.ids) == 4 and all(0 <= s <= 1 for s in comp.scores["s0"])
+    assert comp.examples and all(set(ex.preds) == {"s0", "s1"} for ex in comp.examples)
+    assert main(["compare", f"s0={two_runs[0]}", f"s1={two_runs[1]}", "--out", str(tmp_path)]) == 0
+    assert load_comparison(tmp_path).labels == ["s0", "s1"]
+    assert main(["compare", f"s0={two_runs[0]}", "--out", str(tmp_path)]) != 0  # exists: refuses to overwrite
+    assert "comparison.json exists; add --force" in capsys.readouterr().err
+
+
+def test_build_refuses_runs_of_different_splits(two_runs: list[Path], tmp_path: Path) -> None:
+    other = tmp_path / "run"
+    other.mkdir()
+    with pytest.raises(ComparisonError, match="no record.json"):
+        build_comparison({"a": two_runs[0], "b": other})
+    with pytest.raises(ComparisonError, match="no such run folder"):
+        build_comparison({"a": tmp_path / "missing.pt"})
