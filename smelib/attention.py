@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from smelib.data import defect_class
 from smelib.models.modules import ELA, MSAA
 
 if TYPE_CHECKING:
@@ -144,17 +145,6 @@ def spatial_mass(m: Tensor, level: float | None = None) -> Tensor:
 
 # ----------------------------------------------------------------------------------------------------------
 # Book helpers: picking and loading test images, the attention figures, and attention against defect size
-
-
-def defect_class(mask: Tensor, ignore_index: int = 255) -> int:
-    """The most frequent defect class of a mask (0 when it has no defect pixel).
-
-    Args:
-        mask: ``(H, W)`` class indices; 0 is background, ``ignore_index`` is skipped.
-        ignore_index: the label of unlabelled pixels.
-    """
-    v = mask[(mask > 0) & (mask != ignore_index)]
-    return int(v.mode().values) if v.numel() else 0
 
 
 def load_batch(

@@ -49,6 +49,7 @@ from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "DEFAULT_URL",
+    "defect_class",
     "IGNORE_INDEX",
     "NEU_SEG_CLASSES",
     "NEU_SEG_COMMIT",
@@ -355,6 +356,18 @@ _COLOUR_HINT = (
     "where palette[k] is the (r, g, b) colour of class k, and save the result as an 8-bit PNG "
     "(Image.fromarray(index.astype('uint8')).save(path)), or save the mask as a palette ('P') PNG"
 )
+
+
+def defect_class(mask: torch.Tensor | np.ndarray, ignore_index: int = IGNORE_INDEX) -> int:
+    """The most frequent defect class of a mask (0 when it has no defect pixel; ties: the lower class id).
+
+    Args:
+        mask: ``(H, W)`` class indices; 0 is background, ``ignore_index`` is skipped.
+        ignore_index: the label of unlabelled pixels.
+    """
+    v = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
+    v = v[(v > 0) & (v != ignore_index)]
+    return int(v.mode().values) if v.numel() else 0
 
 
 def read_mask(path: str | os.PathLike[str]) -> torch.Tensor:

@@ -108,12 +108,6 @@ def image_miou(pred: np.ndarray, gt: np.ndarray, num_classes: int, ignore_index:
     return float(np.mean(ious))
 
 
-def dominant_class(gt: np.ndarray, num_classes: int) -> int:
-    """The defect class (1..K-1) with most pixels in ``gt`` ``(H, W)``; 0 when there is none."""
-    counts = np.bincount(gt[gt < num_classes].ravel().astype(np.int64), minlength=num_classes)[1:num_classes]
-    return int(np.argmax(counts)) + 1 if counts.sum() else 0
-
-
 def select_examples(
     ids: Sequence[str],
     dominant: Sequence[int],
@@ -223,6 +217,7 @@ def build_comparison(
     import torch
 
     from smelib.checkpoint import load_checkpoint
+    from smelib.data import defect_class
     from smelib.inference import predict_dataset
     from smelib.loading import load_data
     from smelib.metrics import ConfusionMatrix
@@ -256,7 +251,7 @@ def build_comparison(
     raws = [dataset._raw(i) for i in range(len(dataset))]  # uint8 (C, H, W) image and (H, W) mask, as stored
     gts = [np.asarray(m, dtype=np.uint8) for _, m in raws]
     ids = [str(sid) for sid in dataset.ids]
-    dominant = [dominant_class(g, k) for g in gts]
+    dominant = [defect_class(g, ignore) for g in gts]
     preds: dict[str, list[np.ndarray]] = {}
     scores: dict[str, list[float]] = {}
     models = []

@@ -18,7 +18,6 @@ from smelib.qualitative import (
     ComparisonError,
     Example,
     build_comparison,
-    dominant_class,
     image_miou,
     load_comparison,
     plot_comparison,
@@ -42,13 +41,15 @@ def test_image_miou_averages_only_classes_present() -> None:
         image_miou(pred[:, :3], gt, 4)
 
 
-def test_dominant_class_is_the_largest_defect() -> None:
+def test_defect_class_is_the_largest_defect_for_arrays_too() -> None:
+    from smelib.data import defect_class
+
     gt = np.zeros((4, 4), np.uint8)
-    assert dominant_class(gt, 4) == 0
+    assert defect_class(gt) == 0
     gt[0, :3] = 2
     gt[1, :2] = 3
     gt[3, 3] = 255
-    assert dominant_class(gt, 4) == 2
+    assert defect_class(gt) == 2
 
 
 def test_select_examples_typical_failures_and_deficit() -> None:
