@@ -3,6 +3,8 @@ then the facts of the papers the modules come from are pinned one by one."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -115,6 +117,22 @@ def test_starnet_init_reaches_convolutions() -> None:
     f1 = net.stages[0][1].f1.conv
     assert f1.weight.std().item() == pytest.approx(0.02, rel=0.15)
     assert torch.count_nonzero(f1.bias) == 0
+
+
+def test_deeplab_head_keeps_pytorch_default_init_and_the_backbone_starnets() -> None:
+    # The stated decision (book: SME-DeepLabV3+, "Initialisation: from scratch"): every table row trains with it,
+    # so a change here would silently split the run records into two protocols.
+    torch.manual_seed(0)
+    model = build("sme_deeplabv3plus", num_classes=4)
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d) and not name.startswith("backbone."):
+            bound = 1 / math.sqrt(m.weight[0].numel())  # kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in))
+            assert m.weight.abs().max().item() <= bound + 1e-7, name
+            assert m.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.2), name
+        if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)) and not name.startswith("backbone."):
+            assert torch.all(m.weight == 1) and torch.all(m.bias == 0), name
+    conv = model.backbone.stages[0][1].f1.conv
+    assert conv.weight.std().item() == pytest.approx(0.02, rel=0.15)
 
 
 def test_star_block_is_relu6_f1_times_f2() -> None:
