@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import os
 import platform
 import subprocess
@@ -60,7 +61,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from smelib.optimize import OptimizeOptions, compile_available, optimize_for_inference, pick_threads, set_threads
 
@@ -579,7 +580,9 @@ def profile_ops(
         ``{"model", "mode", "batch", "size", "total_self_cpu_ms", "ms_per_batch", "top_ops": [...],
         "by_shape": [...], "by_class": [...], "depthwise_share" (every depthwise convolution: the star blocks'
         7x7 and ELA's 1x7), "depthwise_7x7_share", "record": {...}}``; times are totals over
-        ``steps`` batches, shares are fractions of the total self CPU time.
+        ``steps`` batches, shares are fractions of the total self CPU time. Convolution rows (by shape and by
+        class) also carry their multiply-adds (``macs_per_call``, ``macs``: counted with forward hooks on the
+        module that runs) and the rate they achieve (``gmacs_per_s`` = multiply-adds / self time).
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -595,7 +598,7 @@ def profile_ops(
         def run() -> Any:
             with torch.no_grad():
                 return base(x)
-    run()
+    conv_macs = _conv_macs_by_shape(fast if optimised else base, run)
     run()
     t0 = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -608,16 +611,22 @@ def profile_ops(
                 "calls": e.count} for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]]
     by_shape_events = prof.key_averages(group_by_input_shape=True)
     by_class: dict[str, float] = {}
+    class_macs: dict[str, float] = {}
     by_shape = []
     for e in sorted(by_shape_events, key=lambda e: -e.self_cpu_time_total):
         shapes = list(e.input_shapes or [])
         cls = _classify(e.key, shapes)
         by_class[cls] = by_class.get(cls, 0.0) + e.self_cpu_time_total
+        macs = _lookup_conv_macs(conv_macs, e.key, shapes)
+        if macs is not None:
+            class_macs[cls] = class_macs.get(cls, 0.0) + macs * e.count
         if len(by_shape) < top:
             by_shape.append({"op": e.key, "class": cls, "input_shapes": str(shapes)[:160],
                              "self_cpu_ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total,
-                             "calls": e.count})
-    classes = [{"class": k, "self_cpu_ms": v / 1e3, "share": v / total}
+                             "calls": e.count, "macs_per_call": macs,
+                             "gmacs_per_s": _rate(macs * e.count if macs else None, e.self_cpu_time_total)})
+    classes = [{"class": k, "self_cpu_ms": v / 1e3, "share": v / total, "macs": class_macs.get(k),
+                "gmacs_per_s": _rate(class_macs.get(k), v)}
                for k, v in sorted(by_class.items(), key=lambda kv: -kv[1])]
     depthwise = sum(v for k, v in by_class.items() if k.startswith("conv depthwise"))
     depthwise_7x7 = by_class.get("conv depthwise 7x7", 0.0)
@@ -633,6 +642,46 @@ def profile_ops(
                            "fractions of the total; depthwise = convolutions with groups == channels",
                    "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     }
+
+
+def _conv_macs_by_shape(module: nn.Module, run: Callable[[], Any]) -> dict[tuple, int]:
+    """Multiply-adds per call of every convolution ``module`` runs, keyed by (input shape, weight shape): one
+    untimed call with forward hooks, so the profiler's per-shape times can be turned into achieved rates."""
+    found: dict[tuple, int] = {}
+
+    def hook(m: nn.Module, inputs: tuple, output: Tensor) -> None:
+        x, w = tuple(inputs[0].shape), tuple(m.weight.shape)
+        macs = int(output.numel() * w[1] * math.prod(w[2:]))
+        found[(x, w)] = macs
+        if isinstance(m, nn.Conv1d):  # CPU kernels run a 1-D convolution as a 2-D one of height 1
+            found[((*x[:2], 1, x[2]), (*w[:2], 1, w[2]))] = macs
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return found
+
+
+#: The ops that compute a convolution (the layers above them, aten::conv2d, aten::_convolution, aten::thnn_conv2d,
+#: ..., only dispatch: their self time is overhead and their multiply-adds are the kernel's).
+_CONV_KERNELS = frozenset({"aten::mkldnn_convolution", "aten::_slow_conv2d_forward", "aten::_conv_depthwise2d",
+                           "aten::slow_conv_dilated2d", "aten::_nnpack_spatial_convolution",
+                           "aten::cudnn_convolution", "aten::miopen_convolution"})
+
+
+def _lookup_conv_macs(conv_macs: dict[tuple, int], op: str, shapes: list) -> int | None:
+    """Multiply-adds of one call of a convolution *kernel* op (mkldnn, slow_conv2d, ...); None for other ops."""
+    if op not in _CONV_KERNELS or len(shapes) < 2 or not shapes[0] or not shapes[1]:
+        return None
+    return conv_macs.get((tuple(shapes[0]), tuple(shapes[1])))
+
+
+def _rate(macs: float | None, self_us: float) -> float | None:
+    """GMAC/s from a MAC count and a self time in microseconds."""
+    return None if not macs or self_us <= 0 else macs / (self_us / 1e6) / 1e9
 
 
 def write_profile(prof: dict[str, Any], stem: str | Path) -> tuple[Path, Path]:

@@ -123,6 +123,22 @@ def test_profile_table(tmp_path) -> None:
     assert cpath.read_text().startswith("kind,op_or_class")
 
 
+def test_profile_rates_count_every_convolution_once() -> None:
+    # The profiled kernels' multiply-adds must add up to fvcore's count of the same eager model (fvcore also counts
+    # the few non-convolution multiply-adds: the upsampling), so no kernel is missed and no wrapper op is counted
+    # twice; the rate of a class is its multiply-adds over its self time.
+    from smelib.flops import fvcore_macs
+    from smelib.models import build
+
+    prof = bench.profile_ops("sme_deeplabv3plus_lite", (48, 48), batch=2, steps=1, top=200, optimised=False)
+    conv_macs = sum(r["macs"] or 0 for r in prof["by_class"])
+    total, _ = fvcore_macs(build("sme_deeplabv3plus_lite").eval(), torch.randn(1, 3, 48, 48))
+    assert conv_macs / 2 == pytest.approx(total, rel=0.02)
+    dense = next(r for r in prof["by_class"] if r["class"] == "conv dense 3x3")
+    assert dense["gmacs_per_s"] == pytest.approx(dense["macs"] / (dense["self_cpu_ms"] / 1e3) / 1e9)
+    assert all(r["macs"] is None for r in prof["by_class"] if not r["class"].startswith("conv"))
+
+
 @pytest.mark.parametrize("name,shapes,expected", [
     ("aten::mkldnn_convolution", [[16, 128, 13, 13], [128, 1, 7, 7], [128]], "conv depthwise 7x7"),
     ("aten::mkldnn_convolution", [[16, 304, 50, 50], [256, 304, 3, 3], [256]], "conv dense 3x3"),
