@@ -232,9 +232,7 @@ def _train_runner(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: to
     channels_last = optimised and options.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    amp_dtype = None
-    if optimised and device.type == "cuda" and options.amp:
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[options.amp]
+    amp_dtype = options.autocast_dtype(device) if optimised else None
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     forward: Callable[[torch.Tensor], torch.Tensor] = model
     compile_state = {"status": "off", "fn": None}
@@ -387,8 +385,8 @@ def benchmark(
             executed = None
 
     peaks = {"eager": _Peak(dev, torch.float32, peak_n)}
-    opt_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(options.amp or "", torch.float32)
-    if dev.type == "cuda" and opt_dtype != torch.float32:
+    opt_dtype = options.autocast_dtype(dev) or torch.float32
+    if opt_dtype != torch.float32:  # autocast: the optimised mode is measured against the same dtype's matmul
         peaks["optimised"] = _Peak(dev, opt_dtype, peak_n)
     else:
         peaks["optimised"] = peaks["eager"]

@@ -223,6 +223,8 @@ def _eval_dataset(meta: dict, data_root: str | None, split: str, limit: int | No
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
     from smelib.engine import evaluate, load_checkpoint
     from smelib.mechanisms import rule_for_checkpoint
     from smelib.metrics import format_table
@@ -239,18 +241,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         metrics = evaluate(model, dataset, tta=args.tta, num_classes=meta["num_classes"],
                            ignore_index=meta["config"]["data"]["ignore_index"], size=meta["config"]["data"]["size"],
                            batch_size=meta["config"]["data"]["eval_batch_size"], progress=sys.stderr.isatty(),
-                           decision=rule)
+                           decision=rule, amp_dtype=torch.bfloat16 if args.bf16 else None)
     except (*_engine_errors(), ValueError) as err:
         raise CLIError(str(err)) from None
     if args.json:
         out = metrics.to_dict()
         out.update({"split": split, "images": len(dataset), "tta": bool(args.tta), "checkpoint": args.checkpoint,
-                    "decision": rule.to_dict()})
+                    "decision": rule.to_dict(), "autocast": "bf16" if args.bf16 else None})
         print(json.dumps(out, indent=2))
     else:
         how = rule.mode + (f" (tau0={rule.tau0:g})" if rule.mode != "argmax" else "")
         print(f"{args.checkpoint}: {split} split, {len(dataset)} images, tta={'on' if args.tta else 'off'}, "
-              f"decision={how}")
+              f"decision={how}" + (", bf16 autocast" if args.bf16 else ""))
         print(format_table(metrics, meta.get("class_names")))
     return 0
 
@@ -273,6 +275,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="only the first N images (smoke tests)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.add_argument("--bf16", action="store_true",
+                   help="run the model under bf16 autocast (CPU or CUDA): the accuracy of `bench --cpu-bf16`")
     _add_threshold_flags(p)
     p.set_defaults(func=_cmd_eval)
 
@@ -637,7 +641,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             raise CLIError(f"--device {args.device}: CUDA is not available in this torch build / machine")
     try:
         options = OptimizeOptions.from_names(_split_names(args.only), _split_names(args.disable),
-                                             amp=None if args.amp == "none" else args.amp, threads=None)
+                                             amp="bf16" if args.cpu_bf16 else (None if args.amp == "none" else args.amp),
+                                             cpu_amp=args.cpu_bf16, threads=None)
     except ValueError as err:
         raise CLIError(str(err)) from None
     if args.profile:
@@ -704,7 +709,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                         "or same (as --threads)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     p.add_argument("--amp", choices=["bf16", "fp16", "none"], default="bf16",
-                   help="autocast dtype of the optimised mode on CUDA (ignored on CPU; default bf16)")
+                   help="autocast dtype of the optimised mode on CUDA (ignored on CPU unless --cpu-bf16; default bf16)")
+    p.add_argument("--cpu-bf16", action="store_true",
+                   help="optimised mode also autocasts to bf16 on the CPU (AMX/AVX-512-BF16), measured against a bf16 "
+                        "matmul peak; changes the numbers (check with `smelib eval --bf16`)")
     p.add_argument("--only", action="append", metavar="A,B",
                    help=f"optimised mode uses only these optimisations ({optimisations})")
     p.add_argument("--disable", action="append", metavar="A,B", help="optimised mode leaves these out")

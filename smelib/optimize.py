@@ -91,7 +91,11 @@ class OptimizeOptions:
         inference_mode: run the forward under ``torch.inference_mode()`` (else ``torch.no_grad()``).
         compile: ``torch.compile`` with a fallback to eager (off by default: compiling takes tens of seconds).
         threads: intra-op threads around each optimised forward (``None``: leave as is).
-        amp: CUDA autocast dtype, ``"bf16"``, ``"fp16"`` or ``None`` (fp32). Ignored on CPU.
+        amp: CUDA autocast dtype, ``"bf16"``, ``"fp16"`` or ``None`` (fp32). Ignored on CPU unless ``cpu_amp``.
+        cpu_amp: also autocast on CPU, in bf16 (``amp`` must then be ``"bf16"``). On CPUs with AMX or AVX-512-BF16
+            units convolutions run at a multiple of their fp32 rate; off by default because it changes the
+            numbers (bf16 keeps 8 bits of mantissa): measure the accuracy before deploying it
+            (``smelib eval --bf16``).
         cudnn_benchmark: ``torch.backends.cudnn.benchmark = True`` on CUDA.
         pinned_memory: copy host inputs to CUDA from pinned memory, ``non_blocking``.
     """
@@ -106,6 +110,22 @@ class OptimizeOptions:
     amp: str | None = None
     cudnn_benchmark: bool = True
     pinned_memory: bool = True
+    cpu_amp: bool = False
+
+    def autocast_dtype(self, device: torch.device | str) -> torch.dtype | None:
+        """The autocast dtype on ``device`` (None: fp32).
+
+        Raises:
+            ValueError: ``cpu_amp`` with an ``amp`` other than ``"bf16"`` (CPU autocast here is bf16 only).
+        """
+        dev = torch.device(device)
+        if dev.type == "cuda" and self.amp:
+            return {"bf16": torch.bfloat16, "fp16": torch.float16}[self.amp]
+        if dev.type == "cpu" and self.cpu_amp:
+            if self.amp != "bf16":
+                raise ValueError(f"cpu_amp needs amp='bf16' (CPU autocast runs in bf16), got amp={self.amp!r}")
+            return torch.bfloat16
+        return None
 
     @classmethod
     def from_names(cls, only: list[str] | None = None, disable: list[str] | None = None, **kw: Any) -> OptimizeOptions:
@@ -518,16 +538,15 @@ class OptimizedModel(nn.Module):
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
-        if self.device.type != "cuda" or not self.options.amp:
-            return None
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}[self.options.amp]
+        """The autocast dtype of the forward (None: fp32)."""
+        return self.options.autocast_dtype(self.device)
 
     def context(self) -> contextlib.ExitStack:
         """The grad mode and autocast the forward runs under."""
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode() if self.options.inference_mode else torch.no_grad())
         if self.amp_dtype is not None:
-            stack.enter_context(torch.autocast("cuda", dtype=self.amp_dtype))
+            stack.enter_context(torch.autocast(self.device.type, dtype=self.amp_dtype))
         if self.device.type == "cuda" and self.options.cudnn_benchmark:
             # scoped to the optimised forward, so an eager model timed beside it keeps its own setting
             previous = torch.backends.cudnn.benchmark
@@ -617,7 +636,8 @@ def optimize_for_inference(
     applied["channels_last"] = options.channels_last
     applied["inference_mode"] = options.inference_mode
     is_cuda = device.type == "cuda"
-    applied["amp"] = options.amp if is_cuda and options.amp else False
+    amp_dtype = options.autocast_dtype(device)
+    applied["amp"] = {torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype] if amp_dtype else False
     applied["cudnn_benchmark"] = bool(is_cuda and options.cudnn_benchmark)
     applied["pinned_memory"] = bool(is_cuda and options.pinned_memory)
     return OptimizedModel(module, options, device, applied)

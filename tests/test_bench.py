@@ -56,6 +56,15 @@ def test_benchmark_inference_keys_and_sanity() -> None:
     assert "fvcore" in r["record"]["macs_convention"]
 
 
+def test_benchmark_cpu_bf16_is_measured_against_a_bf16_peak() -> None:
+    opts = OptimizeOptions(amp="bf16", cpu_amp=True, compile=False)
+    r = bench.benchmark("sme_deeplabv3plus_lite", size=(32, 32), batch=2, iters=1, warmup=1, options=opts, peak_n=256)
+    assert r["record"]["peak_optimised"]["dtype"] == "torch.bfloat16"
+    assert r["optimised"]["peak_gmacs_per_s"] != r["eager"]["peak_gmacs_per_s"]
+    assert r["optimised"]["percent_of_peak"] == pytest.approx(
+        100 * r["optimised"]["gmacs_per_s"] / r["optimised"]["peak_gmacs_per_s"], rel=1e-6)
+
+
 def test_benchmark_train_counts_three_forwards() -> None:
     r = bench.benchmark("sme_deeplabv3plus_lite", size=(32, 32), batch=2, iters=2, warmup=1, train=True,
                         options=OptimizeOptions(compile=False), peak_n=256)

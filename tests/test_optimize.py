@@ -245,3 +245,17 @@ def test_optimised_threads_are_scoped(lite: nn.Module) -> None:
     fast.module.register_forward_pre_hook(lambda m, a: seen.append(torch.get_num_threads()))
     fast(torch.randn(1, 3, 32, 32))
     assert seen == [want] and torch.get_num_threads() == before
+
+
+def test_cpu_bf16_autocast_is_opt_in_and_close(lite: nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        ref = lite(x)
+    plain = optimize_for_inference(lite, OptimizeOptions(amp="bf16"), example=x)
+    assert plain.amp_dtype is None and plain(x).dtype == torch.float32  # amp alone is CUDA-only
+    fast = optimize_for_inference(lite, OptimizeOptions(amp="bf16", cpu_amp=True), example=x)
+    y = fast(x)
+    assert fast.applied["amp"] == "bf16" and y.dtype == torch.bfloat16
+    err = (y.float() - ref).abs().max().item()
+    assert 0 < err < 0.05 * ref.abs().max().item()  # bf16 changes the numbers, a little
+    with pytest.raises(ValueError, match="cpu_amp needs amp='bf16'"):
+        OptimizeOptions(amp="fp16", cpu_amp=True).autocast_dtype("cpu")
