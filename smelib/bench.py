@@ -567,12 +567,17 @@ def profile_ops(
     threads: int | None = None,
     top: int = 25,
     num_classes: int = 4,
+    train: bool = False,
 ) -> dict[str, Any]:
-    """``torch.profiler`` table of inference: top ops by self CPU time, and time per operator class.
+    """``torch.profiler`` table of inference (or of a training step): top ops by self CPU time, and time per
+    operator class.
 
     Args:
         optimised: profile the optimised model (default options without ``compile``, so ops stay visible) or
             the eager one.
+        train: profile the training step that :func:`benchmark` times with ``train=True`` (forward,
+            cross-entropy, backward, SGD); a convolution's backward kernel is counted as 2× its forward
+            multiply-adds (input and weight gradients).
 
     Returns:
         ``{"model", "mode", "batch", "size", "total_self_cpu_ms", "ms_per_batch", "top_ops": [...],
@@ -589,14 +594,20 @@ def profile_ops(
     x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
     base = _build(model, num_classes, 0).eval()
     options = options or OptimizeOptions(compile=False)
-    if optimised:
+    if train:
+        y = torch.randint(0, num_classes, (batch, *size), generator=torch.Generator().manual_seed(1))
+        run: Callable[[], Any] = _train_runner(base, x, y, torch.device("cpu"), optimised, options, {})
+        hooked: nn.Module = base
+    elif optimised:
         fast = optimize_for_inference(base, options, example=x[:2])
-        run: Callable[[], Any] = lambda: fast(x)  # noqa: E731
+        run = lambda: fast(x)  # noqa: E731
+        hooked = fast
     else:
         def run() -> Any:
             with torch.no_grad():
                 return base(x)
-    conv_macs = _conv_macs_by_shape(fast if optimised else base, run)
+        hooked = base
+    conv_macs = _conv_macs_by_shape(hooked, run)
     run()
     t0 = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -629,7 +640,8 @@ def profile_ops(
     depthwise = sum(v for k, v in by_class.items() if k.startswith("conv depthwise"))
     depthwise_7x7 = by_class.get("conv depthwise 7x7", 0.0)
     return {
-        "model": model, "mode": "optimised" if optimised else "eager", "batch": batch, "size": list(size),
+        "model": model, "mode": "optimised" if optimised else "eager", "task": "train" if train else "inference",
+        "batch": batch, "size": list(size),
         "steps": steps, "total_self_cpu_ms": total / 1e3, "ms_per_batch_wall": wall * 1e3,
         "depthwise_share": depthwise / total,
         "depthwise_7x7_share": depthwise_7x7 / total,
@@ -671,7 +683,11 @@ _CONV_KERNELS = frozenset({"aten::mkldnn_convolution", "aten::_slow_conv2d_forwa
 
 
 def _lookup_conv_macs(conv_macs: dict[tuple, int], op: str, shapes: list) -> int | None:
-    """Multiply-adds of one call of a convolution *kernel* op (mkldnn, slow_conv2d, ...); None for other ops."""
+    """Multiply-adds of one call of a convolution *kernel* op (mkldnn, slow_conv2d, ...; a backward kernel counts
+    twice its forward); None for other ops."""
+    if op == "aten::convolution_backward" and len(shapes) >= 3 and shapes[1] and shapes[2]:
+        forward = conv_macs.get((tuple(shapes[1]), tuple(shapes[2])))
+        return None if forward is None else 2 * forward
     if op not in _CONV_KERNELS or len(shapes) < 2 or not shapes[0] or not shapes[1]:
         return None
     return conv_macs.get((tuple(shapes[0]), tuple(shapes[1])))

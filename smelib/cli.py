@@ -648,7 +648,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.profile:
         prof = bench.profile_ops(args.model, size, args.batch, optimised=not args.profile_eager,
                                  options=OptimizeOptions(**{**options.to_dict(), "compile": False}),
-                                 threads=args.threads)
+                                 threads=args.threads, train=args.train)
         stem = Path(args.profile)
         jpath, cpath = bench.write_profile(prof, stem)
         if args.json:
@@ -720,7 +720,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                    help='print JSON: {"eager": {...}, "optimised": {...}, "speedup", "record"}')
     p.add_argument("--out", help="also write the JSON here (e.g. results/bench/sme_infer.json)")
     p.add_argument("--profile", metavar="STEM",
-                   help="instead: torch.profiler table of inference, written to STEM.json and STEM.csv")
+                   help="instead: torch.profiler table of inference (of a training step with --train), written to "
+                        "STEM.json and STEM.csv")
     p.add_argument("--profile-eager", action="store_true", help="with --profile: profile the eager model")
     p.set_defaults(func=_cmd_bench)
 

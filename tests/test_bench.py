@@ -146,6 +146,11 @@ def test_profile_rates_count_every_convolution_once() -> None:
     dense = next(r for r in prof["by_class"] if r["class"] == "conv dense 3x3")
     assert dense["gmacs_per_s"] == pytest.approx(dense["macs"] / (dense["self_cpu_ms"] / 1e3) / 1e9)
     assert all(r["macs"] is None for r in prof["by_class"] if not r["class"].startswith("conv"))
+    # A training step: forward + input and weight gradients = 3x the forward's convolution multiply-adds (the
+    # first convolution needs no input gradient, so slightly less).
+    prof = bench.profile_ops("sme_deeplabv3plus_lite", (48, 48), batch=2, steps=1, top=5, optimised=False, train=True)
+    assert prof["task"] == "train"
+    assert sum(r["macs"] or 0 for r in prof["by_class"]) / 2 == pytest.approx(3 * conv_macs / 2, rel=0.03)
 
 
 @pytest.mark.parametrize("name,shapes,expected", [
