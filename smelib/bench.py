@@ -63,7 +63,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smelib.optimize import OptimizeOptions, compile_available, optimize_for_inference, pick_threads, set_threads
+from smelib.optimize import (
+    OptimizeOptions,
+    compile_available,
+    optimize_for_inference,
+    pick_threads,
+    reuse_freed_memory,
+    set_threads,
+)
 
 __all__ = ["benchmark", "format_result", "machine_info", "measure_peak", "profile_ops", "write_profile"]
 
@@ -242,6 +249,8 @@ def _train_runner(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: to
             compile_state.update(status="pending", fn=torch.compile(model, dynamic=False))
         else:
             compile_state["status"] = f"fallback: {why}"
+    if optimised and device.type == "cpu" and options.reuse_memory:
+        notes["reuse_memory"] = reuse_freed_memory()  # process-wide: the eager mode timed beside it gains too
     pinned = device.type == "cuda" and options.pinned_memory and optimised
     if pinned:
         x_host, y_host = x.pin_memory(), y.pin_memory()
@@ -696,6 +705,38 @@ def _lookup_conv_macs(conv_macs: dict[tuple, int], op: str, shapes: list) -> int
 def _rate(macs: float | None, self_us: float) -> float | None:
     """GMAC/s from a MAC count and a self time in microseconds."""
     return None if not macs or self_us <= 0 else macs / (self_us / 1e6) / 1e9
+
+
+def peak_gap(prof: dict[str, Any], peak_gmacs_per_s: float) -> list[dict[str, Any]]:
+    """Where a profiled batch loses time against the machine's peak, per operator class.
+
+    For each class of :func:`profile_ops`'s ``by_class``: its time per batch, the time its multiply-adds would
+    take at ``peak_gmacs_per_s`` (zero for classes without multiply-adds: elementwise, upsampling, concatenation),
+    the difference (``lost_ms``) and that difference's share of all lost time. The sum of ``ideal_ms`` over the
+    sum of ``ms`` is the profile's percentage of peak; a class's ``lost_ms`` is what removing its inefficiency
+    alone would save.
+
+    Returns:
+        Rows ``{"class", "ms", "ideal_ms", "lost_ms", "lost_share", "percent_of_peak"}``, most lost time first,
+        then a ``"total"`` row.
+    """
+    if peak_gmacs_per_s <= 0:
+        raise ValueError(f"peak_gmacs_per_s must be > 0, got {peak_gmacs_per_s}")
+    steps = prof["steps"]
+    rows = []
+    for c in prof["by_class"]:
+        ms = c["self_cpu_ms"] / steps
+        ideal = (c.get("macs") or 0) / steps / (peak_gmacs_per_s * 1e9) * 1e3
+        rows.append({"class": c["class"], "ms": ms, "ideal_ms": ideal, "lost_ms": ms - ideal,
+                     "percent_of_peak": 100 * ideal / ms if c.get("macs") and ms > 0 else None})
+    lost = sum(r["lost_ms"] for r in rows) or 1.0
+    for r in rows:
+        r["lost_share"] = r["lost_ms"] / lost
+    rows.sort(key=lambda r: -r["lost_ms"])
+    ms, ideal = sum(r["ms"] for r in rows), sum(r["ideal_ms"] for r in rows)
+    rows.append({"class": "total", "ms": ms, "ideal_ms": ideal, "lost_ms": ms - ideal, "lost_share": 1.0,
+                 "percent_of_peak": 100 * ideal / ms if ms > 0 else None})
+    return rows
 
 
 def write_profile(prof: dict[str, Any], stem: str | Path) -> tuple[Path, Path]:

@@ -692,8 +692,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     # Kept in step with smelib.optimize.OPTIMISATIONS (not imported here: building the parser stays torch-free).
-    optimisations = ("fold_bn, fuse_msaa, fuse_star, channels_last, inference_mode, compile, amp, cudnn_benchmark, "
-                     "pinned_memory")
+    optimisations = ("fold_bn, fuse_msaa, fuse_star, channels_last, inference_mode, compile, reuse_memory, amp, "
+                     "cudnn_benchmark, pinned_memory")
     p = sub.add_parser("bench", help="images/s and %% of the measured matmul peak, eager vs optimised, interleaved")
     p.add_argument("model", help="a registered model name (see `smelib models`)")
     p.add_argument("--size", nargs="+", type=int, default=[200, 200], metavar="H",

@@ -51,6 +51,7 @@ def test_record_has_every_key_and_consistent_values(run: engine.RunResult) -> No
     assert rec["gmacs"] > 0 and rec["input_size"] == [48, 48]
     assert rec["images_per_s"] > 0 and rec["wall_seconds"] >= rec["train_seconds"] > 0
     assert rec["torch_version"] == torch.__version__ and rec["host"]["cpu_cores"] >= 1
+    assert isinstance(rec["host"]["reuse_freed_memory"], bool)
     assert set(rec["git"]) == {"commit", "dirty"}
     # Final metrics on val and test, both conventions (background included, defects only).
     for part in ("val", "test"):

@@ -259,3 +259,18 @@ def test_cpu_bf16_autocast_is_opt_in_and_close(lite: nn.Module, x: torch.Tensor)
     assert 0 < err < 0.05 * ref.abs().max().item()  # bf16 changes the numbers, a little
     with pytest.raises(ValueError, match="cpu_amp needs amp='bf16'"):
         OptimizeOptions(amp="fp16", cpu_amp=True).autocast_dtype("cpu")
+
+
+def test_reuse_memory_is_applied_on_glibc_and_listed_by_the_cli(lite: nn.Module, x: torch.Tensor) -> None:
+    import platform
+
+    from smelib.cli import build_parser
+    from smelib.optimize import OPTIMISATIONS, reuse_freed_memory
+
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert reuse_freed_memory() is glibc
+    fast = optimize_for_inference(lite, OptimizeOptions(), example=x)
+    assert fast.applied["reuse_memory"] is glibc
+    assert optimize_for_inference(lite, OptimizeOptions(reuse_memory=False), example=x).applied["reuse_memory"] is False
+    bench_help = build_parser()._subparsers._group_actions[0].choices["bench"].format_help()
+    assert all(name in bench_help for name in OPTIMISATIONS)
