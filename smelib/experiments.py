@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from smelib.viz import Table
 
 __all__ = [
+    "CONCLUSIONS", "PAPER_MIOU", "Conclusion", "conclusion_verdict", "conclusions_table", "paper_difference",
     "DEFAULT_CONFIGS", "REQUIRED_RUNS", "DecisionOutcome", "MissingRun", "RunRequirement", "evaluate_decisions",
     "mean_std_text", "missing_runs", "pick_row", "seeds_of", "summary_table", "summary_value", "tau_counts",
 ]
@@ -275,3 +276,81 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> Table:
                  [[r["config"], r["model"], r["split"], int(r["n_seeds"]), r["seeds"], mean_std_text(r),
                    mean_std_text(r, "miou_defects"), pct(r, "precision_mean"), pct(r, "mpa_mean")] for r in rows],
                  title="All aggregated runs (mean ± sample std over seeds)")
+
+
+@dataclass(frozen=True)
+class Conclusion:
+    """One of the paper's qualitative conclusions, as "``better`` scores higher test mIoU than ``worse``"."""
+
+    claim: str
+    better: str
+    worse: str
+
+
+#: The paper's conclusions that our tables can test (Table 1 and Table 3 rows as registered models).
+CONCLUSIONS: tuple[Conclusion, ...] = (
+    Conclusion("StarNet beats MobileNetV2 (SME vs DeepLabV3+ MobileNetV2)", "sme_deeplabv3plus",
+               "deeplabv3plus_mobilenetv2"),
+    Conclusion("StarNet beats Xception (SME vs DeepLabV3+ Xception)", "sme_deeplabv3plus", "deeplabv3plus_xception"),
+    Conclusion("MSAA helps (StarNet + MSAA vs StarNet + ASPP)", "starnet_msaa", "starnet_aspp"),
+    Conclusion("ELA helps (StarNet + ASPP + ELA vs StarNet + ASPP)", "starnet_aspp_ela", "starnet_aspp"),
+    Conclusion("ELA helps with MSAA (SME vs StarNet + MSAA)", "sme_deeplabv3plus", "starnet_msaa"),
+    Conclusion("together they help most (SME vs StarNet + ASPP)", "sme_deeplabv3plus", "starnet_aspp"),
+)
+
+
+#: Test mIoU (%) that the paper's text states, by our registry model (official split, 300 epochs, 512 px); the
+#: Table 1 baselines' numbers are not in the surviving text.
+PAPER_MIOU: dict[str, float] = {"sme_deeplabv3plus": 88.87, "starnet_aspp": 88.77, "starnet_msaa": 88.52,
+                                "starnet_aspp_ela": 88.57}
+
+
+def paper_difference(c: Conclusion) -> str:
+    """The paper's own difference for a conclusion, from :data:`PAPER_MIOU`, or that the text states none."""
+    if c.better in PAPER_MIOU and c.worse in PAPER_MIOU:
+        return f"{PAPER_MIOU[c.better] - PAPER_MIOU[c.worse]:+.2f} points (one run each, official split)"
+    return "claimed; numbers not in the text"
+
+
+def conclusion_verdict(better: Mapping[str, Any] | None, worse: Mapping[str, Any] | None,
+                       key: str = "miou", z: float = 2.0) -> tuple[float | None, str]:
+    """Whether two summary rows support "``better`` > ``worse``" on ``<key>_mean``.
+
+    The difference of the means is compared with its standard error, ``sqrt(s1²/n1 + s2²/n2)`` from the rows'
+    sample standard deviations: ``"holds"`` when the difference exceeds ``z`` standard errors, ``"reversed"``
+    when it is below ``-z``, ``"within the seed spread"`` otherwise. With fewer than 2 seeds on either side no
+    spread can be estimated and the verdict says so.
+
+    Returns:
+        ``(difference in points or None, verdict)``.
+    """
+    a, b = summary_value(better, f"{key}_mean"), summary_value(worse, f"{key}_mean")
+    if a is None or b is None:
+        return None, "not yet measured"
+    diff = 100 * (a - b)
+    n1, n2 = int(better["n_seeds"]), int(worse["n_seeds"])  # type: ignore[index]
+    s1, s2 = summary_value(better, f"{key}_std"), summary_value(worse, f"{key}_std")
+    if n1 < 2 or n2 < 2 or s1 is None or s2 is None:
+        return diff, f"no spread yet (seeds: {n1} vs {n2})"
+    se = 100 * math.sqrt(s1**2 / n1 + s2**2 / n2)
+    if se == 0:
+        return diff, "holds" if diff > 0 else ("reversed" if diff < 0 else "within the seed spread")
+    t = diff / se
+    return diff, "holds" if t > z else ("reversed" if t < -z else "within the seed spread")
+
+
+def conclusions_table(rows: Sequence[Mapping[str, Any]], split: str = "grouped") -> Table:
+    """One row per :data:`CONCLUSIONS` entry on ``split``: both models' mIoU (mean ± std, n), the difference in
+    points and :func:`conclusion_verdict`'s reading."""
+    from smelib.viz import Table
+
+    body = []
+    for c in CONCLUSIONS:
+        hi, lo = pick_row(rows, c.better, split), pick_row(rows, c.worse, split)
+        diff, verdict = conclusion_verdict(hi, lo)
+        n = lambda r: "–" if r is None else int(r["n_seeds"])  # noqa: E731
+        body.append([c.claim, paper_difference(c), mean_std_text(hi), n(hi), mean_std_text(lo), n(lo),
+                     "–" if diff is None else f"{diff:+.2f}", verdict])
+    return Table(["the paper's conclusion", "paper's difference", "first mIoU %", "n", "second mIoU %", "n",
+                  "our difference (points)", "on our records"], body,
+                 title=f"The paper's conclusions on our {split}-split records")

@@ -132,6 +132,22 @@ def test_profile_table(tmp_path) -> None:
     assert cpath.read_text().startswith("kind,op_or_class")
 
 
+def test_peak_gap_accounts_for_every_millisecond() -> None:
+    prof = {"steps": 2, "by_class": [
+        {"class": "conv dense 3x3", "self_cpu_ms": 200.0, "macs": 2 * 8e9},   # 100 ms/batch for 8 G at 100 G/s: ideal 80
+        {"class": "elementwise / norm", "self_cpu_ms": 40.0, "macs": None},  # 20 ms/batch, all lost
+    ]}
+    rows = bench.peak_gap(prof, peak_gmacs_per_s=100.0)
+    by = {r["class"]: r for r in rows}
+    assert by["conv dense 3x3"]["ideal_ms"] == pytest.approx(80.0) and by["conv dense 3x3"]["lost_ms"] == pytest.approx(20.0)
+    assert by["conv dense 3x3"]["percent_of_peak"] == pytest.approx(80.0)
+    assert by["elementwise / norm"]["lost_ms"] == pytest.approx(20.0) and by["elementwise / norm"]["percent_of_peak"] is None
+    assert by["total"]["ms"] == pytest.approx(120.0) and by["total"]["percent_of_peak"] == pytest.approx(100 * 80 / 120)
+    assert sum(r["lost_share"] for r in rows if r["class"] != "total") == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        bench.peak_gap(prof, 0)
+
+
 def test_profile_rates_count_every_convolution_once() -> None:
     # The profiled kernels' multiply-adds must add up to fvcore's count of the same eager model (fvcore also counts
     # the few non-convolution multiply-adds: the upsampling), so no kernel is missed and no wrapper op is counted

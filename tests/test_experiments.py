@@ -128,3 +128,23 @@ def test_summary_table_rows() -> None:
     assert t.rows[0] == ["cpu_budget", "sme_deeplabv3plus", "grouped", 2, "0 1", "74.00 ± 1.00", "67.19 ± –",
                          "83.48", "84.71"]
     assert X.summary_table([]).rows == []
+
+
+def test_conclusion_verdicts_use_the_standard_error() -> None:
+    from smelib.experiments import conclusion_verdict, conclusions_table
+
+    def row(model: str, mean: float, std: str, n: int) -> dict:
+        return {"model": model, "split": "grouped", "config": "cpu_budget", "n_seeds": str(n),
+                "seeds": " ".join(map(str, range(n))), "miou_mean": str(mean), "miou_std": std}
+
+    # difference 2 points, standard error sqrt(0.01^2/3 + 0.01^2/3) = 0.816 points: t = 2.45 > 2
+    assert conclusion_verdict(row("a", 0.76, "0.01", 3), row("b", 0.74, "0.01", 3)) == (pytest.approx(2.0), "holds")
+    assert conclusion_verdict(row("a", 0.74, "0.01", 3), row("b", 0.76, "0.01", 3))[1] == "reversed"
+    assert conclusion_verdict(row("a", 0.75, "0.01", 3), row("b", 0.745, "0.01", 3))[1] == "within the seed spread"
+    assert conclusion_verdict(row("a", 0.75, "", 1), row("b", 0.70, "0.01", 3))[1] == "no spread yet (seeds: 1 vs 3)"
+    assert conclusion_verdict(None, row("b", 0.70, "0.01", 3)) == (None, "not yet measured")
+    rows = [row("sme_deeplabv3plus", 0.76, "0.01", 3), row("deeplabv3plus_mobilenetv2", 0.74, "0.01", 3)]
+    text = str(conclusions_table(rows))
+    assert "StarNet beats MobileNetV2" in text and "+2.00" in text and "holds" in text
+    assert "-0.25 points (one run each, official split)" in text  # the paper's own MSAA - ASPP (88.52 - 88.77)
+    assert text.count("not yet measured") >= 4  # the rows without records say so

@@ -15,3 +15,4 @@ def test_status_reports_percent_and_no_false_spread(monkeypatch) -> None:
     assert "75.33 (n=1, cpu_budget)" in text
     assert "80.00 ± 1.20 (n=3, cpu_budget)" in text
     assert "not run yet" in text  # the lite model has no row here
+    assert "StarNet beats MobileNetV2" in text and "not yet measured" in text  # no baseline row given
