@@ -829,10 +829,53 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_compare)
 
 
+def _cmd_decisions(args: argparse.Namespace) -> int:
+    from smelib.experiments import DecisionRecordError, decision_record, decision_record_path, write_decision_record
+
+    for run in args.runs:  # refuse before spending minutes on a record that could not be written
+        record_json = Path(run) / "record.json"
+        try:
+            run_id = json.loads(record_json.read_text()).get("run_id") if record_json.is_file() else None
+        except ValueError as err:
+            raise CLIError(f"{record_json}: not valid JSON ({err})") from None
+        if run_id and not args.force and decision_record_path({"run_id": run_id}, args.out).exists():
+            raise CLIError(f"{decision_record_path({'run_id': run_id}, args.out)} exists; add --force to overwrite it")
+    done = 0
+    for run in args.runs:
+        try:
+            record = decision_record(run, data_root=args.data_root, device=args.device)
+            path = decision_record_path(record, args.out)
+            if path.exists() and not args.force:
+                raise CLIError(f"{path} exists; add --force to overwrite it")
+            write_decision_record(record, args.out, force=args.force)
+        except (*_engine_errors(), DecisionRecordError, ValueError) as err:
+            raise CLIError(f"{run}: {err}" if str(run) not in str(err) else str(err)) from None
+        m, cross = record["metrics"], record["cross_check"]
+        parts = [f"{rule} mIoU {100 * v['miou']:.2f} %" for rule, v in m.items()]
+        check = "" if cross["record_miou"] is None else (
+            f"; run record {100 * cross['record_miou']:.2f} % ({'agrees' if cross['agree'] else 'not comparable'})")
+        print(f"wrote {path}: {record['images']} {record['subset']} images, " + ", ".join(parts) + check
+              + f" [{record['wall_seconds']:.0f} s]")
+        done += 1
+    return 0 if done else 2
+
+
+def _add_decisions(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("decisions", help="a run's test images under the argmax, static and dynamic decision "
+                                         "rules in one pass, as results/mechanisms/decisions_<run_id>.json")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (results/runs/<id>) or checkpoints")
+    p.add_argument("--out", default="results/mechanisms", help="folder for the records (default results/mechanisms)")
+    p.add_argument("--data-root", help="dataset folder (default: the one each run was trained on)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--force", action="store_true", help="overwrite existing records")
+    p.set_defaults(func=_cmd_decisions)
+
+
 # Every subcommand, in the order `smelib --help` lists them.
 _SUBCOMMANDS = [_add_info, _add_models, _add_flops, _add_train, _add_eval, _add_predict, _add_reproduce,
                _add_results, _add_data]
 _SUBCOMMANDS += [_add_compare, _add_bench, _add_export, _add_release]
+_SUBCOMMANDS += [_add_decisions]
 
 
 def build_parser() -> argparse.ArgumentParser:
