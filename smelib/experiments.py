@@ -412,7 +412,7 @@ def decision_record(
         ``format``, ``kind``, ``run_id``, ``config_name``, ``model``, ``seed`` (training seed), ``split`` (kind,
         split seed, groups file, validation fraction, subset sizes, root), ``subset``, ``images``,
         ``class_names``, ``checkpoint`` (path relative to the run, kind, sha256 of the file read here and
-        whether it matches the run record's), ``train_stats_source``, ``rules`` (mode -> parameters),
+        whether it matches the run record's, epochs trained when it was saved), ``train_stats_source``, ``rules`` (mode -> parameters),
         ``metrics`` (mode -> ``SegMetrics.to_dict()``), ``tau_counts`` (mode -> ``[[tau, images], ...]``, for
         the threshold rules), ``cross_check``, ``git``, ``host``, ``wall_seconds``, ``created_utc``.
 
@@ -490,7 +490,8 @@ def decision_record(
         "images": len(dataset),
         "class_names": list(meta.get("class_names") or bundle.class_names),
         "checkpoint": {"relpath": os.path.relpath(ckpt, run_dir) if run else str(ckpt),
-                       "kind": run_ckpt.get("kind") or Path(ckpt).stem, "epoch": meta.get("epoch"), "sha256": sha,
+                       "kind": run_ckpt.get("kind") or Path(ckpt).stem, "sha256": sha,
+                       "epochs_trained": len(meta["history"]) if meta.get("history") is not None else None,
                        "matches_run_record": (sha == run_ckpt["sha256"]) if run_ckpt.get("sha256") else None},
         "train_stats_source": stats_source,
         "rules": {mode: rule.to_dict() for mode, rule in built.items()},
