@@ -275,7 +275,8 @@ def build_comparison(
         image = np.asarray(raws[i][0], dtype=np.uint8)
         image = image[0] if image.ndim == 3 else image
         examples.append(Example(ids[i], reason, image, gts[i], {lab: preds[lab][i] for lab in preds}))
-    meta = {"subset": subset, "split": bundle.split, "git": git_info(), "created_utc": utc_iso()}
+    meta = {"subset": subset, "split": {**bundle.split, "kind": cfg["data"]["split"]}, "git": git_info(),
+            "created_utc": utc_iso()}
     return Comparison(models, list(bundle.class_names), ids, dominant, scores, examples, meta)
 
 

@@ -140,6 +140,7 @@ def test_build_matches_the_run_records_and_cli_writes_it(two_runs: list[Path], t
         assert m["run_id"] == rec["run_id"]
         assert m["miou_here"] == pytest.approx(rec["final"]["test"]["miou"], abs=1e-9)
     assert len(comp.ids) == 4 and all(0 <= s <= 1 for s in comp.scores["s0"])
+    assert comp.meta["split"]["kind"] == "official" and comp.meta["subset"] == "test"
     assert comp.examples and all(set(ex.preds) == {"s0", "s1"} for ex in comp.examples)
     assert main(["compare", f"s0={two_runs[0]}", f"s1={two_runs[1]}", "--out", str(tmp_path)]) == 0
     assert load_comparison(tmp_path).labels == ["s0", "s1"]
