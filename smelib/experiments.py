@@ -275,7 +275,7 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> Table:
         v = summary_value(row, key)
         return "–" if v is None else f"{100 * v:.2f}"
 
-    return Table(["config", "model", "split", "n", "seeds", "mIoU %", "defects mIoU %", "precision %", "MPA %"],
+    return Table(["config", "model", "split", "n", "seed ids", "mIoU %", "defects mIoU %", "precision %", "MPA %"],
                  [[r["config"], r["model"], r["split"], int(r["n_seeds"]), r["seeds"], mean_std_text(r),
                    mean_std_text(r, "miou_defects"), pct(r, "precision_mean"), pct(r, "mpa_mean")] for r in rows],
                  title="All aggregated runs (mean ± sample std over seeds)")
