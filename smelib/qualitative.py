@@ -303,6 +303,10 @@ def save_comparison(comp: Comparison, out: str | os.PathLike, force: bool = Fals
     slugs = [_slug(m["label"]) for m in comp.models]
     if len(set(slugs)) != len(slugs) or {"image", "gt"} & set(slugs):
         raise ComparisonError(f"labels {comp.labels} do not give distinct file names")
+    if force and (out / "examples").is_dir():
+        import shutil
+
+        shutil.rmtree(out / "examples")  # the old comparison's examples: replaced, not mixed with the new ones
     for ex in comp.examples:
         folder = out / "examples" / _slug(ex.id)
         folder.mkdir(parents=True, exist_ok=True)

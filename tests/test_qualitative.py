@@ -92,7 +92,9 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ex.preds["Model A"], comp.examples[0].gt)
     with pytest.raises(ComparisonError, match="exists"):
         save_comparison(comp, tmp_path)
+    (tmp_path / "examples" / "stale").mkdir()
     save_comparison(comp, tmp_path, force=True)
+    assert not (tmp_path / "examples" / "stale").exists()  # --force replaces the old examples
     (tmp_path / "examples" / "test_000007" / "model_a.png").unlink()
     with pytest.raises(ComparisonError, match="model_a.png: missing"):
         load_comparison(tmp_path)
