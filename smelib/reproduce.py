@@ -52,11 +52,18 @@ def plot_curves(log_csv: str | os.PathLike, out_png: str | os.PathLike, title: s
     return out
 
 
-def reproduce(config: Mapping[str, Any], runs_dir: str | os.PathLike | None = None, quiet: bool = False) -> str:
+def reproduce(config: Mapping[str, Any], runs_dir: str | os.PathLike | None = None, quiet: bool = False,
+              reference: str | None = None) -> str:
     """Train with ``config``, re-evaluate the saved checkpoint on the test subset, plot, summarise.
 
+    Args:
+        reference: a shipped release name (:mod:`smelib.pretrained`); when given, it is scored on the same test
+            images so the report shows what a fully trained model does there (for datasets with the release's
+            class count).
+
     Returns:
-        A text report (run directory, per-class test table, the summary row, the files written).
+        A text report (run directory, per-class test table, the summary row, the reference's table, the files
+        written).
     """
     from smelib.engine import evaluate, load_checkpoint, train
     from smelib.loading import load_data
@@ -79,6 +86,24 @@ def reproduce(config: Mapping[str, Any], runs_dir: str | os.PathLike | None = No
                        decision=rule_for_checkpoint(meta, train_dataset=bundle.train))  # eval.decision
     write_json(run_dir / f"eval_{subset}.json", {**metrics.to_dict(), "checkpoint": str(result.checkpoint),
                                                  "images": len(dataset), "tta": bool(cfg["eval"]["tta"])})
+    ref_lines: list[str] = []
+    if reference is not None:
+        from smelib.pretrained import load_release
+
+        ref_model, ref_meta = load_release(reference)
+        if int(ref_meta["num_classes"]) == int(meta["num_classes"]):
+            ref_metrics = evaluate(ref_model, dataset, num_classes=meta["num_classes"],
+                                   ignore_index=cfg["data"]["ignore_index"], size=ref_meta["config"]["data"]["size"],
+                                   batch_size=cfg["data"]["eval_batch_size"])
+            write_json(run_dir / f"eval_{subset}_{reference}.json", {**ref_metrics.to_dict(), "release": reference,
+                                                                        "images": len(dataset)})
+            ref_lines = [
+                "", f"for reference, the shipped checkpoint {reference} on the same {len(dataset)} {subset} images "
+                f"(run {ref_meta.get('run_id')}, trained on NEU-Seg's official training split):",
+                format_table(ref_metrics, ref_meta.get("class_names")),
+                "(optimistic: NEU-Seg's official test images mostly have a rotated copy in the official training "
+                "set; see the book's NEU-Seg chapter)",
+            ]
     curves = plot_curves(run_dir / "log.csv", run_dir / "curves.png", title=run_dir.name)
     rows = summarize([result.record])
     summary_csv = write_csv(rows, run_dir / "summary.csv")
@@ -91,10 +116,12 @@ def reproduce(config: Mapping[str, Any], runs_dir: str | os.PathLike | None = No
         "",
         f"{subset} metrics of {Path(result.checkpoint).name} ({len(dataset)} images, original resolution):",
         format_table(metrics, meta.get("class_names")),
+        *ref_lines,
         "",
         format_summary(rows),
         "",
         "files: " + ", ".join(str(p) for p in (run_dir / "record.json", run_dir / "log.csv", curves, summary_csv,
-                                                run_dir / f"eval_{subset}.json")),
+                                                run_dir / f"eval_{subset}.json",
+                                                *([run_dir / f"eval_{subset}_{reference}.json"] if ref_lines else []))),
     ]
     return "\n".join(lines)

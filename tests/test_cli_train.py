@@ -152,6 +152,10 @@ def test_reproduce_quick_on_the_bundled_sample(tmp_path: Path, capsys: pytest.Ca
         assert (run_dir / name).is_file(), name
     assert "mean (defects only)" in out and "mIoU" in out
     assert json.loads((run_dir / "eval_test.json").read_text())["images"] == 8
+    # the shipped checkpoint scored on the same images, labelled as optimistic
+    ref = json.loads((run_dir / "eval_test_sme_deeplabv3plus_lite_neuseg.json").read_text())
+    assert ref["images"] == 8 and ref["miou"] > 0.5
+    assert "for reference, the shipped checkpoint sme_deeplabv3plus_lite_neuseg" in out and "optimistic" in out
 
 
 # ---------------------------------------------------------------------------------------------------------------
