@@ -201,16 +201,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _eval_bundle(meta: dict, data_root: str | None, limit: int | None):
     """The checkpoint's datasets (its config's split and validation carve-out), optionally re-rooted."""
-    import copy
+    from smelib.loading import checkpoint_data
 
-    from smelib.loading import load_data
-
-    cfg = copy.deepcopy(meta["config"])
-    if data_root is not None:
-        cfg["data"]["root"] = data_root
-    if limit is not None:
-        cfg["data"]["limit"] = limit
-    return load_data(cfg, seed=int(cfg["train"]["seed"]))
+    return checkpoint_data(meta, data_root, limit)
 
 
 def _eval_dataset(meta: dict, data_root: str | None, split: str, limit: int | None, bundle=None):

@@ -391,7 +391,7 @@ def decision_record(
     """Score one trained run's test subset under several decision rules, as a JSON-able record.
 
     The checkpoint is the run's best one (its ``record.json``'s ``checkpoint.relpath``, via
-    :func:`smelib.qualitative.resolve_run`) or a ``.pt`` given directly. The dataset is rebuilt exactly as
+    :func:`smelib.records.resolve_run`) or a ``.pt`` given directly. The dataset is rebuilt exactly as
     ``smelib eval`` rebuilds it (the checkpoint config's split, split seed, groups and validation carve-out,
     optionally re-rooted at ``data_root``), each rule comes from :func:`smelib.mechanisms.rule_for_checkpoint`
     (a checkpoint without ``train_stats`` has them counted on its whole training subset), and all rules are
@@ -420,15 +420,13 @@ def decision_record(
         DecisionRecordError: no such run or checkpoint, an unknown rule, an empty subset, or (``strict``) a
             failed cross-check.
     """
-    import copy
     import time
     from pathlib import Path
 
     from smelib.checkpoint import load_checkpoint, sha256_file
-    from smelib.loading import load_data
+    from smelib.loading import checkpoint_data
     from smelib.mechanisms import DECISIONS, rule_for_checkpoint
-    from smelib.qualitative import ComparisonError, resolve_run
-    from smelib.records import git_info, host_info, utc_iso
+    from smelib.records import RunDirError, git_info, host_info, resolve_run, utc_iso
 
     start = time.perf_counter()
     rules = list(rules)
@@ -439,14 +437,12 @@ def decision_record(
         raise DecisionRecordError(f"subset must be 'test' or 'val', not {subset!r}")
     try:
         ckpt, run = resolve_run(checkpoint_or_run_dir)
-    except ComparisonError as err:
+    except RunDirError as err:
         raise DecisionRecordError(str(err)) from None
     run = run or {}
     model, meta = load_checkpoint(ckpt, device=device)
-    cfg = copy.deepcopy(meta["config"])
-    if data_root is not None:
-        cfg["data"]["root"] = data_root
-    bundle = load_data(cfg, seed=int(cfg["train"]["seed"]))
+    cfg = meta["config"]
+    bundle = checkpoint_data(meta, data_root)
     dataset = bundle.test if subset == "test" else bundle.val
     if dataset is None or len(dataset) == 0:
         raise DecisionRecordError(f"{ckpt}: the dataset under {bundle.split.get('root')} has no {subset} images")

@@ -28,6 +28,7 @@ __all__ = [
     "size_tuple",
     "unpack",
     "worker_init",
+    "checkpoint_data",
     "epoch_batches",
     "load_data",
     "normalize_image",
@@ -301,4 +302,21 @@ def load_data(cfg: Mapping[str, Any], seed: int = 0) -> DataBundle:
                                                               and isinstance(v, (int, float, str, bool))}}
     return DataBundle(train, make(ids["val"]), make(ids["test"]), None, names, num_classes, facts, (h, w),
                       mean=train.mean.reshape(-1).tolist(), std=train.std.reshape(-1).tolist())
+
+
+def checkpoint_data(meta: Mapping[str, Any], data_root: str | None = None, limit: int | None = None) -> DataBundle:
+    """The datasets a checkpoint was trained and evaluated on: its config's split, validation carve-out and seed,
+    optionally re-rooted at ``data_root`` and cut to the first ``limit`` ids of each subset.
+
+    Args:
+        meta: a checkpoint's meta (:func:`smelib.checkpoint.load_checkpoint`), with its ``config``.
+    """
+    import copy
+
+    cfg = copy.deepcopy(dict(meta["config"]))
+    if data_root is not None:
+        cfg["data"]["root"] = data_root
+    if limit is not None:
+        cfg["data"]["limit"] = limit
+    return load_data(cfg, seed=int(cfg["train"]["seed"]))
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Comparison", "ComparisonError", "build_comparison", "image_miou", "load_comparison", "plot_comparison",
-           "plot_score_scatter", "resolve_run", "save_comparison", "select_examples"]
+           "plot_score_scatter", "save_comparison", "select_examples"]
 
 FORMAT = 1
 
@@ -158,30 +158,6 @@ def select_examples(
     return picked
 
 
-def resolve_run(spec: str | os.PathLike) -> tuple[Path, dict[str, Any] | None]:
-    """A checkpoint path and its run record from a run folder (its record's best checkpoint) or a ``.pt``.
-
-    Raises:
-        ComparisonError: the folder has no ``record.json`` or the checkpoint file is missing.
-    """
-    path = Path(spec)
-    if path.is_dir():
-        record_path = path / "record.json"
-        if not record_path.is_file():
-            raise ComparisonError(f"{path}: not a run folder (no record.json)")
-        record = json.loads(record_path.read_text())
-        ckpt = path / (record.get("checkpoint") or {}).get("relpath", "checkpoints/best.pt")
-        if not ckpt.is_file():
-            raise ComparisonError(f"{ckpt}: checkpoint missing (checkpoints are not committed; re-run the training "
-                                  f"of {record.get('run_id', path.name)})")
-        return ckpt, record
-    if not path.is_file():
-        raise ComparisonError(f"{path}: no such run folder or checkpoint")
-    record_path = path.parent.parent / "record.json"
-    record = json.loads(record_path.read_text()) if record_path.is_file() else None
-    return path, record
-
-
 def _split_key(cfg: Mapping[str, Any]) -> tuple[Any, ...]:
     d = cfg["data"]
     return d["split"], d["seed"], d.get("groups"), d["val_fraction"], d.get("limit")
@@ -212,14 +188,13 @@ def build_comparison(
         ComparisonError: fewer than one run, runs on different splits, missing checkpoints, or a mismatch in
             class names.
     """
-    import copy
-
     import torch
 
     from smelib.checkpoint import load_checkpoint
     from smelib.data import defect_class
+    from smelib.records import RunDirError, resolve_run
     from smelib.inference import predict_dataset
-    from smelib.loading import load_data
+    from smelib.loading import checkpoint_data
     from smelib.metrics import ConfusionMatrix
     from smelib.records import git_info, utc_iso
 
@@ -229,7 +204,10 @@ def build_comparison(
         raise ComparisonError(f"subset must be 'test' or 'val', not {subset!r}")
     loaded = []
     for label, spec in runs.items():
-        ckpt, record = resolve_run(spec)
+        try:
+            ckpt, record = resolve_run(spec)
+        except RunDirError as err:
+            raise ComparisonError(str(err)) from None
         model, meta = load_checkpoint(ckpt, device=device)
         loaded.append((label, ckpt, record, model, meta))
     first_meta = loaded[0][4]
@@ -239,10 +217,8 @@ def build_comparison(
                                   f"{_split_key(first_meta['config'])}; compare runs of one split only")
         if list(meta["class_names"]) != list(first_meta["class_names"]):
             raise ComparisonError(f"{ckpt}: classes {meta['class_names']} differ from {first_meta['class_names']}")
-    cfg = copy.deepcopy(first_meta["config"])
-    if data_root is not None:
-        cfg["data"]["root"] = data_root
-    bundle = load_data(cfg, seed=int(cfg["train"]["seed"]))
+    cfg = first_meta["config"]
+    bundle = checkpoint_data(first_meta, data_root)
     dataset = bundle.test if subset == "test" else bundle.val
     if dataset is None or len(dataset) == 0:
         raise ComparisonError(f"{bundle.split.get('root')}: the {subset} subset is empty")

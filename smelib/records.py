@@ -33,6 +33,7 @@ __all__ = [
     "git_info",
     "host_info",
     "make_run_id",
+    "resolve_run",
     "write_json",
     "write_log_csv",
 ]
@@ -206,3 +207,27 @@ def read_log_csv(path: str | os.PathLike) -> list[dict[str, float | None]]:
         for row in csv.DictReader(fh):
             rows.append({k: (float(v) if v not in ("", None) else None) for k, v in row.items()})
     return rows
+
+
+def resolve_run(spec: str | os.PathLike) -> tuple[Path, dict[str, Any] | None]:
+    """A checkpoint path and its run record from a run folder (its record's best checkpoint) or a ``.pt``.
+
+    Raises:
+        RunDirError: the folder has no ``record.json`` or the checkpoint file is missing.
+    """
+    path = Path(spec)
+    if path.is_dir():
+        record_path = path / "record.json"
+        if not record_path.is_file():
+            raise RunDirError(f"{path}: not a run folder (no record.json)")
+        record = json.loads(record_path.read_text())
+        ckpt = path / (record.get("checkpoint") or {}).get("relpath", "checkpoints/best.pt")
+        if not ckpt.is_file():
+            raise RunDirError(f"{ckpt}: checkpoint missing (checkpoints are not committed; re-run the training "
+                              f"of {record.get('run_id', path.name)})")
+        return ckpt, record
+    if not path.is_file():
+        raise RunDirError(f"{path}: no such run folder or checkpoint")
+    record_path = path.parent.parent / "record.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else None
+    return path, record

@@ -97,3 +97,17 @@ def write_yaml(path: Path, cfg: dict[str, Any]) -> Path:
 
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+def train_tiny_runs(root: Path, seeds: tuple[int, ...] = (0, 1)) -> list[Path]:
+    """Run folders of :func:`tiny_config` trained once per seed on a :func:`make_neu` dataset under ``root``."""
+    from smelib import engine
+
+    neu = make_neu(root / "neu")
+    out = []
+    for seed in seeds:
+        cfg = tiny_config(neu)
+        cfg["train"]["seed"] = seed
+        out.append(engine.train(cfg, runs_dir=root / "runs", quiet=True).run_dir)
+    return out
+

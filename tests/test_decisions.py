@@ -8,9 +8,8 @@ import math
 from pathlib import Path
 
 import pytest
-from engine_helpers import make_neu, tiny_config
+from engine_helpers import train_tiny_runs
 
-from smelib import engine
 from smelib.cli import main
 from smelib.experiments import (
     DecisionRecordError,
@@ -27,14 +26,7 @@ from smelib.experiments import (
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    neu = make_neu(tmp_path_factory.mktemp("neu"))
-    runs = tmp_path_factory.mktemp("runs")
-    out = []
-    for seed in (0, 1):
-        cfg = tiny_config(neu)
-        cfg["train"]["seed"] = seed
-        out.append(engine.train(cfg, runs_dir=runs, quiet=True).run_dir)
-    return out
+    return train_tiny_runs(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

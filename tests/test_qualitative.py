@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_helpers import make_neu, tiny_config
+from engine_helpers import train_tiny_runs
 
-from smelib import engine
 from smelib.cli import main
 from smelib.qualitative import (
     Comparison,
@@ -124,14 +123,7 @@ def test_plots_draw_every_panel() -> None:
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    neu = make_neu(tmp_path_factory.mktemp("neu"))
-    runs = tmp_path_factory.mktemp("runs")
-    out = []
-    for seed in (0, 1):
-        cfg = tiny_config(neu)
-        cfg["train"]["seed"] = seed
-        out.append(engine.train(cfg, runs_dir=runs, quiet=True).run_dir)
-    return out
+    return train_tiny_runs(tmp_path_factory.mktemp("tiny"))
 
 
 def test_build_matches_the_run_records_and_cli_writes_it(two_runs: list[Path], tmp_path: Path,
