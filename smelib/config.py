@@ -51,7 +51,7 @@ Keys (the defaults are in :data:`DEFAULTS`; ``null`` means "decided at run time"
                                    # schedule is compressed proportionally into them
       val_every: int               # validate every N epochs (and always after the last one); 0 = never
       amp: auto | none | bf16 | fp16   # autocast dtype; auto = bf16 on CUDA when supported, none on CPU
-      channels_last: auto | bool   # auto = on CUDA only
+      channels_last: auto | bool   # auto = on (NHWC: faster on CUDA and on CPU)
       grad_clip: float | null      # max global gradient norm; null = no clipping
       checkpoint_every_steps: int  # also write the resumable "last" checkpoint every N steps (0 = epoch ends only)
       seed: int                    # seeds python, numpy, torch, the data order and the augmentation

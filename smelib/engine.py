@@ -370,7 +370,9 @@ def _train(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: 
     except ValueError as err:
         raise ConfigError(f"model_init: {err}") from None
     amp_dtype = _amp_dtype(cfg, device)
-    channels_last = device.type == "cuda" if tc["channels_last"] == "auto" else bool(tc["channels_last"])
+    # auto = on for CPU too: oneDNN's native layout; a training step of every table model was 1.04-1.42x faster
+    # in NHWC on the 2-core machine (book: Training). Results differ from NCHW by float rounding only.
+    channels_last = True if tc["channels_last"] == "auto" else bool(tc["channels_last"])
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     # Speed only (results are unchanged): without it every large activation is a fresh page-faulting mapping.
@@ -459,7 +461,8 @@ def _train(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: 
                   "val": len(bundle.val) if bundle.val is not None else 0,
                   "test": len(bundle.test) if bundle.test is not None else 0},
         "class_names": class_names, "num_classes": num_classes, "git": R.git_info() if ctx.is_main else {},
-        "host": {**R.host_info(device), "reuse_freed_memory": reuse_memory}, "world_size": ctx.world_size, "torch_version": str(torch.__version__),
+        "host": {**R.host_info(device), "reuse_freed_memory": reuse_memory, "channels_last": channels_last},
+        "world_size": ctx.world_size, "torch_version": str(torch.__version__),
         "smelib_version": __version__, "started_utc": R.utc_iso(), "epochs": tc["epochs"],
         "batch_size": batch, "steps_per_epoch": steps_per_epoch,
         "train_stats": train_stats.to_dict(), "model_init": mechanisms,

@@ -52,6 +52,10 @@ def test_record_has_every_key_and_consistent_values(run: engine.RunResult) -> No
     assert rec["images_per_s"] > 0 and rec["wall_seconds"] >= rec["train_seconds"] > 0
     assert rec["torch_version"] == torch.__version__ and rec["host"]["cpu_cores"] >= 1
     assert isinstance(rec["host"]["reuse_freed_memory"], bool)
+    # train.channels_last: auto trains NHWC on every device; the layout a run used is recorded.
+    assert rec["config"]["train"]["channels_last"] == "auto" and rec["host"]["channels_last"] is True
+    assert set(rec["host"]["thread_env"]) <= {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
+                                               "OMP_PROC_BIND", "OMP_PLACES", "KMP_AFFINITY", "KMP_BLOCKTIME"}
     assert set(rec["git"]) == {"commit", "dirty"}
     # Final metrics on val and test, both conventions (background included, defects only).
     for part in ("val", "test"):
