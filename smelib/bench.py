@@ -213,11 +213,11 @@ def _percentile(values: list[float], q: float) -> float:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _build(name: str, num_classes: int, seed: int) -> nn.Module:
+def _build(name: str, num_classes: int, seed: int, model_kwargs: dict[str, Any] | None = None) -> nn.Module:
     from smelib.models import build
 
     torch.manual_seed(seed)
-    return build(name, num_classes=num_classes)
+    return build(name, num_classes=num_classes, **(model_kwargs or {}))
 
 
 def _fused_sgd_ok(device: torch.device) -> bool:
@@ -234,7 +234,7 @@ def _train_runner(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: to
                   options: OptimizeOptions, notes: dict[str, Any]) -> Callable[[], Any]:
     model = model.to(device).train()
     x_host, y_host = x, y
-    fused = optimised and _fused_sgd_ok(device)
+    fused = optimised and options.fused_optimizer and _fused_sgd_ok(device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, **({"fused": True} if fused else {}))
     channels_last = optimised and options.channels_last
     if channels_last:
@@ -326,6 +326,7 @@ def benchmark(
     peak_n: int | None = None,
     seed: int = 0,
     opt_threads: int | str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Benchmark ``model`` (a registry name) eager versus optimised; returns the JSON object described above.
 
@@ -347,6 +348,8 @@ def benchmark(
         num_classes: output classes.
         peak_n: matmul size of the peak measurement (default 2048 on CPU, 8192 on CUDA).
         seed: seeds the model weights and the data.
+        model_kwargs: keyword arguments of the model's factory (e.g. ``{"decoder_width": 64}``: the widths the
+            CPU-budget protocol trains); recorded.
     """
     from smelib.flops import fvcore_macs
 
@@ -363,7 +366,7 @@ def benchmark(
     x = torch.randn(batch, 3, h, w, generator=g)
     y = torch.randint(0, num_classes, (batch, h, w), generator=g)
 
-    base = _build(model, num_classes, seed).eval()
+    base = _build(model, num_classes, seed, model_kwargs).eval()
     macs_per_image, _ = fvcore_macs(base, torch.zeros(1, 3, h, w))
     gmacs_per_image = macs_per_image / 1e9 * (3 if train else 1)
     notes: dict[str, dict[str, Any]] = {"eager": {}, "optimised": {}}
@@ -371,7 +374,7 @@ def benchmark(
 
     if train:
         eager_model = base
-        opt_model = _build(model, num_classes, seed)
+        opt_model = _build(model, num_classes, seed, model_kwargs)
         runners = {
             "eager": _train_runner(eager_model, x, y, dev, False, options, notes["eager"]),
             "optimised": _train_runner(opt_model, x, y, dev, True, options, notes["optimised"]),
@@ -471,6 +474,7 @@ def benchmark(
     result["optimised"] = summarise("optimised")
     result["speedup"] = result["optimised"]["images_per_s"] / result["eager"]["images_per_s"]
     result["record"] = {
+        "model_kwargs": dict(model_kwargs or {}),
         "gmacs_per_image": gmacs_per_image,
         "gmacs_per_image_forward": macs_per_image / 1e9,
         "executed_gmacs_per_image_optimised": executed,
@@ -577,6 +581,7 @@ def profile_ops(
     top: int = 25,
     num_classes: int = 4,
     train: bool = False,
+    model_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``torch.profiler`` table of inference (or of a training step): top ops by self CPU time, and time per
     operator class.
@@ -587,6 +592,7 @@ def profile_ops(
         train: profile the training step that :func:`benchmark` times with ``train=True`` (forward,
             cross-entropy, backward, SGD); a convolution's backward kernel is counted as 2× its forward
             multiply-adds (input and weight gradients).
+        model_kwargs: keyword arguments of the model's factory, as in :func:`benchmark`.
 
     Returns:
         ``{"model", "mode", "batch", "size", "total_self_cpu_ms", "ms_per_batch", "top_ops": [...],
@@ -601,7 +607,7 @@ def profile_ops(
     threads_used = set_threads(threads)
     load_before = _loadavg()
     x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
-    base = _build(model, num_classes, 0).eval()
+    base = _build(model, num_classes, 0, model_kwargs).eval()
     options = options or OptimizeOptions(compile=False)
     if train:
         y = torch.randint(0, num_classes, (batch, *size), generator=torch.Generator().manual_seed(1))
@@ -656,7 +662,7 @@ def profile_ops(
         "depthwise_7x7_share": depthwise_7x7 / total,
         "top_ops": top_ops, "by_shape": by_shape, "by_class": classes,
         "record": {"threads": threads_used, "loadavg_before": load_before, "loadavg_after": _loadavg(),
-                   "options": options.to_dict() if optimised else None, "machine": machine_info("cpu"),
+                   "model_kwargs": dict(model_kwargs or {}), "options": options.to_dict() if optimised else None, "machine": machine_info("cpu"),
                    "note": "self CPU time summed over threads' op calls as torch.profiler reports it; shares are "
                            "fractions of the total; depthwise = convolutions with groups == channels",
                    "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")},

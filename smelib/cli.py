@@ -621,6 +621,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from smelib import bench
+    from smelib.config import parse_value
     from smelib.models import names
     from smelib.optimize import OptimizeOptions
 
@@ -640,10 +641,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                                              cpu_amp=args.cpu_bf16, threads=None)
     except ValueError as err:
         raise CLIError(str(err)) from None
+    model_kwargs = {}
+    for item in args.model_arg:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"--model-arg {item!r} is not of the form KEY=VALUE (e.g. decoder_width=64)")
+        model_kwargs[key.strip()] = parse_value(text)
     if args.profile:
-        prof = bench.profile_ops(args.model, size, args.batch, optimised=not args.profile_eager,
-                                 options=OptimizeOptions(**{**options.to_dict(), "compile": False}),
-                                 threads=args.threads, train=args.train)
+        try:
+            prof = bench.profile_ops(args.model, size, args.batch, optimised=not args.profile_eager,
+                                     options=OptimizeOptions(**{**options.to_dict(), "compile": False}),
+                                     threads=args.threads, train=args.train, model_kwargs=model_kwargs)
+        except TypeError as err:
+            raise CLIError(f"--model-arg: {err}") from None
         stem = Path(args.profile)
         jpath, cpath = bench.write_profile(prof, stem)
         if args.json:
@@ -669,7 +679,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     try:
         result = bench.benchmark(args.model, size, args.batch, train=args.train, iters=args.iters,
                                  warmup=args.warmup, threads=args.threads, device=args.device, options=options,
-                                 opt_threads=opt_threads)
+                                 opt_threads=opt_threads, model_kwargs=model_kwargs)
+    except TypeError as err:
+        raise CLIError(f"--model-arg: {err}") from None
     except (RuntimeError, ValueError) as err:
         raise CLIError(str(err)) from None
     if args.out:
@@ -688,7 +700,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     # Kept in step with smelib.optimize.OPTIMISATIONS (not imported here: building the parser stays torch-free).
     optimisations = ("fold_bn, fuse_msaa, fuse_star, channels_last, inference_mode, compile, reuse_memory, amp, "
-                     "cudnn_benchmark, pinned_memory")
+                     "cudnn_benchmark, pinned_memory, fused_optimizer")
     p = sub.add_parser("bench", help="images/s and %% of the measured matmul peak, eager vs optimised, interleaved")
     p.add_argument("model", help="a registered model name (see `smelib models`)")
     p.add_argument("--size", nargs="+", type=int, default=[200, 200], metavar="H",
@@ -703,6 +715,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                    help="threads of the optimised mode: N, auto (fastest of 1..cores, probed in the run; default) "
                         "or same (as --threads)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a keyword of the model's factory, repeatable (e.g. decoder_width=64 context_width=64: "
+                        "the CPU-budget protocol's widths)")
     p.add_argument("--amp", choices=["bf16", "fp16", "none"], default="bf16",
                    help="autocast dtype of the optimised mode on CUDA (ignored on CPU unless --cpu-bf16; default bf16)")
     p.add_argument("--cpu-bf16", action="store_true",

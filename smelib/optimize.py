@@ -84,7 +84,7 @@ _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 #: The switchable optimisations, in the order they are applied (names used by ``smelib bench --only/--disable``).
 OPTIMISATIONS = ("fold_bn", "fuse_msaa", "fuse_star", "channels_last", "inference_mode", "compile", "reuse_memory",
-                 "amp", "cudnn_benchmark", "pinned_memory")
+                 "amp", "cudnn_benchmark", "pinned_memory", "fused_optimizer")
 
 _REUSE_STATE: dict[str, Any] = {"set": False}
 
@@ -131,6 +131,8 @@ class OptimizeOptions:
             (``smelib eval --bf16``).
         cudnn_benchmark: ``torch.backends.cudnn.benchmark = True`` on CUDA.
         pinned_memory: copy host inputs to CUDA from pinned memory, ``non_blocking``.
+        fused_optimizer: training step only (:mod:`smelib.bench`): the optimiser's fused kernel, where the
+            device has one.
     """
 
     fold_bn: bool = True
@@ -145,6 +147,7 @@ class OptimizeOptions:
     cudnn_benchmark: bool = True
     pinned_memory: bool = True
     cpu_amp: bool = False
+    fused_optimizer: bool = True
 
     def autocast_dtype(self, device: torch.device | str) -> torch.dtype | None:
         """The autocast dtype on ``device`` (None: fp32).

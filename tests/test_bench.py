@@ -74,6 +74,19 @@ def test_benchmark_train_counts_three_forwards() -> None:
     assert r["eager"]["settings"]["channels_last"] is False
 
 
+def test_benchmark_train_layout_only_and_model_kwargs() -> None:
+    # `--only channels_last`: the optimised step differs from the eager one by the layout alone (no fused
+    # optimiser), and the factory keywords reach the model (a narrower decoder has fewer multiply-adds).
+    opts = OptimizeOptions.from_names(["channels_last"])
+    narrow = bench.benchmark("sme_deeplabv3plus_lite", size=(32, 32), batch=2, iters=1, warmup=1, train=True,
+                             options=opts, peak_n=128, model_kwargs={"decoder_width": 8})
+    assert narrow["optimised"]["settings"]["channels_last"] is True and narrow["optimised"]["settings"]["fused_sgd"] is False
+    assert narrow["record"]["model_kwargs"] == {"decoder_width": 8}
+    wide = bench.benchmark("sme_deeplabv3plus_lite", size=(32, 32), batch=2, iters=1, warmup=1, train=True,
+                           options=opts, peak_n=128)
+    assert narrow["record"]["gmacs_per_image"] < wide["record"]["gmacs_per_image"]
+
+
 def test_train_compile_failure_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: object, **kwargs: object):
         def run(*a: object, **k: object) -> None:
@@ -117,6 +130,11 @@ def test_cli_bench_errors(capsys) -> None:
     assert "unknown model" in capsys.readouterr().err
     assert main(["bench", "sme_deeplabv3plus_lite", "--disable", "warp_drive"]) == 2
     assert "unknown optimisation" in capsys.readouterr().err
+    assert main(["bench", "sme_deeplabv3plus_lite", "--model-arg", "decoder_width"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+    assert main(["bench", "sme_deeplabv3plus_lite", "--size", "32", "--batch", "1", "--iters", "1",
+                 "--model-arg", "warp_factor=9"]) == 2
+    assert "warp_factor" in capsys.readouterr().err
 
 
 def test_profile_table(tmp_path) -> None:
