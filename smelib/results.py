@@ -1,17 +1,18 @@
-"""Aggregating run records: one row per (config, model, split), mean and spread over training seeds.
+"""Aggregating run records: one row per (config, model, split, epochs), mean and spread over training seeds.
 
 >>> from smelib.results import load_records, summarize
->>> rows = summarize(load_records("results/runs"))      # list of dicts, one per (config, model, split)
+>>> rows = summarize(load_records("results/runs"))      # list of dicts, one per (config, model, split, epochs)
 
 Each row (all metrics fractions in [0, 1], measured on the run's final evaluation subset, normally ``test``)::
 
-    config, model, split, metric_split, n_seeds, seeds,
+    config, model, split, epochs, metric_split, n_seeds, seeds,
     miou_mean, miou_std, precision_mean, mpa_mean, recall_mean, pixel_acc_mean,
     iou_<class>_mean (one per class), miou_defects_mean, miou_defects_std,
     gmacs, params_m, train_minutes, images_per_s, run_ids
 
 ``*_std`` is the sample standard deviation over seeds (None with one seed). Only records with
-``status == "completed"`` count; when one seed was run more than once, the latest record is used.
+``status == "completed"`` count; when one seed was run more than once, the latest record is used. Runs of one
+config trained for different epoch counts (``--epochs`` overrides) are different rows, never averaged together.
 """
 
 from __future__ import annotations
@@ -62,27 +63,28 @@ def _final_metrics(rec: Mapping[str, Any]) -> tuple[str | None, dict[str, Any] |
 
 
 def summarize(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Group completed records by (config, model, split kind) and average over seeds (see the module docstring)."""
-    latest: dict[tuple[str, str, str, int], Mapping[str, Any]] = {}
+    """Group completed records by (config, model, split kind, epochs) and average over seeds (module docstring)."""
+    latest: dict[tuple[str, str, str, int, int], Mapping[str, Any]] = {}
     for rec in records:
         if rec.get("status") != "completed" or _final_metrics(rec)[1] is None:
             continue
         split = rec.get("split", {})
         key = (str(rec.get("config_name")), str(rec.get("model")),
-               str(split.get("kind") if isinstance(split, Mapping) else split), int(rec.get("seed", 0)))
+               str(split.get("kind") if isinstance(split, Mapping) else split), int(rec.get("epochs") or 0),
+               int(rec.get("seed", 0)))
         if key not in latest or str(rec.get("finished_utc", "")) >= str(latest[key].get("finished_utc", "")):
             latest[key] = rec
-    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
-    for (config, model, split, _seed), rec in sorted(latest.items()):
-        groups[(config, model, split)].append(rec)
+    groups: dict[tuple[str, str, str, int], list[Mapping[str, Any]]] = defaultdict(list)
+    for (config, model, split, epochs, _seed), rec in sorted(latest.items()):
+        groups[(config, model, split, epochs)].append(rec)
 
     rows = []
-    for (config, model, split), recs in groups.items():
+    for (config, model, split, epochs), recs in groups.items():
         parts = [_final_metrics(r) for r in recs]
         metrics = [m for _, m in parts]
         names = list(recs[0].get("class_names") or [f"class {i}" for i in range(len(metrics[0]["iou"]))])
         row: dict[str, Any] = {
-            "config": config, "model": model, "split": split,
+            "config": config, "model": model, "split": split, "epochs": epochs or None,
             "metric_split": "/".join(sorted({p for p, _ in parts if p})),
             "n_seeds": len(recs), "seeds": " ".join(str(r.get("seed")) for r in recs),
             "miou_mean": _mean([m["miou"] for m in metrics]), "miou_std": _std([m["miou"] for m in metrics]),
@@ -130,12 +132,13 @@ def format_summary(rows: Sequence[Mapping[str, Any]]) -> str:
     iou_cols = []
     for row in rows:
         iou_cols += [k for k in row if k.startswith("iou_") and k.endswith("_mean") and k not in iou_cols]
-    head = ["config", "model", "split", "on", "seeds", "mIoU", "mIoU defects", "MPA", "precision",
+    head = ["config", "model", "split", "epochs", "on", "seeds", "mIoU", "mIoU defects", "MPA", "precision",
             *[k[4:-5] for k in iou_cols], "GMACs", "params M", "minutes"]
     table = []
     for r in rows:
         miou = pct(r["miou_mean"]) + (f" ± {100 * r['miou_std']:.2f}" if r.get("miou_std") is not None else "")
-        table.append([r["config"], r["model"], r["split"], r.get("metric_split", ""), str(r["n_seeds"]), miou,
+        table.append([r["config"], r["model"], r["split"], str(r.get("epochs") or "-"), r.get("metric_split", ""),
+                      str(r["n_seeds"]), miou,
                       pct(r["miou_defects_mean"]), pct(r["mpa_mean"]), pct(r["precision_mean"]),
                       *[pct(r.get(k)) for k in iou_cols],
                       "-" if r.get("gmacs") is None else f"{r['gmacs']:.3f}",

@@ -247,11 +247,11 @@ def test_epoch_order_is_seeded_and_shards_partition_the_batch() -> None:
 # Results tables
 
 
-def _fake_record(seed: int, miou: float, status: str = "completed", config: str = "c") -> dict:
+def _fake_record(seed: int, miou: float, status: str = "completed", config: str = "c", epochs: int = 3) -> dict:
     metrics = {"miou": miou, "iou": [0.9, miou, miou, miou], "precision": 0.5, "recall": 0.6, "mpa": 0.6,
                "pixel_acc": 0.9, "defects_only": {"miou": miou - 0.1}}
     return {"run_id": f"r{seed}{status}", "status": status, "config_name": config, "model": "m",
-            "split": {"kind": "official"}, "seed": seed, "class_names": ["background", "a", "b", "c"],
+            "split": {"kind": "official"}, "seed": seed, "epochs": epochs, "class_names": ["background", "a", "b", "c"],
             "final": {"test": metrics}, "gmacs": 1.5, "params_m": 2.0, "wall_seconds": 120.0,
             "finished_utc": f"2025-01-0{seed + 1}"}
 
@@ -267,6 +267,9 @@ def test_summarize_means_and_stds_over_seeds(tmp_path: Path) -> None:
     for key in ("precision_mean", "mpa_mean", "recall_mean", "gmacs", "params_m", "iou_background_mean"):
         assert key in row
     assert "60.00 ± 14.14" in format_summary(rows)
+    # A seed re-trained for more epochs under the same config name is its own row, not a replacement.
+    longer = summarize([_fake_record(0, 0.5), _fake_record(1, 0.7), _fake_record(0, 0.8, epochs=6)])
+    assert [(r["epochs"], r["n_seeds"], round(r["miou_mean"], 6)) for r in longer] == [(3, 2, 0.6), (6, 1, 0.8)]
     # Round trip through record files.
     for rec in (_fake_record(0, 0.5), _fake_record(1, 0.7)):
         (tmp_path / rec["run_id"]).mkdir()
