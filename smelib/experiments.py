@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CONCLUSIONS", "PAPER_MIOU", "Conclusion", "conclusion_verdict", "conclusions_table", "paper_difference",
     "DEFAULT_CONFIGS", "REQUIRED_RUNS", "DecisionOutcome", "MissingRun", "RunRequirement", "evaluate_decisions",
-    "mean_std_text", "missing_runs", "pick_row", "seeds_of", "summary_table", "summary_value", "tau_counts",
+    "mean_std_text", "missing_runs", "pick_row", "protocol_epochs", "seeds_of", "summary_table", "summary_value",
+    "tau_counts",
     "DECISION_FORMAT", "DECISION_METRICS", "DECISION_TOLERANCE", "DecisionRecordError", "decision_differences",
     "decision_record", "decision_record_path", "decision_seed_table", "decision_spread", "decision_spread_table",
     "load_decision_records", "select_decision_records", "write_decision_record",
@@ -71,6 +72,27 @@ REQUIRED_RUNS: tuple[RunRequirement, ...] = (
 
 #: Training protocols whose runs count towards the plan (ablation variants such as ``cpu_budget_prior`` do not).
 DEFAULT_CONFIGS: tuple[str, ...] = ("cpu_budget", "paper")
+
+
+def protocol_epochs(config: str) -> int | None:
+    """``train.epochs`` of ``configs/<config>.yaml`` in this repository (None when there is no such file).
+
+    A run of that config counts towards the plan only when it trained this many epochs: learning-curve runs
+    (``--epochs N``) share the config's name but are other protocols.
+    """
+    from smelib.config import load_config
+    from smelib.settings import repo_root
+
+    path = repo_root() / "configs" / f"{config}.yaml"
+    return int(load_config(path)["train"]["epochs"]) if path.is_file() else None
+
+
+def _epochs_match(row: Mapping[str, Any], epochs: Mapping[str, int | None]) -> bool:
+    """Whether a summary row was trained for its config's protocol epochs (rows without an ``epochs`` field,
+    from summaries older than that column, and configs without a file count)."""
+    want = epochs.get(str(row.get("config")))
+    have = row.get("epochs")
+    return want is None or have in (None, "") or int(have) == want
 
 
 @dataclass(frozen=True)
@@ -116,7 +138,8 @@ def missing_runs(
 ) -> list[MissingRun]:
     """The runs still needed to fill ``required``, given the summary ``rows`` measured so far.
 
-    For each requirement, only rows of that model and split whose ``config`` is in ``configs`` count, and the
+    For each requirement, only rows of that model and split whose ``config`` is in ``configs`` and trained that
+    config's epochs (:func:`protocol_epochs`) count, and the
     seeds of different configs are never pooled: the config with the most seeds is taken (ties: the first in
     ``configs``), and the seeds it lacks become :class:`MissingRun` items, the smallest unused seed numbers
     first, trained with that config (with the first of ``configs`` when nothing was measured).
@@ -132,11 +155,13 @@ def missing_runs(
     configs = list(configs)
     if not configs:
         raise ValueError("configs must name at least one training protocol")
+    epochs = {c: protocol_epochs(c) for c in configs}
     out: list[MissingRun] = []
     for req in required:
         by_config: dict[str, set[int]] = {c: set() for c in configs}
         for row in rows:
-            if row.get("model") == req.model and row.get("split") == req.split and row.get("config") in by_config:
+            if (row.get("model") == req.model and row.get("split") == req.split and row.get("config") in by_config
+                    and _epochs_match(row, epochs)):
                 by_config[str(row["config"])].update(seeds_of(row))
         config = max(configs, key=lambda c: (len(by_config[c]), -configs.index(c)))
         have = by_config[config]
@@ -152,10 +177,13 @@ def missing_runs(
 def pick_row(
     rows: Sequence[Mapping[str, Any]], model: str, split: str, configs: Collection[str] = DEFAULT_CONFIGS,
 ) -> Mapping[str, Any] | None:
-    """The summary row of ``model`` on ``split`` under the protocol in ``configs`` with the most seeds (ties: the
-    first in ``configs``), or None when none of them has one; the same choice :func:`missing_runs` makes."""
+    """The summary row of ``model`` on ``split`` under the protocol in ``configs`` (at its epochs) with the most
+    seeds (ties: the first in ``configs``), or None when none of them has one; the same choice
+    :func:`missing_runs` makes."""
     order = list(configs)
-    found = [r for r in rows if r.get("model") == model and r.get("split") == split and r.get("config") in order]
+    epochs = {c: protocol_epochs(c) for c in order}
+    found = [r for r in rows if r.get("model") == model and r.get("split") == split and r.get("config") in order
+             and _epochs_match(r, epochs)]
     if not found:
         return None
     return max(found, key=lambda r: (len(seeds_of(r)), -order.index(str(r["config"]))))
@@ -261,7 +289,7 @@ def mean_std_text(row: Mapping[str, Any] | None, key: str = "miou") -> str:
 
 
 def summary_table(rows: Sequence[Mapping[str, Any]]) -> Table:
-    """Every summary row: config, model, split, number of seeds, seeds, and test mIoU, defect-class mIoU (mean ±
+    """Every summary row: config, model, split, epochs, number of seeds, seeds, and test mIoU, defect-class mIoU (mean ±
     std, :func:`mean_std_text`), precision and MPA (means), in percent.
 
     Args:
@@ -275,8 +303,10 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> Table:
         v = summary_value(row, key)
         return "–" if v is None else f"{100 * v:.2f}"
 
-    return Table(["config", "model", "split", "n", "seed ids", "mIoU %", "defects mIoU %", "precision %", "MPA %"],
-                 [[r["config"], r["model"], r["split"], int(r["n_seeds"]), r["seeds"], mean_std_text(r),
+    return Table(["config", "model", "split", "epochs", "n", "seed ids", "mIoU %", "defects mIoU %", "precision %",
+                  "MPA %"],
+                 [[r["config"], r["model"], r["split"], r.get("epochs") or "–", int(r["n_seeds"]), r["seeds"],
+                   mean_std_text(r),
                    mean_std_text(r, "miou_defects"), pct(r, "precision_mean"), pct(r, "mpa_mean")] for r in rows],
                  title="All aggregated runs (mean ± sample std over seeds)")
 
@@ -553,13 +583,17 @@ def load_decision_records(folder: str | os.PathLike = "results/mechanisms") -> l
 
 def select_decision_records(records: Sequence[Mapping[str, Any]], model: str = "sme_deeplabv3plus",
                             split: str = "grouped", config: str | None = "cpu_budget") -> list[Mapping[str, Any]]:
-    """The records of ``model`` on the ``split`` split (and training protocol ``config``; None: any), one per
-    seed (the latest run id when a seed was trained twice), sorted by seed."""
+    """The records of ``model`` on the ``split`` split (and training protocol ``config`` at its epochs,
+    :func:`protocol_epochs`; None: any), one per seed (the latest run id when a seed was trained twice), sorted
+    by seed."""
     by_seed: dict[int, Mapping[str, Any]] = {}
+    want = protocol_epochs(config) if config is not None else None
     for r in records:
         if r.get("model") != model or (r.get("split") or {}).get("kind") != split:
             continue
         if config is not None and r.get("config_name") != config:
+            continue
+        if want is not None and r.get("epochs") is not None and int(r["epochs"]) != want:
             continue
         seed = int(r["seed"])
         if seed not in by_seed or str(r["run_id"]) > str(by_seed[seed]["run_id"]):

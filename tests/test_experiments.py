@@ -13,8 +13,21 @@ from smelib.inference import evaluate
 from smelib.mechanisms import DecisionRule
 
 
-def _row(model: str, split: str, seeds: str, config: str = "cpu_budget") -> dict[str, object]:
-    return {"config": config, "model": model, "split": split, "seeds": seeds, "n_seeds": len(seeds.split())}
+def _row(model: str, split: str, seeds: str, config: str = "cpu_budget", epochs: int | None = None) -> dict[str, object]:
+    return {"config": config, "model": model, "split": split, "seeds": seeds, "n_seeds": len(seeds.split()),
+            "epochs": epochs}
+
+
+def test_only_runs_at_the_protocol_epochs_count() -> None:
+    # A learning-curve run (`--epochs N` under the same config name) is not a row of the protocol's tables.
+    e = X.protocol_epochs("cpu_budget")
+    assert isinstance(e, int) and e >= 1 and X.protocol_epochs("no_such_config") is None
+    rows = [_row("sme_deeplabv3plus", "grouped", "0", epochs=e),
+            _row("sme_deeplabv3plus", "grouped", "0 1 2", epochs=e + 5)]
+    assert X.pick_row(rows, "sme_deeplabv3plus", "grouped")["seeds"] == "0"  # type: ignore[index]
+    sme = [m.seed for m in X.missing_runs(rows) if m.model == "sme_deeplabv3plus" and m.split == "grouped"]
+    assert sme == [1, 2]
+    assert X.pick_row([_row("m", "grouped", "0 1", epochs=e + 1)], "m", "grouped") is None
 
 
 def test_missing_runs_with_no_records_is_the_whole_plan() -> None:
@@ -124,8 +137,8 @@ def test_summary_table_rows() -> None:
          "precision_mean": "0.8348", "mpa_mean": "0.8471"},
     ]
     t = X.summary_table(rows)
-    assert t.columns[5] == "mIoU %" and len(t.rows) == 1
-    assert t.rows[0] == ["cpu_budget", "sme_deeplabv3plus", "grouped", 2, "0 1", "74.00 ± 1.00", "67.19 ± –",
+    assert t.columns[6] == "mIoU %" and len(t.rows) == 1
+    assert t.rows[0] == ["cpu_budget", "sme_deeplabv3plus", "grouped", "–", 2, "0 1", "74.00 ± 1.00", "67.19 ± –",
                          "83.48", "84.71"]
     assert X.summary_table([]).rows == []
 
