@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONCLUSIONS", "PAPER_MIOU", "Conclusion", "conclusion_verdict", "conclusions_table", "paper_difference",
     "DEFAULT_CONFIGS", "REQUIRED_RUNS", "DecisionOutcome", "MissingRun", "RunRequirement", "evaluate_decisions",
-    "mean_std_text", "missing_runs", "pick_row", "protocol_epochs", "seeds_of", "summary_table", "summary_value",
+    "learning_curve", "mean_std_text", "missing_runs", "pick_row", "protocol_epochs", "seeds_of", "summary_table", "summary_value",
     "tau_counts",
     "DECISION_FORMAT", "DECISION_METRICS", "DECISION_TOLERANCE", "DecisionRecordError", "decision_differences",
     "decision_record", "decision_record_path", "decision_seed_table", "decision_spread", "decision_spread_table",
@@ -309,6 +309,39 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> Table:
                    mean_std_text(r),
                    mean_std_text(r, "miou_defects"), pct(r, "precision_mean"), pct(r, "mpa_mean")] for r in rows],
                  title="All aggregated runs (mean ± sample std over seeds)")
+
+
+def learning_curve(records: Sequence[Mapping[str, Any]], model: str = "sme_deeplabv3plus", split: str = "grouped",
+                   seed: int = 0, config: str = "cpu_budget") -> list[dict[str, Any]]:
+    """The learning curve behind the protocol's epoch count: one point per epoch count that ``model`` was
+    trained for (same ``config``, ``split`` and ``seed``; the latest completed run when one count was run twice),
+    sorted by epochs. Each run has its own cosine schedule, so every point is a finished training, not an
+    intermediate epoch of a longer one.
+
+    Returns:
+        ``[{"epochs", "minutes" (wall time of the whole run), "images_per_s", "val_miou", "test_miou",
+        "test_miou_defects", "channels_last" (False for runs from before the layout was recorded), "run_id"}]``;
+        metrics are fractions.
+    """
+    latest: dict[int, Mapping[str, Any]] = {}
+    for r in records:
+        if (r.get("status") != "completed" or r.get("model") != model or r.get("config_name") != config
+                or (r.get("split") or {}).get("kind") != split or int(r.get("seed", -1)) != seed):
+            continue
+        e = int(r["epochs"])
+        if e not in latest or str(r["run_id"]) > str(latest[e]["run_id"]):
+            latest[e] = r
+    out = []
+    for e in sorted(latest):
+        r = latest[e]
+        final = r.get("final") or {}
+        out.append({
+            "epochs": e, "minutes": float(r["wall_seconds"]) / 60, "images_per_s": r.get("images_per_s"),
+            "val_miou": (final.get("val") or {}).get("miou"), "test_miou": (final.get("test") or {}).get("miou"),
+            "test_miou_defects": ((final.get("test") or {}).get("defects_only") or {}).get("miou"),
+            "channels_last": bool((r.get("host") or {}).get("channels_last", False)), "run_id": r["run_id"],
+        })
+    return out
 
 
 @dataclass(frozen=True)

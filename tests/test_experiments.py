@@ -161,3 +161,21 @@ def test_conclusion_verdicts_use_the_standard_error() -> None:
     assert "StarNet beats MobileNetV2" in text and "+2.00" in text and "holds" in text
     assert "-0.25 points (one run each, official split)" in text  # the paper's own MSAA - ASPP (88.52 - 88.77)
     assert text.count("not yet measured") >= 4  # the rows without records say so
+
+
+def _curve_record(epochs: int, miou: float, run_id: str, seed: int = 0, config: str = "cpu_budget",
+                  status: str = "completed") -> dict[str, object]:
+    return {"run_id": run_id, "status": status, "model": "sme_deeplabv3plus", "config_name": config,
+            "split": {"kind": "grouped"}, "seed": seed, "epochs": epochs, "wall_seconds": 300.0 * epochs,
+            "images_per_s": 10.0, "host": {"channels_last": True},
+            "final": {"val": {"miou": miou + 0.01}, "test": {"miou": miou, "defects_only": {"miou": miou - 0.07}}}}
+
+
+def test_learning_curve_one_point_per_epoch_count() -> None:
+    recs = [_curve_record(6, 0.76, "b"), _curve_record(3, 0.74, "a"), _curve_record(3, 0.745, "c"),
+            _curve_record(9, 0.9, "d", seed=1), _curve_record(9, 0.9, "e", config="cpu_budget_prior"),
+            _curve_record(12, 0.9, "f", status="running")]
+    curve = X.learning_curve(recs)
+    assert [(p["epochs"], p["test_miou"], p["run_id"]) for p in curve] == [(3, 0.745, "c"), (6, 0.76, "b")]
+    assert curve[1]["minutes"] == pytest.approx(30.0) and curve[1]["val_miou"] == pytest.approx(0.77)
+    assert curve[0]["channels_last"] is True and curve[0]["test_miou_defects"] == pytest.approx(0.675)
