@@ -176,14 +176,26 @@ def missing_runs(
 
 def pick_row(
     rows: Sequence[Mapping[str, Any]], model: str, split: str, configs: Collection[str] = DEFAULT_CONFIGS,
+    epochs: int | None = None,
 ) -> Mapping[str, Any] | None:
     """The summary row of ``model`` on ``split`` under the protocol in ``configs`` (at its epochs) with the most
     seeds (ties: the first in ``configs``), or None when none of them has one; the same choice
-    :func:`missing_runs` makes."""
+    :func:`missing_runs` makes.
+
+    Args:
+        epochs: read the rows trained for this many epochs instead of each config's protocol epochs (an earlier
+            protocol's budget, or a learning-curve point); rows without an ``epochs`` field never match it.
+    """
     order = list(configs)
-    epochs = {c: protocol_epochs(c) for c in order}
+    if epochs is not None:
+        found = [r for r in rows if r.get("model") == model and r.get("split") == split and r.get("config") in order
+                 and r.get("epochs") not in (None, "") and int(r["epochs"]) == epochs]
+        if not found:
+            return None
+        return max(found, key=lambda r: (len(seeds_of(r)), -order.index(str(r["config"]))))
+    epochs_of = {c: protocol_epochs(c) for c in order}
     found = [r for r in rows if r.get("model") == model and r.get("split") == split and r.get("config") in order
-             and _epochs_match(r, epochs)]
+             and _epochs_match(r, epochs_of)]
     if not found:
         return None
     return max(found, key=lambda r: (len(seeds_of(r)), -order.index(str(r["config"]))))
@@ -405,21 +417,27 @@ def conclusion_verdict(better: Mapping[str, Any] | None, worse: Mapping[str, Any
     return diff, "holds" if t > z else ("reversed" if t < -z else "within the seed spread")
 
 
-def conclusions_table(rows: Sequence[Mapping[str, Any]], split: str = "grouped") -> Table:
+def conclusions_table(rows: Sequence[Mapping[str, Any]], split: str = "grouped", epochs: int | None = None) -> Table:
     """One row per :data:`CONCLUSIONS` entry on ``split``: both models' mIoU (mean ± std, n), the difference in
-    points and :func:`conclusion_verdict`'s reading."""
+    points and :func:`conclusion_verdict`'s reading.
+
+    Args:
+        epochs: compare the rows trained for this many epochs (see :func:`pick_row`); default: each protocol's
+            own epochs.
+    """
     from smelib.viz import Table
 
     body = []
     for c in CONCLUSIONS:
-        hi, lo = pick_row(rows, c.better, split), pick_row(rows, c.worse, split)
+        hi, lo = pick_row(rows, c.better, split, epochs=epochs), pick_row(rows, c.worse, split, epochs=epochs)
         diff, verdict = conclusion_verdict(hi, lo)
         n = lambda r: "–" if r is None else int(r["n_seeds"])  # noqa: E731
         body.append([c.claim, paper_difference(c), mean_std_text(hi), n(hi), mean_std_text(lo), n(lo),
                      "–" if diff is None else f"{diff:+.2f}", verdict])
     return Table(["the paper's conclusion", "paper's difference", "first mIoU %", "n", "second mIoU %", "n",
                   "our difference (points)", "on our records"], body,
-                 title=f"The paper's conclusions on our {split}-split records")
+                 title=f"The paper's conclusions on our {split}-split records"
+                       + ("" if epochs is None else f", {epochs}-epoch runs"))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -30,6 +30,17 @@ def test_only_runs_at_the_protocol_epochs_count() -> None:
     assert X.pick_row([_row("m", "grouped", "0 1", epochs=e + 1)], "m", "grouped") is None
 
 
+def test_pick_row_at_an_earlier_budget() -> None:
+    # epochs=N reads another budget's rows (the first protocol's 3 epochs) and never a row without an epochs field
+    e = X.protocol_epochs("cpu_budget")
+    rows = [_row("m", "grouped", "0", epochs=e), _row("m", "grouped", "0 1 2", epochs=e + 3),
+            _row("m", "grouped", "4 5 6 7"), _row("m", "grouped", "3", config="other", epochs=e + 3)]
+    assert X.pick_row(rows, "m", "grouped", epochs=e + 3)["seeds"] == "0 1 2"  # type: ignore[index]
+    assert X.pick_row(rows, "m", "grouped", epochs=e)["seeds"] == "0"  # type: ignore[index]
+    assert X.pick_row(rows, "m", "grouped", epochs=e + 1) is None
+    assert X.pick_row(rows, "m", "official", epochs=e + 3) is None
+
+
 def test_missing_runs_with_no_records_is_the_whole_plan() -> None:
     todo = X.missing_runs([])
     assert len(todo) == 3 * 3 + 6 + 9
@@ -161,6 +172,10 @@ def test_conclusion_verdicts_use_the_standard_error() -> None:
     assert "StarNet beats MobileNetV2" in text and "+2.00" in text and "holds" in text
     assert "-0.25 points (one run each, official split)" in text  # the paper's own MSAA - ASPP (88.52 - 88.77)
     assert text.count("not yet measured") >= 4  # the rows without records say so
+    at3 = [dict(r, epochs="3") for r in rows]
+    assert "+2.00" not in str(conclusions_table(at3)) or X.protocol_epochs("cpu_budget") == 3
+    t3 = str(conclusions_table(at3, epochs=3))
+    assert "+2.00" in t3 and "3-epoch runs" in t3
 
 
 def _curve_record(epochs: int, miou: float, run_id: str, seed: int = 0, config: str = "cpu_budget",

@@ -16,3 +16,15 @@ def test_status_reports_percent_and_no_false_spread(monkeypatch) -> None:
     assert "80.00 ± 1.20 (n=3, cpu_budget)" in text
     assert "not run yet" in text  # the lite model has no row here
     assert "StarNet beats MobileNetV2" in text and "not yet measured" in text  # no baseline row given
+
+
+def test_status_falls_back_to_another_budget_and_names_its_epochs(monkeypatch) -> None:
+    # the shipped lite checkpoint's run (4 epochs) is not at the protocol's epochs: shown, with its epoch count
+    rows = [{"model": "sme_deeplabv3plus_lite", "split": "official", "config": "cpu_budget", "n_seeds": "1",
+             "miou_mean": "0.7533", "miou_std": "", "seeds": "0", "epochs": "4"},
+            {"model": "sme_deeplabv3plus_lite", "split": "official", "config": "cpu_budget", "n_seeds": "1",
+             "miou_mean": "0.70", "miou_std": "", "seeds": "0", "epochs": "2"}]
+    monkeypatch.setattr(status, "read_summary", lambda path=None: rows)
+    monkeypatch.setattr(status, "table2_matches", lambda: [("starnet_msaa", True)])
+    text = str(status.reproduction_table())
+    assert "75.33 (n=1, cpu_budget, 4 epochs)" in text and "70.00" not in text
