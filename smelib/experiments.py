@@ -351,7 +351,8 @@ def learning_curve(records: Sequence[Mapping[str, Any]], model: str = "sme_deepl
             "epochs": e, "minutes": float(r["wall_seconds"]) / 60, "images_per_s": r.get("images_per_s"),
             "val_miou": (final.get("val") or {}).get("miou"), "test_miou": (final.get("test") or {}).get("miou"),
             "test_miou_defects": ((final.get("test") or {}).get("defects_only") or {}).get("miou"),
-            "channels_last": bool((r.get("host") or {}).get("channels_last", False)), "run_id": r["run_id"],
+            "channels_last": bool((r.get("host") or {}).get("channels_last", False)),
+            "thread_env": (r.get("host") or {}).get("thread_env"), "run_id": r["run_id"],
         })
     return out
 
