@@ -491,7 +491,8 @@ def decision_record(
             the run was scored on.
 
     Returns:
-        ``format``, ``kind``, ``run_id``, ``config_name``, ``model``, ``seed`` (training seed), ``split`` (kind,
+        ``format``, ``kind``, ``run_id``, ``config_name``, ``model``, ``seed`` (training seed), ``epochs`` (the
+        run's training length, which its best checkpoint may undercut), ``split`` (kind,
         split seed, groups file, validation fraction, subset sizes, root), ``subset``, ``images``,
         ``class_names``, ``checkpoint`` (path relative to the run, kind, sha256 of the file read here and
         whether it matches the run record's, epochs trained when it was saved), ``train_stats_source``, ``rules`` (mode -> parameters),
@@ -560,6 +561,7 @@ def decision_record(
         "config_name": run.get("config_name") or cfg.get("name"),
         "model": meta["model_name"],
         "seed": int(run.get("seed", cfg["train"]["seed"])),
+        "epochs": int(run.get("epochs", cfg["train"]["epochs"])),
         "split": {**bundle.split, "kind": dc["split"], "seed": dc["seed"], "groups": dc.get("groups"),
                   "val_fraction": dc["val_fraction"], "limit": dc.get("limit"), "train": len(bundle.train),
                   "val": len(bundle.val) if bundle.val is not None else 0,
@@ -645,7 +647,10 @@ def select_decision_records(records: Sequence[Mapping[str, Any]], model: str = "
             continue
         if config is not None and r.get("config_name") != config:
             continue
-        if want is not None and r.get("epochs") is not None and int(r["epochs"]) != want:
+        # records from before ``epochs`` was stored fall back to their best checkpoint's length (equal to the
+        # run's when its last epoch was its best, as in the one such record committed)
+        epochs = r.get("epochs", (r.get("checkpoint") or {}).get("epochs_trained"))
+        if want is not None and epochs is not None and int(epochs) != want:
             continue
         seed = int(r["seed"])
         if seed not in by_seed or str(r["run_id"]) > str(by_seed[seed]["run_id"]):

@@ -38,6 +38,7 @@ def test_argmax_equals_the_run_records_test_metrics(two_runs: list[Path], record
     for run_dir, rec in zip(two_runs, records):
         run = json.loads((run_dir / "record.json").read_text())
         assert rec["run_id"] == run["run_id"] and rec["seed"] == run["seed"] and rec["model"] == run["model"]
+        assert rec["epochs"] == run["epochs"]
         assert rec["metrics"]["argmax"]["miou"] == pytest.approx(run["final"]["test"]["miou"], abs=1e-9)
         assert rec["metrics"]["argmax"]["confusion"] == run["final"]["test"]["confusion"]
         assert rec["cross_check"]["comparable"] and rec["cross_check"]["agree"]
@@ -105,3 +106,17 @@ def test_cli_writes_the_record_and_reports_errors(two_runs: list[Path], tmp_path
     assert "checkpoint missing" in capsys.readouterr().err
     with pytest.raises(DecisionRecordError, match="rules must be distinct"):
         decision_record(two_runs[0], rules=("argmax", "median"))
+
+
+def test_select_keeps_only_the_protocol_epochs() -> None:
+    # a record of another training length is never pooled with the protocol's seeds; records from before the
+    # ``epochs`` field fall back to their checkpoint's epochs_trained
+    from smelib.experiments import protocol_epochs
+
+    e = protocol_epochs("cpu_budget")
+    base = {"model": "sme_deeplabv3plus", "split": {"kind": "grouped"}, "config_name": "cpu_budget"}
+    recs = [dict(base, run_id="a", seed=0, epochs=e), dict(base, run_id="b", seed=1, epochs=e + 3),
+            dict(base, run_id="c", seed=2, checkpoint={"epochs_trained": e + 1}),
+            dict(base, run_id="d", seed=3, checkpoint={"epochs_trained": e})]
+    assert [r["run_id"] for r in select_decision_records(recs)] == ["a", "d"]
+    assert [r["run_id"] for r in select_decision_records(recs, config=None)] == ["a", "b", "c", "d"]
