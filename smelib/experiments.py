@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from smelib.viz import Table
 
 __all__ = [
-    "CONCLUSIONS", "PAPER_MIOU", "Conclusion", "conclusion_verdict", "conclusions_table", "paper_difference",
+    "CONCLUSIONS", "PAPER_MIOU", "Conclusion", "budget_table", "conclusion_verdict", "conclusions_table", "paper_difference",
     "DEFAULT_CONFIGS", "REQUIRED_RUNS", "DecisionOutcome", "MissingRun", "RunRequirement", "evaluate_decisions",
     "learning_curve", "mean_std_text", "missing_runs", "pick_row", "protocol_epochs", "seeds_of", "summary_table", "summary_value",
     "tau_counts",
@@ -355,6 +355,36 @@ def learning_curve(records: Sequence[Mapping[str, Any]], model: str = "sme_deepl
             "thread_env": (r.get("host") or {}).get("thread_env"), "run_id": r["run_id"],
         })
     return out
+
+
+def budget_table(rows: Sequence[Mapping[str, Any]], budgets: Sequence[int], split: str = "grouped",
+                 models: Sequence[str] = TABLE_MODELS, configs: Collection[str] = DEFAULT_CONFIGS) -> Table:
+    """Test mIoU of each model trained for each of several epoch counts (:func:`pick_row` with ``epochs``):
+    mean ± std and seeds per budget, and the change from the first budget to the last where both exist.
+    Models with no row at any of the budgets are left out.
+
+    Args:
+        rows: summary rows (``results/summary.csv`` or :func:`smelib.results.summarize`).
+        budgets: epoch counts, shortest first (e.g. ``(3, 6)``: the first protocol and the current one).
+    """
+    from smelib.viz import Table
+
+    if len(budgets) < 2:
+        raise ValueError(f"budget_table compares at least 2 epoch counts, got {list(budgets)}")
+    body = []
+    for model in models:
+        picked = [pick_row(rows, model, split, configs, epochs=e) for e in budgets]
+        if all(r is None for r in picked):
+            continue
+        first, last = summary_value(picked[0], "miou_mean"), summary_value(picked[-1], "miou_mean")
+        cells: list[object] = [model]
+        for r in picked:
+            cells += [mean_std_text(r), "–" if r is None else int(r["n_seeds"])]
+        cells.append("–" if first is None or last is None else f"{100 * (last - first):+.2f}")
+        body.append(cells)
+    cols = ["model"] + [c for e in budgets for c in (f"{e} epochs mIoU %", "n")]
+    return Table(cols + [f"{budgets[0]} → {budgets[-1]} epochs (points)"], body,
+                 title=f"Test mIoU by training length, {split} split (each length its own finished runs)")
 
 
 @dataclass(frozen=True)

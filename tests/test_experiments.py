@@ -194,3 +194,18 @@ def test_learning_curve_one_point_per_epoch_count() -> None:
     assert [(p["epochs"], p["test_miou"], p["run_id"]) for p in curve] == [(3, 0.745, "c"), (6, 0.76, "b")]
     assert curve[1]["minutes"] == pytest.approx(30.0) and curve[1]["val_miou"] == pytest.approx(0.77)
     assert curve[0]["channels_last"] is True and curve[0]["test_miou_defects"] == pytest.approx(0.675)
+
+
+def test_budget_table_compares_each_length_on_its_own_runs() -> None:
+    def row(model: str, epochs: int, mean: float, seeds: str, std: str = "") -> dict:
+        return {"config": "cpu_budget", "model": model, "split": "grouped", "epochs": str(epochs), "seeds": seeds,
+                "n_seeds": str(len(seeds.split())), "miou_mean": str(mean), "miou_std": std}
+
+    rows = [row("a", 3, 0.70, "0 1 2", "0.01"), row("a", 6, 0.75, "0"), row("b", 3, 0.72, "0"),
+            row("a", 6, 0.99, "0", "").copy() | {"split": "official"}]
+    t = X.budget_table(rows, (3, 6), models=("a", "b", "c"))
+    assert [r[0] for r in t.rows] == ["a", "b"]  # c has no run at either length
+    assert t.rows[0] == ["a", "70.00 ± 1.00", 3, "75.00 ± –", 1, "+5.00"]
+    assert t.rows[1] == ["b", "72.00 ± –", 1, "not yet measured", "–", "–"]
+    with pytest.raises(ValueError, match="at least 2"):
+        X.budget_table(rows, (3,))
