@@ -187,15 +187,16 @@ def pick_row(
             protocol's budget, or a learning-curve point); rows without an ``epochs`` field never match it.
     """
     order = list(configs)
-    if epochs is not None:
-        found = [r for r in rows if r.get("model") == model and r.get("split") == split and r.get("config") in order
-                 and r.get("epochs") not in (None, "") and int(r["epochs"]) == epochs]
-        if not found:
-            return None
-        return max(found, key=lambda r: (len(seeds_of(r)), -order.index(str(r["config"]))))
-    epochs_of = {c: protocol_epochs(c) for c in order}
+    if epochs is None:
+        epochs_of = {c: protocol_epochs(c) for c in order}
+
+        def at_length(r: Mapping[str, Any]) -> bool:
+            return _epochs_match(r, epochs_of)
+    else:
+        def at_length(r: Mapping[str, Any]) -> bool:
+            return r.get("epochs") not in (None, "") and int(r["epochs"]) == epochs
     found = [r for r in rows if r.get("model") == model and r.get("split") == split and r.get("config") in order
-             and _epochs_match(r, epochs_of)]
+             and at_length(r)]
     if not found:
         return None
     return max(found, key=lambda r: (len(seeds_of(r)), -order.index(str(r["config"]))))
