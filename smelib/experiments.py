@@ -428,8 +428,11 @@ def conclusion_verdict(better: Mapping[str, Any] | None, worse: Mapping[str, Any
 
     The difference of the means is compared with its standard error, ``sqrt(s1²/n1 + s2²/n2)`` from the rows'
     sample standard deviations: ``"holds"`` when the difference exceeds ``z`` standard errors, ``"reversed"``
-    when it is below ``-z``, ``"within the seed spread"`` otherwise. With fewer than 2 seeds on either side no
-    spread can be estimated and the verdict says so.
+    when it is below ``-z``, ``"within the seed spread"`` otherwise. When one side has a single seed and the
+    other several, the single run is assumed to scatter like the measured side (``s1 = s2``, so the standard
+    error is ``s * sqrt(1/n + 1)``): the issue asks only one seed of most rows, and the seed spread of the
+    multi-seed row is the only estimate of run-to-run noise there is. Such a verdict names the assumption.
+    With a single seed on both sides no spread can be estimated and the verdict says so.
 
     Returns:
         ``(difference in points or None, verdict)``.
@@ -440,13 +443,20 @@ def conclusion_verdict(better: Mapping[str, Any] | None, worse: Mapping[str, Any
     diff = 100 * (a - b)
     n1, n2 = int(better["n_seeds"]), int(worse["n_seeds"])  # type: ignore[index]
     s1, s2 = summary_value(better, f"{key}_std"), summary_value(worse, f"{key}_std")
-    if n1 < 2 or n2 < 2 or s1 is None or s2 is None:
+    borrowed = ""
+    if n1 < 2 and n2 >= 2 and s2 is not None:
+        s1, borrowed = s2, f" (seeds: 1 vs {n2}; the single run assumed to scatter like the {n2})"
+    elif n2 < 2 and n1 >= 2 and s1 is not None:
+        s2, borrowed = s1, f" (seeds: {n1} vs 1; the single run assumed to scatter like the {n1})"
+    if s1 is None or s2 is None or (n1 < 2 and n2 < 2):
         return diff, f"no spread yet (seeds: {n1} vs {n2})"
     se = 100 * math.sqrt(s1**2 / n1 + s2**2 / n2)
     if se == 0:
-        return diff, "holds" if diff > 0 else ("reversed" if diff < 0 else "within the seed spread")
-    t = diff / se
-    return diff, "holds" if t > z else ("reversed" if t < -z else "within the seed spread")
+        word = "holds" if diff > 0 else ("reversed" if diff < 0 else "within the seed spread")
+    else:
+        t = diff / se
+        word = "holds" if t > z else ("reversed" if t < -z else "within the seed spread")
+    return diff, word + borrowed
 
 
 def conclusions_table(rows: Sequence[Mapping[str, Any]], split: str = "grouped", epochs: int | None = None) -> Table:

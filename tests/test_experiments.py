@@ -165,7 +165,15 @@ def test_conclusion_verdicts_use_the_standard_error() -> None:
     assert conclusion_verdict(row("a", 0.76, "0.01", 3), row("b", 0.74, "0.01", 3)) == (pytest.approx(2.0), "holds")
     assert conclusion_verdict(row("a", 0.74, "0.01", 3), row("b", 0.76, "0.01", 3))[1] == "reversed"
     assert conclusion_verdict(row("a", 0.75, "0.01", 3), row("b", 0.745, "0.01", 3))[1] == "within the seed spread"
-    assert conclusion_verdict(row("a", 0.75, "", 1), row("b", 0.70, "0.01", 3))[1] == "no spread yet (seeds: 1 vs 3)"
+    # one seed against three: the single run borrows the 3-seed spread, se = 1 * sqrt(1/1 + 1/3) = 1.155 points
+    one_vs_three = "(seeds: 1 vs 3; the single run assumed to scatter like the 3)"
+    assert conclusion_verdict(row("a", 0.75, "", 1), row("b", 0.72, "0.01", 3)) == (
+        pytest.approx(3.0), f"holds {one_vs_three}")  # t = 2.6
+    assert conclusion_verdict(row("a", 0.74, "", 1), row("b", 0.72, "0.01", 3))[1] == (
+        f"within the seed spread {one_vs_three}")  # t = 1.73: the 2 points that hold at 3 vs 3 seeds do not here
+    assert conclusion_verdict(row("b", 0.72, "0.01", 3), row("a", 0.75, "", 1))[1] == (
+        "reversed (seeds: 3 vs 1; the single run assumed to scatter like the 3)")
+    assert conclusion_verdict(row("a", 0.75, "", 1), row("b", 0.70, "", 1))[1] == "no spread yet (seeds: 1 vs 1)"
     assert conclusion_verdict(None, row("b", 0.70, "0.01", 3)) == (None, "not yet measured")
     rows = [row("sme_deeplabv3plus", 0.76, "0.01", 3), row("deeplabv3plus_mobilenetv2", 0.74, "0.01", 3)]
     text = str(conclusions_table(rows))
