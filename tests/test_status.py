@@ -28,3 +28,29 @@ def test_status_falls_back_to_another_budget_and_names_its_epochs(monkeypatch) -
     monkeypatch.setattr(status, "table2_matches", lambda: [("starnet_msaa", True)])
     text = str(status.reproduction_table())
     assert "75.33 (n=1, cpu_budget, 4 epochs)" in text and "70.00" not in text
+
+
+def test_readme_status_numbers_come_from_the_run_records() -> None:
+    """Every two-decimal accuracy figure in the README's status table is one the committed summary gives: a
+    row's mean or spread, or the difference of two rows' means, in points (or a number of the paper's), so a new
+    run record that changes a row makes a stale README fail here instead of being quoted."""
+    import re
+    from itertools import permutations
+
+    from smelib.experiments import PAPER_MIOU
+    from smelib.settings import repo_root
+
+    readme = (repo_root() / "README.md").read_text()
+    section = readme.split("## How far the reproduction has come", 1)[1].split("\n## ", 1)[0]
+    rows = status.read_summary()
+    known = {f"{v:.2f}" for v in PAPER_MIOU.values()}
+    for r in rows:
+        for key in ("miou_mean", "miou_std"):
+            if r.get(key):
+                known.add(f"{100 * float(r[key]):.2f}")
+    for a, b in permutations([r for r in rows if r.get("miou_mean")], 2):
+        known.add(f"{abs(100 * (float(a['miou_mean']) - float(b['miou_mean']))):.2f}")
+    quoted = re.findall(r"(?<![\d.])(\d+\.\d\d)(?![\d.])", section)
+    assert quoted, "the status table quotes no accuracy figure: the pattern no longer matches the README"
+    stale = sorted(set(quoted) - known)
+    assert not stale, f"README.md status table quotes figures no row of results/summary.csv gives: {stale}"
