@@ -430,8 +430,8 @@ def conclusion_verdict(better: Mapping[str, Any] | None, worse: Mapping[str, Any
     sample standard deviations: ``"holds"`` when the difference exceeds ``z`` standard errors, ``"reversed"``
     when it is below ``-z``, ``"within the seed spread"`` otherwise. When one side has a single seed and the
     other several, the single run is assumed to scatter like the measured side (``s1 = s2``, so the standard
-    error is ``s * sqrt(1/n + 1)``): the issue asks only one seed of most rows, and the seed spread of the
-    multi-seed row is the only estimate of run-to-run noise there is. Such a verdict names the assumption.
+    error is ``s * sqrt(1/n + 1)``): :data:`REQUIRED_RUNS` asks only one seed of most rows, and the seed spread
+    of the multi-seed row is the only estimate of run-to-run noise there is. Such a verdict names the assumption.
     With a single seed on both sides no spread can be estimated and the verdict says so.
 
     Returns:

@@ -35,7 +35,7 @@ def test_readme_status_numbers_come_from_the_run_records() -> None:
     row's mean or spread, or the difference of two rows' means, in points (or a number of the paper's), so a new
     run record that changes a row makes a stale README fail here instead of being quoted."""
     import re
-    from itertools import permutations
+    from itertools import combinations
 
     from smelib.experiments import PAPER_MIOU
     from smelib.settings import repo_root
@@ -48,7 +48,7 @@ def test_readme_status_numbers_come_from_the_run_records() -> None:
         for key in ("miou_mean", "miou_std"):
             if r.get(key):
                 known.add(f"{100 * float(r[key]):.2f}")
-    for a, b in permutations([r for r in rows if r.get("miou_mean")], 2):
+    for a, b in combinations([r for r in rows if r.get("miou_mean")], 2):
         known.add(f"{abs(100 * (float(a['miou_mean']) - float(b['miou_mean']))):.2f}")
     quoted = re.findall(r"(?<![\d.])(\d+\.\d\d)(?![\d.])", section)
     assert quoted, "the status table quotes no accuracy figure: the pattern no longer matches the README"
