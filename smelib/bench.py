@@ -71,6 +71,7 @@ from smelib.optimize import (
     reuse_freed_memory,
     set_threads,
 )
+from smelib.records import cpu_flags, cpu_model
 
 __all__ = ["benchmark", "format_result", "machine_info", "measure_peak", "profile_ops", "write_profile"]
 
@@ -80,30 +81,6 @@ MODES = ("eager", "optimised")
 # ---------------------------------------------------------------------------------------------------------------
 # Machine
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _cpu_flags() -> list[str]:
-    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [f for f in wanted if f in have]
-    except OSError:
-        pass
-    return []
 
 
 def _git_commit() -> str | None:
@@ -126,8 +103,8 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
     """CPU model and flags, cores, threads, torch build, git commit, OMP/MKL settings, the GPU if any."""
     device = torch.device(device)
     info: dict[str, Any] = {
-        "cpu_model": _cpu_model(),
-        "cpu_flags": _cpu_flags(),
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cpu_count": os.cpu_count(),
         "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "threads": torch.get_num_threads(),

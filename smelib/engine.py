@@ -467,6 +467,7 @@ def _train(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: 
         "batch_size": batch, "steps_per_epoch": steps_per_epoch,
         "train_stats": train_stats.to_dict(), "model_init": mechanisms,
     }
+    cpu_at_start = R.cpu_times()
 
     def write_record(status: str, **extra: Any) -> dict[str, Any]:
         wall = state["stats"]["wall_seconds_before"] + time.time() - started
@@ -474,6 +475,9 @@ def _train(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: 
         rec = {**base_record, "status": status, "finished_utc": R.utc_iso(), "wall_seconds": wall,
                "train_seconds": train_s,
                "images_per_s": state["stats"]["train_images"] / train_s if train_s > 0 else None,
+               # A shared VM's stolen CPU time explains wall-time differences between runs on different days
+               # (resumed runs: this process's part only).
+               "cpu_steal_fraction": R.steal_fraction(cpu_at_start, R.cpu_times()),
                "epochs_done": len(state["history"]), "steps_done": state["global_step"], "best": state["best"],
                "history": state["history"], "run_dir": str(run_dir), **extra}
         if ctx.is_main:

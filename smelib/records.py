@@ -29,11 +29,15 @@ __all__ = [
     "LOG_COLUMNS",
     "RECORD_KEYS",
     "RunDirError",
+    "cpu_flags",
+    "cpu_model",
+    "cpu_times",
     "create_run_dir",
     "git_info",
     "host_info",
     "make_run_id",
     "resolve_run",
+    "steal_fraction",
     "write_json",
     "write_log_csv",
 ]
@@ -119,7 +123,8 @@ def git_info(root: str | os.PathLike | None = None) -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (the platform's processor name elsewhere)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
@@ -128,6 +133,48 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+_SPEED_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")
+
+
+def cpu_flags() -> list[str]:
+    """Which of the instruction-set flags that decide PyTorch's CPU speed (AVX2, AVX-512, AMX) the CPU has."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [f for f in _SPEED_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def cpu_times() -> dict[str, int] | None:
+    """The machine's cumulative CPU time in clock ticks from ``/proc/stat``: ``{"total", "steal"}``, or None where
+    there is no ``/proc/stat``. Two readings give :func:`steal_fraction`."""
+    try:
+        with open("/proc/stat", encoding="utf-8") as fh:
+            fields = fh.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = [int(v) for v in fields[1:]]
+    # user nice system idle iowait irq softirq steal [guest guest_nice]; guest time is already inside user/nice.
+    return {"total": sum(ticks[:8]), "steal": ticks[7] if len(ticks) > 7 else 0}
+
+
+def steal_fraction(before: Mapping[str, int] | None, after: Mapping[str, int] | None) -> float | None:
+    """The share of CPU time the hypervisor gave to other guests between two :func:`cpu_times` readings.
+
+    On a shared virtual machine this is why the same run takes different wall times on different days: 0.5 means
+    half of the two cores' time went elsewhere. None when either reading is missing or no time passed."""
+    if before is None or after is None:
+        return None
+    total = after["total"] - before["total"]
+    return (after["steal"] - before["steal"]) / total if total > 0 else None
 
 
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_PROC_BIND",
@@ -144,7 +191,8 @@ def host_info(device: Any = None) -> dict[str, Any]:
         "hostname": platform.node(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "thread_env": {k: os.environ[k] for k in _THREAD_ENV if k in os.environ},

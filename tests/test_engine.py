@@ -57,6 +57,12 @@ def test_record_has_every_key_and_consistent_values(run: engine.RunResult) -> No
     assert set(rec["host"]["thread_env"]) <= {"OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
                                                "OMP_PROC_BIND", "OMP_PLACES", "KMP_AFFINITY", "KMP_BLOCKTIME"}
     assert set(rec["git"]) == {"commit", "dirty"}
+    assert set(rec["host"]["cpu_flags"]) <= {"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile",
+                                             "avx512_vnni"}
+    if Path("/proc/stat").exists():
+        assert 0.0 <= rec["cpu_steal_fraction"] <= 1.0
+    else:
+        assert rec["cpu_steal_fraction"] is None
     # Final metrics on val and test, both conventions (background included, defects only).
     for part in ("val", "test"):
         m = rec["final"][part]
