@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONCLUSIONS", "PAPER_MIOU", "Conclusion", "budget_table", "conclusion_verdict", "conclusions_table", "paper_difference",
     "DEFAULT_CONFIGS", "REQUIRED_RUNS", "DecisionOutcome", "MissingRun", "RunRequirement", "evaluate_decisions",
+    "pooled_seed_std",
     "learning_curve", "mean_std_text", "missing_runs", "pick_row", "protocol_epochs", "seeds_of", "summary_table", "summary_value",
     "tau_counts",
     "DECISION_FORMAT", "DECISION_METRICS", "DECISION_TOLERANCE", "DecisionRecordError", "decision_differences",
@@ -422,8 +423,30 @@ def paper_difference(c: Conclusion) -> str:
     return "claimed; numbers not in the text"
 
 
+def pooled_seed_std(rows: Sequence[Mapping[str, Any]], split: str = "grouped", epochs: int | None = None,
+                    key: str = "miou") -> tuple[float | None, int]:
+    """The run-to-run spread of one training, pooled over every model's row on ``split`` that has 2+ seeds.
+
+    Each model's row is the one :func:`pick_row` reads (the protocol's epochs, or ``epochs``); the pooled variance
+    is ``sum((n_i - 1) s_i²) / sum(n_i - 1)``, i.e. the models are assumed to differ in mean, not in seed noise.
+
+    Returns:
+        ``(pooled standard deviation as a fraction, or None when no row has 2+ seeds, its degrees of freedom)``.
+    """
+    num, dof = 0.0, 0
+    for model in sorted({str(r.get("model")) for r in rows if r.get("split") == split}):
+        r = pick_row(rows, model, split, epochs=epochs)
+        std = summary_value(r, f"{key}_std")
+        if r is None or std is None or int(r["n_seeds"]) < 2:
+            continue
+        num += (int(r["n_seeds"]) - 1) * std**2
+        dof += int(r["n_seeds"]) - 1
+    return (math.sqrt(num / dof), dof) if dof else (None, 0)
+
+
 def conclusion_verdict(better: Mapping[str, Any] | None, worse: Mapping[str, Any] | None,
-                       key: str = "miou", z: float = 2.0) -> tuple[float | None, str]:
+                       key: str = "miou", z: float = 2.0,
+                       pooled: tuple[float | None, int] | None = None) -> tuple[float | None, str]:
     """Whether two summary rows support "``better`` > ``worse``" on ``<key>_mean``.
 
     The difference of the means is compared with its standard error, ``sqrt(s1²/n1 + s2²/n2)`` from the rows'
@@ -432,7 +455,9 @@ def conclusion_verdict(better: Mapping[str, Any] | None, worse: Mapping[str, Any
     other several, the single run is assumed to scatter like the measured side (``s1 = s2``, so the standard
     error is ``s * sqrt(1/n + 1)``): :data:`REQUIRED_RUNS` asks only one seed of most rows, and the seed spread
     of the multi-seed row is the only estimate of run-to-run noise there is. Such a verdict names the assumption.
-    With a single seed on both sides no spread can be estimated and the verdict says so.
+    With a single seed on both sides the comparison itself holds no spread: given ``pooled`` (from
+    :func:`pooled_seed_std`) both runs are assumed to scatter like the pooled multi-seed rows (standard error
+    ``s * sqrt(2)``), and the verdict names that assumption; without it the verdict says no spread can be estimated.
 
     Returns:
         ``(difference in points or None, verdict)``.
@@ -448,7 +473,11 @@ def conclusion_verdict(better: Mapping[str, Any] | None, worse: Mapping[str, Any
         s1, borrowed = s2, f" (seeds: 1 vs {n2}; the single run assumed to scatter like the {n2})"
     elif n2 < 2 and n1 >= 2 and s1 is not None:
         s2, borrowed = s1, f" (seeds: {n1} vs 1; the single run assumed to scatter like the {n1})"
-    if s1 is None or s2 is None or (n1 < 2 and n2 < 2):
+    if n1 < 2 and n2 < 2 and pooled is not None and pooled[0] is not None:
+        s1 = s2 = pooled[0]
+        borrowed = (f" (seeds: 1 vs 1; both runs assumed to scatter like the pooled multi-seed rows, "
+                    f"s = {100 * pooled[0]:.2f} points, {pooled[1]} degrees of freedom)")
+    if s1 is None or s2 is None or (n1 < 2 and n2 < 2 and not borrowed):
         return diff, f"no spread yet (seeds: {n1} vs {n2})"
     se = 100 * math.sqrt(s1**2 / n1 + s2**2 / n2)
     if se == 0:
@@ -461,7 +490,7 @@ def conclusion_verdict(better: Mapping[str, Any] | None, worse: Mapping[str, Any
 
 def conclusions_table(rows: Sequence[Mapping[str, Any]], split: str = "grouped", epochs: int | None = None) -> Table:
     """One row per :data:`CONCLUSIONS` entry on ``split``: both models' mIoU (mean ± std, n), the difference in
-    points and :func:`conclusion_verdict`'s reading.
+    points and :func:`conclusion_verdict`'s reading (single runs on both sides: against :func:`pooled_seed_std`).
 
     Args:
         epochs: compare the rows trained for this many epochs (see :func:`pick_row`); default: each protocol's
@@ -470,9 +499,10 @@ def conclusions_table(rows: Sequence[Mapping[str, Any]], split: str = "grouped",
     from smelib.viz import Table
 
     body = []
+    pooled = pooled_seed_std(rows, split, epochs=epochs)
     for c in CONCLUSIONS:
         hi, lo = pick_row(rows, c.better, split, epochs=epochs), pick_row(rows, c.worse, split, epochs=epochs)
-        diff, verdict = conclusion_verdict(hi, lo)
+        diff, verdict = conclusion_verdict(hi, lo, pooled=pooled)
         n = lambda r: "–" if r is None else int(r["n_seeds"])  # noqa: E731
         body.append([c.claim, paper_difference(c), mean_std_text(hi), n(hi), mean_std_text(lo), n(lo),
                      "–" if diff is None else f"{diff:+.2f}", verdict])

@@ -74,10 +74,12 @@ def reproduction_table() -> Table:
             ours = f"{100 * float(r['miou_mean']):.2f}{spread} (n={r['n_seeds']}, {r['config']}{ep})"
         label = "SME-DeepLabV3+" if model == "sme_deeplabv3plus" else "SME-DeepLabV3+ lite (the shipped checkpoint)"
         rows.append([f"{label} test mIoU, {split} split", f"{PAPER_SME['miou']:.2f} (full model, official split)", ours])
-    from smelib.experiments import CONCLUSIONS, conclusion_verdict, paper_difference
+    from smelib.experiments import CONCLUSIONS, conclusion_verdict, paper_difference, pooled_seed_std
 
+    pooled = pooled_seed_std(summary, "grouped")
     for c in CONCLUSIONS:  # the paper's qualitative claims, read on the honest split with the seed spread
-        diff, verdict = conclusion_verdict(pick_row(summary, c.better, "grouped"), pick_row(summary, c.worse, "grouped"))
+        diff, verdict = conclusion_verdict(pick_row(summary, c.better, "grouped"), pick_row(summary, c.worse, "grouped"),
+                                           pooled=pooled)
         ours = verdict if diff is None else f"{diff:+.2f} points, grouped split: {verdict}"
         rows.append([c.claim, paper_difference(c), ours])
     return Table(["claim", "paper", "ours"], rows, title="Reproduction status")

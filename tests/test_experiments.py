@@ -187,6 +187,33 @@ def test_conclusion_verdicts_use_the_standard_error() -> None:
     assert "+2.00" in t_other and f"{other}-epoch runs" in t_other
 
 
+def test_single_runs_on_both_sides_are_read_against_the_pooled_seed_spread() -> None:
+    from smelib.experiments import conclusion_verdict, conclusions_table, pooled_seed_std
+
+    def row(model: str, mean: float, std: str, n: int, split: str = "grouped") -> dict:
+        return {"model": model, "split": split, "config": "cpu_budget", "n_seeds": str(n),
+                "seeds": " ".join(map(str, range(n))), "miou_mean": str(mean), "miou_std": std}
+
+    rows = [row("sme_deeplabv3plus", 0.76, "0.01", 3), row("deeplabv3plus_mobilenetv2", 0.74, "0.02", 3),
+            row("starnet_msaa", 0.75, "", 1), row("starnet_aspp", 0.70, "", 1), row("starnet_aspp_ela", 0.72, "", 1),
+            row("hrnet", 0.5, "0.3", 3, split="official")]  # another split's spread is not pooled in
+    # (2 * 0.01^2 + 2 * 0.02^2) / 4 = 2.5e-4
+    std, dof = pooled_seed_std(rows, "grouped")
+    assert std == pytest.approx(2.5e-4 ** 0.5) and dof == 4
+    assert pooled_seed_std(rows[2:5], "grouped") == (None, 0)  # single runs only: nothing to pool
+    words = "(seeds: 1 vs 1; both runs assumed to scatter like the pooled multi-seed rows, s = 1.58 points, " \
+            "4 degrees of freedom)"
+    # se = 1.58 * sqrt(2) = 2.24 points: 5 points hold (t = 2.24), 3 points do not (t = 1.34)
+    assert conclusion_verdict(rows[2], rows[3], pooled=(std, dof)) == (pytest.approx(5.0), f"holds {words}")
+    assert conclusion_verdict(rows[4], rows[3], pooled=(std, dof))[1] == f"within the seed spread {words}"
+    assert conclusion_verdict(rows[3], rows[2], pooled=(std, dof))[1] == f"reversed {words}"  # t = -2.24
+    assert conclusion_verdict(rows[2], rows[3], pooled=(None, 0))[1] == "no spread yet (seeds: 1 vs 1)"
+    # a side with seeds keeps its own spread; the pool is only for 1 vs 1
+    assert "the single run assumed to scatter like the 3" in conclusion_verdict(rows[2], rows[1], pooled=(std, dof))[1]
+    text = str(conclusions_table(rows))
+    assert "MSAA helps" in text and "+5.00" in text and "pooled multi-seed rows, s = 1.58 points" in text
+
+
 def _curve_record(epochs: int, miou: float, run_id: str, seed: int = 0, config: str = "cpu_budget",
                   status: str = "completed") -> dict[str, object]:
     return {"run_id": run_id, "status": status, "model": "sme_deeplabv3plus", "config_name": config,
