@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONCLUSIONS", "PAPER_MIOU", "Conclusion", "budget_table", "conclusion_verdict", "conclusions_table", "paper_difference",
     "DEFAULT_CONFIGS", "REQUIRED_RUNS", "DecisionOutcome", "MissingRun", "RunRequirement", "evaluate_decisions",
-    "pooled_seed_std",
+    "pooled_seed_std", "resolution_table",
     "learning_curve", "mean_std_text", "missing_runs", "pick_row", "protocol_epochs", "seeds_of", "summary_table", "summary_value",
     "tau_counts",
     "DECISION_FORMAT", "DECISION_METRICS", "DECISION_TOLERANCE", "DecisionRecordError", "decision_differences",
@@ -510,6 +510,36 @@ def conclusions_table(rows: Sequence[Mapping[str, Any]], split: str = "grouped",
                   "our difference (points)", "on our records"], body,
                  title=f"The paper's conclusions on our {split}-split records"
                        + ("" if epochs is None else f", {epochs}-epoch runs"))
+
+
+def resolution_table(rows: Sequence[Mapping[str, Any]], split: str = "grouped", z: float = 2.0) -> Table:
+    """Whether the paper's own differences (:data:`PAPER_MIOU`) are larger than what one run against one run can
+    resolve when runs scatter like ours: one row per :data:`CONCLUSIONS` entry with both paper numbers, holding
+    the paper's difference, the smallest difference ``z * s * sqrt(2)`` that two single runs resolve at the pooled
+    seed spread ``s`` of ``split`` (:func:`pooled_seed_std`), and their ratio.
+
+    Our spread is that of a 6-epoch, 200 px protocol; a 300-epoch run may scatter less, so the ratio says what
+    single runs like ours could show, not what the paper's runs could.
+
+    Raises:
+        ValueError: no row of ``split`` has two or more seeds, so there is no spread to compare with.
+    """
+    from smelib.viz import Table
+
+    s, dof = pooled_seed_std(rows, split)
+    if s is None:
+        raise ValueError(f"no {split}-split summary row has 2+ seeds: no seed spread to compare the paper's "
+                         "differences with")
+    smallest = 100 * z * s * math.sqrt(2)
+    body = []
+    for c in CONCLUSIONS:
+        if c.better in PAPER_MIOU and c.worse in PAPER_MIOU:
+            d = PAPER_MIOU[c.better] - PAPER_MIOU[c.worse]
+            body.append([c.claim, f"{d:+.2f}", f"{smallest:.2f}", f"{abs(d) / smallest:.2f}"])
+    return Table(["the paper's conclusion", "paper's difference (points)", "smallest resolvable, 1 vs 1 run",
+                  "|paper's| / resolvable"], body,
+                 title=f"The paper's differences against our pooled {split}-split seed spread "
+                       f"(s = {100 * s:.2f} points, {dof} degrees of freedom, z = {z:g})")
 
 
 # ----------------------------------------------------------------------------------------------------------

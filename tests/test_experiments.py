@@ -214,6 +214,23 @@ def test_single_runs_on_both_sides_are_read_against_the_pooled_seed_spread() -> 
     assert "MSAA helps" in text and "+5.00" in text and "pooled multi-seed rows, s = 1.58 points" in text
 
 
+def test_resolution_table_sets_the_papers_differences_against_the_pooled_spread() -> None:
+    from smelib.experiments import PAPER_MIOU, resolution_table
+
+    def row(model: str, std: str, n: int) -> dict:
+        return {"model": model, "split": "grouped", "config": "cpu_budget", "n_seeds": str(n),
+                "seeds": " ".join(map(str, range(n))), "miou_mean": "0.75", "miou_std": std}
+
+    t = resolution_table([row("sme_deeplabv3plus", "0.0025", 3), row("starnet_aspp", "", 1)])
+    # smallest resolvable: 2 * 0.25 * sqrt(2) = 0.71 points; MSAA - ASPP in the paper: 88.52 - 88.77 = -0.25
+    msaa = next(r for r in t.rows if r[0].startswith("MSAA helps"))
+    assert msaa == [msaa[0], "-0.25", "0.71", f"{0.25 / (2 * 0.25 * 2 ** 0.5):.2f}"]
+    assert len(t.rows) == sum(1 for c in X.CONCLUSIONS if c.better in PAPER_MIOU and c.worse in PAPER_MIOU) == 4
+    assert "s = 0.25 points, 2 degrees of freedom" in t.title
+    with pytest.raises(ValueError, match="no grouped-split summary row has 2"):
+        resolution_table([row("starnet_aspp", "", 1)])
+
+
 def _curve_record(epochs: int, miou: float, run_id: str, seed: int = 0, config: str = "cpu_budget",
                   status: str = "completed") -> dict[str, object]:
     return {"run_id": run_id, "status": status, "model": "sme_deeplabv3plus", "config_name": config,
