@@ -380,9 +380,20 @@ def _cmd_results(args: argparse.Namespace) -> int:
     runs = Path(args.runs)
     if not runs.is_dir():
         raise CLIError(f"no runs folder {str(runs)!r}")
-    rows = summarize(load_records(runs))
+    records = load_records(runs)
+    rows = summarize(records)
     if args.csv:
         write_csv(rows, args.csv)
+    if args.missing:
+        from smelib.experiments import missing_runs, protocol_epochs, time_estimate
+
+        # commands on stdout (a queue file: `smelib results --missing > queue.txt`), the time guesses on stderr
+        for m in missing_runs(rows):
+            print(m.command)
+            est = time_estimate(records, m.model, protocol_epochs(m.config) or 1)
+            guess = f"about {est[0]:.0f} min, scaled from {est[1]}" if est else "no earlier run of this model to time"
+            print(f"  {m.split} {m.model} seed {m.seed}: {guess}", file=sys.stderr)
+        return 0
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -397,6 +408,9 @@ def _add_results(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", default=str(repo_root() / "results" / "runs"), help="folder of run directories")
     p.add_argument("--csv", help="also write the table as CSV (e.g. results/summary.csv)")
     p.add_argument("--json", action="store_true", help="print JSON rows")
+    p.add_argument("--missing", action="store_true",
+                   help="print the `smelib train` commands of the planned runs still missing, one per line (stdout), "
+                        "and a wall-time guess for each from earlier records (stderr)")
     p.set_defaults(func=_cmd_results)
 
 

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONCLUSIONS", "PAPER_MIOU", "Conclusion", "budget_table", "conclusion_verdict", "conclusions_table", "paper_difference",
     "DEFAULT_CONFIGS", "REQUIRED_RUNS", "DecisionOutcome", "MissingRun", "RunRequirement", "evaluate_decisions",
-    "pooled_seed_std", "resolution_table",
+    "pooled_seed_std", "resolution_table", "time_estimate",
     "learning_curve", "mean_std_text", "missing_runs", "pick_row", "protocol_epochs", "seeds_of", "summary_table", "summary_value",
     "tau_counts",
     "DECISION_FORMAT", "DECISION_METRICS", "DECISION_TOLERANCE", "DecisionRecordError", "decision_differences",
@@ -173,6 +173,24 @@ def missing_runs(
             out.append(MissingRun(req.model, req.split, seed, config, len(have), req.n_seeds))
             seed += 1
     return out
+
+
+def time_estimate(records: Sequence[Mapping[str, Any]], model: str, epochs: int) -> tuple[float, str] | None:
+    """Wall minutes a run of ``model`` for ``epochs`` epochs may take, scaled from the latest completed run record of
+    that model (any split or protocol): ``wall_seconds * epochs / epochs_done``.
+
+    Host speed is assumed unchanged; on shared 2-core machines it is not (the same run took 39 and 64 minutes on two
+    days), so this plans a queue, it does not promise a time.
+
+    Returns:
+        ``(minutes, run_id of the record used)``, or None when no completed record of ``model`` exists.
+    """
+    done = [r for r in records if r.get("model") == model and r.get("status") == "completed"
+            and r.get("wall_seconds") and r.get("epochs_done")]
+    if not done:
+        return None
+    latest = max(done, key=lambda r: str(r.get("finished_utc", "")))
+    return float(latest["wall_seconds"]) * epochs / int(latest["epochs_done"]) / 60, str(latest.get("run_id"))
 
 
 def pick_row(

@@ -118,6 +118,14 @@ def test_results_command(trained: Path, tmp_path: Path, capsys: pytest.CaptureFi
     for key in ("config", "model", "split", "n_seeds", "miou_mean", "miou_std", "precision_mean", "mpa_mean",
                 "recall_mean", "iou_scratches_mean", "miou_defects_mean", "gmacs", "params_m", "train_minutes"):
         assert key in header
+    # --missing: a queue of train commands on stdout (the tiny run is no protocol of the plan, so all are missing)
+    from smelib.experiments import REQUIRED_RUNS
+
+    code, out, err = _run(capsys, "results", "--runs", trained.parent, "--missing")
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == sum(r.n_seeds for r in REQUIRED_RUNS)
+    assert all(line.startswith("smelib train --config configs/cpu_budget.yaml --model ") for line in lines)
+    assert "grouped sme_deeplabv3plus seed 0: no earlier run of this model to time" in err
 
 
 def test_voc_dataset_with_three_classes_and_mixed_sizes(setup: dict[str, Path], tmp_path: Path,

@@ -231,6 +231,17 @@ def test_resolution_table_sets_the_papers_differences_against_the_pooled_spread(
         resolution_table([row("starnet_aspp", "", 1)])
 
 
+def test_time_estimate_scales_the_latest_completed_run() -> None:
+    recs = [{"model": "m", "status": "completed", "wall_seconds": 600.0, "epochs_done": 2, "run_id": "old",
+             "finished_utc": "2026-01-01T00:00:00Z"},
+            {"model": "m", "status": "completed", "wall_seconds": 1200.0, "epochs_done": 3, "run_id": "new",
+             "finished_utc": "2026-02-01T00:00:00Z"},
+            {"model": "m", "status": "running", "wall_seconds": 1.0, "epochs_done": 1, "run_id": "unfinished",
+             "finished_utc": "2026-03-01T00:00:00Z"}]
+    assert X.time_estimate(recs, "m", 6) == (pytest.approx(40.0), "new")  # 1200 s * 6 / 3 epochs
+    assert X.time_estimate(recs, "other", 6) is None
+
+
 def _curve_record(epochs: int, miou: float, run_id: str, seed: int = 0, config: str = "cpu_budget",
                   status: str = "completed") -> dict[str, object]:
     return {"run_id": run_id, "status": status, "model": "sme_deeplabv3plus", "config_name": config,
