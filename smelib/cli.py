@@ -380,7 +380,10 @@ def _cmd_results(args: argparse.Namespace) -> int:
     runs = Path(args.runs)
     if not runs.is_dir():
         raise CLIError(f"no runs folder {str(runs)!r}")
-    records = load_records(runs)
+    try:
+        records = load_records(runs)
+    except ValueError as err:
+        raise CLIError(str(err)) from err
     rows = summarize(records)
     if args.csv:
         write_csv(rows, args.csv)

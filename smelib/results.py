@@ -31,16 +31,22 @@ __all__ = ["format_summary", "load_records", "summarize", "write_csv"]
 
 
 def load_records(runs_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every ``<runs_dir>/*/record.json`` (any status), sorted by run id; unreadable files are skipped."""
+    """Every ``<runs_dir>/*/record.json`` (any status), sorted by run id.
+
+    Raises:
+        ValueError: a record cannot be read or is not a JSON object; the message names the file. Records are
+            written atomically, so a broken one is damage to fix, not a run to leave out of the tables unseen.
+    """
     records = []
     for path in sorted(Path(runs_dir).glob("*/record.json")):
         try:
             rec = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(rec, dict):
-            rec.setdefault("run_dir", str(path.parent))
-            records.append(rec)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"run record {str(path)!r} cannot be read: {err}") from err
+        if not isinstance(rec, dict):
+            raise ValueError(f"run record {str(path)!r} is not a JSON object but a {type(rec).__name__}")
+        rec.setdefault("run_dir", str(path.parent))
+        records.append(rec)
     return records
 
 

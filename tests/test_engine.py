@@ -281,6 +281,15 @@ def test_summarize_means_and_stds_over_seeds(tmp_path: Path) -> None:
         (tmp_path / rec["run_id"]).mkdir()
         (tmp_path / rec["run_id"] / "record.json").write_text(json.dumps(rec))
     assert summarize(load_records(tmp_path))[0]["miou_mean"] == pytest.approx(0.6)
+    # A damaged record is an error that names it, never a run silently left out of the tables.
+    (tmp_path / "broken_run").mkdir()
+    (tmp_path / "broken_run" / "record.json").write_text('{"run_id": "broken_run", "final": ')
+    with pytest.raises(ValueError, match=r"broken_run/record\.json.*cannot be read"):
+        load_records(tmp_path)
+    (tmp_path / "broken_run" / "record.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="is not a JSON object but a list"):
+        load_records(tmp_path)
+    (tmp_path / "broken_run" / "record.json").unlink()
     text = write_csv(rows, tmp_path / "summary.csv").read_text()
     assert text.splitlines()[0].startswith("config,model,split,")
 
