@@ -179,8 +179,8 @@ def time_estimate(records: Sequence[Mapping[str, Any]], model: str, epochs: int)
     """Wall minutes a run of ``model`` for ``epochs`` epochs may take, scaled from the latest completed run record of
     that model (any split or protocol): ``wall_seconds * epochs / epochs_done``.
 
-    Host speed is assumed unchanged; on shared 2-core machines it is not (the same run took 39 and 64 minutes on two
-    days), so this plans a queue, it does not promise a time.
+    Host speed is assumed unchanged; on a shared virtual machine it is not (the hypervisor may take a share of the
+    CPU, which newer records state as ``cpu_steal_fraction``), so this plans a queue, it does not promise a time.
 
     Returns:
         ``(minutes, run_id of the record used)``, or None when no completed record of ``model`` exists.

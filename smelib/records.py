@@ -170,7 +170,7 @@ def steal_fraction(before: Mapping[str, int] | None, after: Mapping[str, int] | 
     """The share of CPU time the hypervisor gave to other guests between two :func:`cpu_times` readings.
 
     On a shared virtual machine this is why the same run takes different wall times on different days: 0.5 means
-    half of the two cores' time went elsewhere. None when either reading is missing or no time passed."""
+    half of the machine's CPU time went elsewhere. None when either reading is missing or no time passed."""
     if before is None or after is None:
         return None
     total = after["total"] - before["total"]
