@@ -390,11 +390,18 @@ def _cmd_results(args: argparse.Namespace) -> int:
     if args.missing:
         from smelib.experiments import missing_runs, protocol_epochs, time_estimate
 
+        from smelib.records import host_info
+
+        here = host_info()
         # commands on stdout (a queue file: `smelib results --missing > queue.txt`), the time guesses on stderr
         for m in missing_runs(rows):
             print(m.command)
-            est = time_estimate(records, m.model, protocol_epochs(m.config) or 1)
-            guess = f"about {est[0]:.0f} min, scaled from {est[1]}" if est else "no earlier run of this model to time"
+            est = time_estimate(records, m.model, protocol_epochs(m.config) or 1, host=here)
+            if est is None:
+                guess = "no earlier run of this model to time"
+            else:
+                guess = (f"about {est[0]:.0f} min, scaled from {est[1]}"
+                         + ("" if est[2] else " (not timed on a machine like this one)"))
             print(f"  {m.split} {m.model} seed {m.seed}: {guess}", file=sys.stderr)
         return 0
     if args.json:

@@ -175,22 +175,36 @@ def missing_runs(
     return out
 
 
-def time_estimate(records: Sequence[Mapping[str, Any]], model: str, epochs: int) -> tuple[float, str] | None:
-    """Wall minutes a run of ``model`` for ``epochs`` epochs may take, scaled from the latest completed run record of
-    that model (any split or protocol): ``wall_seconds * epochs / epochs_done``.
+def time_estimate(
+    records: Sequence[Mapping[str, Any]], model: str, epochs: int, host: Mapping[str, Any] | None = None,
+) -> tuple[float, str, bool | None] | None:
+    """Wall minutes a run of ``model`` for ``epochs`` epochs may take, scaled from one completed run record of that
+    model (any split or protocol): ``wall_seconds * epochs / epochs_done``.
 
-    Host speed is assumed unchanged; on a shared virtual machine it is not (the hypervisor may take a share of the
-    CPU, which newer records state as ``cpu_steal_fraction``), so this plans a queue, it does not promise a time.
+    With ``host`` (:func:`smelib.records.host_info` of this machine), the latest record from a machine with the same
+    :func:`smelib.results.host_label` is used when there is one, because the same model trains about twice as fast
+    on an AVX-512 host as on an AVX2 one; otherwise (or without ``host``) the latest record of any machine. Steal by
+    the hypervisor (``cpu_steal_fraction``) still varies between runs on one kind of machine, so this plans a queue,
+    it does not promise a time.
 
     Returns:
-        ``(minutes, run_id of the record used)``, or None when no completed record of ``model`` exists.
+        ``(minutes, run_id of the record used, whether it ran on a machine like host)`` (the last None without
+        ``host``), or None when no completed record of ``model`` exists.
     """
+    from smelib.results import host_label
+
     done = [r for r in records if r.get("model") == model and r.get("status") == "completed"
             and r.get("wall_seconds") and r.get("epochs_done")]
     if not done:
         return None
+    same: bool | None = None
+    if host is not None:
+        label = host_label({"host": host})
+        alike = [r for r in done if host_label(r) == label]
+        same = bool(alike)
+        done = alike or done
     latest = max(done, key=lambda r: str(r.get("finished_utc", "")))
-    return float(latest["wall_seconds"]) * epochs / int(latest["epochs_done"]) / 60, str(latest.get("run_id"))
+    return float(latest["wall_seconds"]) * epochs / int(latest["epochs_done"]) / 60, str(latest.get("run_id")), same
 
 
 def pick_row(

@@ -8,11 +8,15 @@ Each row (all metrics fractions in [0, 1], measured on the run's final evaluatio
     config, model, split, epochs, metric_split, n_seeds, seeds,
     miou_mean, miou_std, precision_mean, mpa_mean, recall_mean, pixel_acc_mean,
     iou_<class>_mean (one per class), miou_defects_mean, miou_defects_std,
-    gmacs, params_m, train_minutes, images_per_s, run_ids
+    gmacs, params_m, train_minutes, images_per_s, cpu_steal_mean, hosts, run_ids
 
 ``*_std`` is the sample standard deviation over seeds (None with one seed). Only records with
 ``status == "completed"`` count; when one seed was run more than once, the latest record is used. Runs of one
 config trained for different epoch counts (``--epochs`` overrides) are different rows, never averaged together.
+
+``train_minutes`` and ``images_per_s`` are means over the seeds' machines, which need not be one machine: ``hosts``
+names each distinct one (:func:`host_label`) and ``cpu_steal_mean`` is the mean share of CPU time the hypervisor
+took during the runs (empty for records older than that field), so a reader can tell a slow model from a slow host.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["format_summary", "load_records", "summarize", "write_csv"]
+__all__ = ["format_summary", "host_label", "load_records", "summarize", "write_csv"]
 
 
 def load_records(runs_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -48,6 +52,23 @@ def load_records(runs_dir: str | os.PathLike) -> list[dict[str, Any]]:
         rec.setdefault("run_dir", str(path.parent))
         records.append(rec)
     return records
+
+
+def host_label(rec: Mapping[str, Any]) -> str:
+    """A record's machine as ``"<cpu model> [<widest vector ISA>] x<cores>"``, e.g.
+    ``"Intel(R) Xeon(R) Processor [avx512] x2"``; ``"unknown"`` for records without host information.
+
+    The ISA level is what decides PyTorch's CPU speed between otherwise same-named virtual CPUs (an AVX2-only host
+    trains about half as fast as an AVX-512 one here), so two records with one label ran on comparable machines.
+    """
+    host = rec.get("host")
+    if not isinstance(host, Mapping) or not host.get("cpu"):
+        return "unknown"
+    flags = set(host.get("cpu_flags") or [])
+    isa = next((name for name, flag in (("avx512", "avx512f"), ("avx2", "avx2")) if flag in flags),
+               "no avx2" if "cpu_flags" in host else "isa unknown")
+    label = f"{host['cpu']} [{isa}]"
+    return label + (f" x{host['cpu_cores']}" if host.get("cpu_cores") else "")
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -109,6 +130,8 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         minutes = _mean([r.get("wall_seconds") for r in recs])
         row["train_minutes"] = minutes / 60 if minutes is not None else None
         row["images_per_s"] = _mean([r.get("images_per_s") for r in recs])
+        row["cpu_steal_mean"] = _mean([r.get("cpu_steal_fraction") for r in recs])
+        row["hosts"] = " | ".join(sorted({host_label(r) for r in recs}))
         row["run_ids"] = " ".join(str(r.get("run_id")) for r in recs)
         rows.append(row)
     return rows

@@ -273,6 +273,13 @@ def test_summarize_means_and_stds_over_seeds(tmp_path: Path) -> None:
     for key in ("precision_mean", "mpa_mean", "recall_mean", "gmacs", "params_m", "iou_background_mean"):
         assert key in row
     assert "60.00 ± 14.14" in format_summary(rows)
+    # Records without host fields say so; two kinds of machine are both named, never averaged out of sight.
+    assert row["hosts"] == "unknown" and row["cpu_steal_mean"] is None
+    a, b = _fake_record(0, 0.5), _fake_record(1, 0.7)
+    a["host"] = {"cpu": "Xeon", "cpu_flags": ["avx2", "avx512f"], "cpu_cores": 2}
+    b["host"], b["cpu_steal_fraction"] = {"cpu": "EPYC", "cpu_flags": ["avx2"], "cpu_cores": 2}, 0.4
+    mixed = summarize([a, b])[0]
+    assert mixed["hosts"] == "EPYC [avx2] x2 | Xeon [avx512] x2" and mixed["cpu_steal_mean"] == pytest.approx(0.4)
     # A seed re-trained for more epochs under the same config name is its own row, not a replacement.
     longer = summarize([_fake_record(0, 0.5), _fake_record(1, 0.7), _fake_record(0, 0.8, epochs=6)])
     assert [(r["epochs"], r["n_seeds"], round(r["miou_mean"], 6)) for r in longer] == [(3, 2, 0.6), (6, 1, 0.8)]

@@ -238,8 +238,16 @@ def test_time_estimate_scales_the_latest_completed_run() -> None:
              "finished_utc": "2026-02-01T00:00:00Z"},
             {"model": "m", "status": "running", "wall_seconds": 1.0, "epochs_done": 1, "run_id": "unfinished",
              "finished_utc": "2026-03-01T00:00:00Z"}]
-    assert X.time_estimate(recs, "m", 6) == (pytest.approx(40.0), "new")  # 1200 s * 6 / 3 epochs
+    assert X.time_estimate(recs, "m", 6) == (pytest.approx(40.0), "new", None)  # 1200 s * 6 / 3 epochs
     assert X.time_estimate(recs, "other", 6) is None
+    # On a host like the old record's, that record is the one to scale, though a newer one ran elsewhere.
+    fast = {"cpu": "Xeon", "cpu_flags": ["avx2", "avx512f"], "cpu_cores": 2}
+    slow = {"cpu": "EPYC", "cpu_flags": ["avx2"], "cpu_cores": 2}
+    recs[0]["host"], recs[1]["host"] = fast, slow
+    assert X.time_estimate(recs, "m", 6, host=fast) == (pytest.approx(30.0), "old", True)  # 600 s * 6 / 2
+    assert X.time_estimate(recs, "m", 6, host=slow) == (pytest.approx(40.0), "new", True)
+    other = {"cpu": "Xeon", "cpu_flags": ["avx2"], "cpu_cores": 2}  # same name, narrower vectors: not alike
+    assert X.time_estimate(recs, "m", 6, host=other) == (pytest.approx(40.0), "new", False)
 
 
 def _curve_record(epochs: int, miou: float, run_id: str, seed: int = 0, config: str = "cpu_budget",
