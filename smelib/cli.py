@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 import sys
+import time
 from collections.abc import Sequence
 
 
@@ -222,6 +223,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from smelib.mechanisms import rule_for_checkpoint
     from smelib.metrics import format_table
 
+    record_path = None
+    if args.record:
+        record_path = Path(args.record)
+        if record_path.exists():
+            raise CLIError(f"evaluation record {str(record_path)!r} exists; choose another name (records are never "
+                           "overwritten)")
+        if record_path.suffix != ".json":
+            raise CLIError(f"evaluation record {str(record_path)!r}: the name must end in .json")
+    started = time.time()
     try:
         model, meta = load_checkpoint(args.checkpoint, device=args.device)
         split = args.split or meta["config"]["eval"]["split"]
@@ -237,6 +247,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                            decision=rule, amp_dtype=torch.bfloat16 if args.bf16 else None)
     except (*_engine_errors(), ValueError) as err:
         raise CLIError(str(err)) from None
+    if record_path is not None:
+        from smelib.records import write_eval_record
+
+        write_eval_record(record_path, metrics, meta, checkpoint=args.checkpoint, subset=split, images=len(dataset),
+                          tta=bool(args.tta), decision=rule.to_dict(), autocast="bf16" if args.bf16 else None,
+                          limit=args.limit, device=args.device, wall_seconds=time.time() - started)
+        print(f"wrote {record_path}", file=sys.stderr)
     if args.json:
         out = metrics.to_dict()
         out.update({"split": split, "images": len(dataset), "tta": bool(args.tta), "checkpoint": args.checkpoint,
@@ -270,6 +287,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.add_argument("--bf16", action="store_true",
                    help="run the model under bf16 autocast (CPU or CUDA): the accuracy of `bench --cpu-bf16`")
+    p.add_argument("--record", metavar="FILE.json",
+                   help="also write an evaluation record (checkpoint hash, source run, subset, TTA, decision rule, "
+                        "git commit, host, wall time, metrics) to this new file, e.g. results/headroom/<name>.json")
     _add_threshold_flags(p)
     p.set_defaults(func=_cmd_eval)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import hashlib
 import io
 import json
 import math
@@ -38,6 +39,7 @@ __all__ = [
     "make_run_id",
     "resolve_run",
     "steal_fraction",
+    "write_eval_record",
     "write_json",
     "write_log_csv",
 ]
@@ -239,6 +241,43 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     tmp.write_text(json.dumps(to_jsonable(obj), indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def write_eval_record(
+    path: str | os.PathLike, metrics: Any, meta: Mapping[str, Any], *, checkpoint: str | os.PathLike, subset: str,
+    images: int, tta: bool, decision: Mapping[str, Any], autocast: str | None = None, limit: int | None = None,
+    device: str = "cpu", wall_seconds: float | None = None,
+) -> Path:
+    """Write the record of one evaluation of a checkpoint (``smelib eval --record``) to a new JSON file.
+
+    An evaluation changes no weights, so it is not a run record, but it is a result the book may quote (test-time
+    augmentation, a decision rule, bf16): it names the checkpoint by SHA256 and by the run that trained it, and states
+    the subset, the split kind, the options, the git commit, the host and the wall time beside the metrics.
+
+    Args:
+        path: the new file; an existing one is never overwritten.
+        metrics: a :class:`smelib.metrics.SegMetrics` (anything with ``to_dict()``).
+        meta: the checkpoint's metadata from :func:`smelib.checkpoint.load_checkpoint`.
+
+    Raises:
+        FileExistsError: ``path`` exists.
+    """
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"evaluation record {str(path)!r} exists; records are never overwritten")
+    digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
+    config = meta.get("config") or {}
+    split = config.get("data", {}).get("split") if isinstance(config.get("data"), Mapping) else None
+    record = {
+        "kind": "evaluation", "checkpoint": os.fspath(checkpoint), "checkpoint_sha256": digest,
+        "run_id": meta.get("run_id"), "model": meta.get("model_name"), "config_name": config.get("name"),
+        "epoch": meta.get("epoch"), "split": split, "subset": subset, "images": images, "limit": limit,
+        "tta": tta, "decision": dict(decision), "autocast": autocast, "device": device,
+        "git": git_info(), "host": host_info(device), "finished_utc": utc_iso(),
+        "wall_seconds": wall_seconds, "metrics": metrics.to_dict(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_json(path, record)
 
 
 def write_log_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Path:

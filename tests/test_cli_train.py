@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -85,6 +86,24 @@ def test_eval_json(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and "mean (defects only)" in out
     code, _, err = _run(capsys, "eval", "--checkpoint", trained / "nope.pt")
     assert code == 2 and "does not exist" in err
+
+
+def test_eval_record_states_what_was_evaluated_and_is_never_overwritten(
+        trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = trained / "checkpoints" / "best.pt"
+    path = tmp_path / "headroom" / "tta.json"
+    code, out, _ = _run(capsys, "eval", "--checkpoint", ckpt, "--tta", "--json", "--record", path)
+    assert code == 0
+    rec = json.loads(path.read_text())
+    assert rec["kind"] == "evaluation" and rec["tta"] is True and rec["subset"] == "test" and rec["images"] == 4
+    assert rec["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert rec["run_id"] and rec["decision"] == {"mode": "argmax"} and rec["wall_seconds"] > 0
+    assert rec["metrics"]["miou"] == pytest.approx(json.loads(out)["miou"]) and "commit" in rec["git"]
+    before = path.read_text()
+    code, _, err = _run(capsys, "eval", "--checkpoint", ckpt, "--record", path)
+    assert code == 2 and "exists" in err and path.read_text() == before
+    code, _, err = _run(capsys, "eval", "--checkpoint", ckpt, "--record", tmp_path / "tta.txt")
+    assert code == 2 and ".json" in err and not (tmp_path / "tta.txt").exists()
 
 
 def test_predict_writes_masks_and_refuses_to_overwrite(trained: Path, tmp_path: Path,
