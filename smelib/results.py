@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["format_summary", "host_label", "load_records", "summarize", "write_csv"]
+__all__ = ["format_summary", "host_label", "load_eval_records", "load_records", "summarize", "write_csv"]
 
 
 def load_records(runs_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -52,6 +52,27 @@ def load_records(runs_dir: str | os.PathLike) -> list[dict[str, Any]]:
         rec.setdefault("run_dir", str(path.parent))
         records.append(rec)
     return records
+
+
+def load_eval_records(folder: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every evaluation record (``smelib eval --record``) ``<folder>/*.json``, sorted by file name; each gets a
+    ``"file"`` key (its stem).
+
+    Raises:
+        ValueError: a file cannot be read, is not a JSON object, or is not an evaluation record (no
+            ``"kind": "evaluation"`` or no ``metrics``); the message names the file.
+    """
+    out = []
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"evaluation record {str(path)!r} cannot be read: {err}") from err
+        if not isinstance(rec, dict) or rec.get("kind") != "evaluation" or not isinstance(rec.get("metrics"), dict):
+            raise ValueError(f"{str(path)!r} is not an evaluation record (written by `smelib eval --record`)")
+        rec["file"] = path.stem
+        out.append(rec)
+    return out
 
 
 def host_label(rec: Mapping[str, Any]) -> str:

@@ -104,6 +104,12 @@ def test_eval_record_states_what_was_evaluated_and_is_never_overwritten(
     assert code == 2 and "exists" in err and path.read_text() == before
     code, _, err = _run(capsys, "eval", "--checkpoint", ckpt, "--record", tmp_path / "tta.txt")
     assert code == 2 and ".json" in err and not (tmp_path / "tta.txt").exists()
+    from smelib.results import load_eval_records
+
+    assert [(r["file"], r["tta"]) for r in load_eval_records(path.parent)] == [("tta", True)]
+    (path.parent / "stray.json").write_text('{"kind": "run"}')
+    with pytest.raises(ValueError, match=r"stray\.json.*not an evaluation record"):
+        load_eval_records(path.parent)
 
 
 def test_predict_writes_masks_and_refuses_to_overwrite(trained: Path, tmp_path: Path,
