@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONCLUSIONS", "PAPER_MIOU", "Conclusion", "budget_table", "conclusion_verdict", "conclusions_table", "paper_difference",
     "DEFAULT_CONFIGS", "REQUIRED_RUNS", "DecisionOutcome", "MissingRun", "RunRequirement", "evaluate_decisions",
-    "pooled_seed_std", "resolution_table", "time_estimate",
+    "pooled_seed_std", "resolution_table", "short_hosts", "time_estimate",
     "learning_curve", "mean_std_text", "missing_runs", "pick_row", "protocol_epochs", "seeds_of", "summary_table", "summary_value",
     "tau_counts",
     "DECISION_FORMAT", "DECISION_METRICS", "DECISION_TOLERANCE", "DecisionRecordError", "decision_differences",
@@ -349,12 +349,31 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> Table:
         v = summary_value(row, key)
         return "–" if v is None else f"{100 * v:.2f}"
 
+    def minutes(row: Mapping[str, Any]) -> str:
+        v = summary_value(row, "train_minutes")
+        return "–" if v is None else f"{v:.0f}"
+
     return Table(["config", "model", "split", "epochs", "n", "seed ids", "mIoU %", "defects mIoU %", "precision %",
-                  "MPA %"],
+                  "MPA %", "minutes", "machines"],
                  [[r["config"], r["model"], r["split"], r.get("epochs") or "–", int(r["n_seeds"]), r["seeds"],
                    mean_std_text(r),
-                   mean_std_text(r, "miou_defects"), pct(r, "precision_mean"), pct(r, "mpa_mean")] for r in rows],
-                 title="All aggregated runs (mean ± sample std over seeds)")
+                   mean_std_text(r, "miou_defects"), pct(r, "precision_mean"), pct(r, "mpa_mean"), minutes(r),
+                   short_hosts(r.get("hosts"))] for r in rows],
+                 title="All aggregated runs (mean ± sample std over seeds; minutes: mean wall time per run)")
+
+
+def short_hosts(hosts: str | None) -> str:
+    """A summary row's ``hosts`` (:func:`smelib.results.host_label`, ``" | "``-separated) shortened to vendor and
+    vector ISA, e.g. ``"Intel(R) Xeon(R) Processor [avx512] x2 | AMD EPYC [isa unknown] x2"`` ->
+    ``"Intel avx512, AMD ?"`` (``?``: the record predates the ISA field); ``"–"`` when there is none."""
+    if not hosts:
+        return "–"
+    out = []
+    for label in str(hosts).split(" | "):
+        vendor = label.split(" ", 1)[0].replace("(R)", "")
+        isa = label.split("[", 1)[1].split("]", 1)[0] if "[" in label else "?"
+        out.append(f"{vendor} {'?' if isa == 'isa unknown' else isa}" if label != "unknown" else "?")
+    return ", ".join(dict.fromkeys(out))
 
 
 def learning_curve(records: Sequence[Mapping[str, Any]], model: str = "sme_deeplabv3plus", split: str = "grouped",

@@ -150,7 +150,10 @@ def test_summary_table_rows() -> None:
     t = X.summary_table(rows)
     assert t.columns[6] == "mIoU %" and len(t.rows) == 1
     assert t.rows[0] == ["cpu_budget", "sme_deeplabv3plus", "grouped", "–", 2, "0 1", "74.00 ± 1.00", "67.19 ± –",
-                         "83.48", "84.71"]
+                         "83.48", "84.71", "–", "–"]
+    rows[0].update(train_minutes="26.5", hosts="AMD EPYC [isa unknown] x2 | Intel(R) Xeon(R) Processor [avx512] x2")
+    assert X.summary_table(rows).rows[0][-2:] == ["26", "AMD ?, Intel avx512"]
+    assert X.short_hosts("unknown") == "?" and X.short_hosts("") == "–"
     assert X.summary_table([]).rows == []
 
 
