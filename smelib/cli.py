@@ -232,6 +232,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         if record_path.suffix != ".json":
             raise CLIError(f"evaluation record {str(record_path)!r}: the name must end in .json")
     started = time.time()
+    if record_path is not None:
+        from smelib.records import git_info
+
+        git_at_start = git_info()  # the code that evaluates, even if the tree changes while it runs
     try:
         model, meta = load_checkpoint(args.checkpoint, device=args.device)
         split = args.split or meta["config"]["eval"]["split"]
@@ -252,7 +256,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
         write_eval_record(record_path, metrics, meta, checkpoint=args.checkpoint, subset=split, images=len(dataset),
                           tta=bool(args.tta), decision=rule.to_dict(), autocast="bf16" if args.bf16 else None,
-                          limit=args.limit, device=args.device, wall_seconds=time.time() - started)
+                          limit=args.limit, device=args.device, wall_seconds=time.time() - started,
+                          git=git_at_start)
         print(f"wrote {record_path}", file=sys.stderr)
     if args.json:
         out = metrics.to_dict()

@@ -246,7 +246,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 def write_eval_record(
     path: str | os.PathLike, metrics: Any, meta: Mapping[str, Any], *, checkpoint: str | os.PathLike, subset: str,
     images: int, tta: bool, decision: Mapping[str, Any], autocast: str | None = None, limit: int | None = None,
-    device: str = "cpu", wall_seconds: float | None = None,
+    device: str = "cpu", wall_seconds: float | None = None, git: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the record of one evaluation of a checkpoint (``smelib eval --record``) to a new JSON file.
 
@@ -258,6 +258,7 @@ def write_eval_record(
         path: the new file; an existing one is never overwritten.
         metrics: a :class:`smelib.metrics.SegMetrics` (anything with ``to_dict()``).
         meta: the checkpoint's metadata from :func:`smelib.checkpoint.load_checkpoint`.
+        git: :func:`git_info` taken when the evaluation started (the code that ran); default: read now.
 
     Raises:
         FileExistsError: ``path`` exists.
@@ -273,7 +274,7 @@ def write_eval_record(
         "run_id": meta.get("run_id"), "model": meta.get("model_name"), "config_name": config.get("name"),
         "epoch": meta.get("epoch"), "split": split, "subset": subset, "images": images, "limit": limit,
         "tta": tta, "decision": dict(decision), "autocast": autocast, "device": device,
-        "git": git_info(), "host": host_info(device), "finished_utc": utc_iso(),
+        "git": dict(git) if git is not None else git_info(), "host": host_info(device), "finished_utc": utc_iso(),
         "wall_seconds": wall_seconds, "metrics": metrics.to_dict(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,166 @@
+"""Recipe headroom: how far the paper's model goes on the official split within two hours of 2-core CPU training.
+
+The tables (:mod:`smelib.experiments`) hold every model to one short protocol so rows can be compared. This module
+is the other question: with the protocol's SME run as the starting point, which single changes (training length,
+full-width heads, loss, test-time augmentation, the lite model) buy how much test mIoU, each step a run record (or,
+for inference-only steps, an evaluation record written by ``smelib eval --record``), each within a stated budget::
+
+    >>> from smelib.headroom import HEADROOM_STEPS
+    >>> [s.key for s in HEADROOM_STEPS][:3]
+    ['protocol', 'tta', 'schedule']
+
+A step's number is read from ``results/summary.csv`` (its config name, model, split and epochs) or from an
+evaluation record in ``results/headroom/``; a step that has neither is "not yet run" with the command to run it.
+The goal is the paper's GPU figure, 88.87 % on the official split.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["BUDGET_MINUTES", "HEADROOM_STEPS", "HeadroomStep", "budget_epochs", "headroom_table", "step_result",
+           "tta_pairs"]
+
+#: The CPU budget of one headroom run (wall minutes on a 2-core AVX-512 host without steal).
+BUDGET_MINUTES = 120
+
+
+@dataclass(frozen=True)
+class HeadroomStep:
+    """One change to the recipe, measured against the protocol's SME run.
+
+    Attributes:
+        key: short identifier.
+        change: what differs from the protocol (the only difference).
+        kind: ``"train"`` (a run record; its summary row is ``config``/``model``/``split``/``epochs``) or ``"eval"``
+            (evaluation records: ``eval_files``, the file stems in ``results/headroom/`` without and with the change).
+        config: the run's config name (``name=`` override of ``configs/cpu_budget.yaml``).
+        model: registry model.
+        epochs: training epochs, chosen to fill :data:`BUDGET_MINUTES` at the speed the chapter measures.
+        overrides: further ``KEY=VALUE`` overrides.
+        eval_files: ``(baseline stem, changed stem)`` for an ``"eval"`` step.
+    """
+
+    key: str
+    change: str
+    kind: str = "train"
+    config: str = "cpu_budget"
+    model: str = "sme_deeplabv3plus"
+    epochs: int = 6
+    overrides: tuple[str, ...] = ()
+    eval_files: tuple[str, str] | None = None
+    split: str = field(default="official")
+
+    @property
+    def command(self) -> str:
+        """The command line that produces this step's record."""
+        if self.kind == "eval":
+            base, changed = self.eval_files or ("", "")
+            return (f"smelib eval --checkpoint <best.pt of the step before> --record results/headroom/{base}.json; "
+                    f"smelib eval --checkpoint <same> --tta --record results/headroom/{changed}.json")
+        name = [] if self.config == "cpu_budget" else [f"name={self.config}"]
+        return " ".join(["smelib train --config configs/cpu_budget.yaml", f"--model {self.model}",
+                         f"--split {self.split}", "--seed 0", *([f"--epochs {self.epochs}"] if self.epochs != 6 else []),
+                         *name, *self.overrides])
+
+
+#: The steps, in the order they are meant to be taken. Epoch counts fill the budget at the measured speeds of the
+#: headroom chapter (about 265 s per epoch for the width-64 model, twice that at the paper's width 256).
+HEADROOM_STEPS: tuple[HeadroomStep, ...] = (
+    HeadroomStep("protocol", "none: the tables' CPU-budget protocol (width-64 heads, 6 epochs, focal + Dice)"),
+    HeadroomStep("tta", "inference averages softmax over the 8 flips x right-angle rotations", kind="eval",
+                 eval_files=("lite_official_plain", "lite_official_tta")),
+    HeadroomStep("schedule", "27 epochs instead of 6 (the whole budget on the protocol's model)",
+                 config="headroom_e27", epochs=27),
+    HeadroomStep("full_width", "the paper's width-256 context module and decoder, 13 epochs in the budget",
+                 config="headroom_full", epochs=13,
+                 overrides=("model.deeplab_overrides.decoder_width=256", "model.deeplab_overrides.context_width=256")),
+    HeadroomStep("loss_ce", "plain cross-entropy instead of focal + Dice, at 27 epochs", config="headroom_e27_ce",
+                 epochs=27, overrides=("loss=ce",)),
+    HeadroomStep("lite", "the lite model (StarNet-s1 backbone), 40 epochs in the budget",
+                 config="headroom_lite", model="sme_deeplabv3plus_lite", epochs=40),
+)
+
+
+def budget_epochs(seconds_per_epoch: float, budget_minutes: float = BUDGET_MINUTES) -> int:
+    """Whole epochs (training plus the per-epoch validation) that fit the budget: ``floor(60 * budget /
+    seconds_per_epoch)``.
+
+    Raises:
+        ValueError: ``seconds_per_epoch`` is not positive.
+    """
+    if not seconds_per_epoch > 0:
+        raise ValueError(f"seconds_per_epoch must be positive, got {seconds_per_epoch}")
+    return int(math.floor(60 * budget_minutes / seconds_per_epoch))
+
+
+def tta_pairs(records: Sequence[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    """Pairs ``(without TTA, with TTA)`` of evaluation records of one checkpoint (same SHA256) on the same subset
+    of the same split with the same decision rule, autocast and image limit: a paired comparison, free of training
+    noise. Sorted by the TTA record's file name."""
+    def key(r: Mapping[str, Any]) -> tuple:
+        return (r.get("checkpoint_sha256"), r.get("split"), r.get("subset"), str(r.get("decision")),
+                r.get("autocast"), r.get("limit"), r.get("images"))
+
+    plain = {key(r): r for r in records if not r.get("tta")}
+    return [(plain[key(r)], r) for r in sorted(records, key=lambda r: str(r.get("file", "")))
+            if r.get("tta") and key(r) in plain]
+
+
+def step_result(step: HeadroomStep, rows: Sequence[Mapping[str, Any]],
+                eval_records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """A step's measurement, or None when it has not been run.
+
+    Returns:
+        ``{"miou": fraction, "baseline_miou": fraction or None, "source": run ids or record files, "n": seeds}``;
+        for a train step the baseline is the protocol row of the same split (None for the protocol itself), for an
+        eval step it is the evaluation without the change, on the same checkpoint.
+    """
+    from smelib.experiments import summary_value
+
+    def row_of(config: str, model: str, epochs: int) -> Mapping[str, Any] | None:
+        found = [r for r in rows if r.get("config") == config and r.get("model") == model
+                 and r.get("split") == step.split and str(r.get("epochs")) == str(epochs)]
+        return found[0] if found else None
+
+    if step.kind == "eval":
+        files = dict.fromkeys(step.eval_files or ())
+        by_file = {r.get("file"): r for r in eval_records}
+        if not all(f in by_file for f in files):
+            return None
+        base, changed = (by_file[f] for f in files)
+        return {"miou": changed["metrics"]["miou"], "baseline_miou": base["metrics"]["miou"],
+                "source": f"{base['file']}.json, {changed['file']}.json ({changed.get('model')}, "
+                          f"{changed.get('subset')} subset, {changed.get('images')} images)", "n": 1}
+    row = row_of(step.config, step.model, step.epochs)
+    if row is None:
+        return None
+    proto = HEADROOM_STEPS[0]
+    base = None if step.key == proto.key else row_of(proto.config, proto.model, proto.epochs)
+    return {"miou": summary_value(row, "miou_mean"),
+            "baseline_miou": None if base is None else summary_value(base, "miou_mean"),
+            "source": str(row.get("run_ids", "")), "n": int(summary_value(row, "n_seeds") or 0)}
+
+
+def headroom_table(rows: Sequence[Mapping[str, Any]], eval_records: Sequence[Mapping[str, Any]],
+                   steps: Sequence[HeadroomStep] = HEADROOM_STEPS) -> Any:
+    """One row per step: key, change, test mIoU %, its difference from the step's baseline (points), the gap to
+    the paper's 88.87 %, and the records it comes from or the command that would produce them."""
+    from smelib.experiments import PAPER_MIOU
+    from smelib.viz import Table
+
+    paper = PAPER_MIOU["sme_deeplabv3plus"]
+    out = []
+    for step in steps:
+        res = step_result(step, rows, eval_records)
+        if res is None or res["miou"] is None:
+            out.append([step.key, step.change, "not yet run", "–", "–", step.command])
+            continue
+        miou = 100 * res["miou"]
+        delta = "–" if res["baseline_miou"] is None else f"{miou - 100 * res['baseline_miou']:+.2f}"
+        out.append([step.key, step.change, f"{miou:.2f}", delta, f"{miou - paper:+.2f}", res["source"]])
+    return Table(["step", "change", "test mIoU %", "Δ vs its baseline", "vs paper's 88.87", "records / command"],
+                 out, title=f"Recipe headroom on the official split (budget {BUDGET_MINUTES} min per run, seed 0)")

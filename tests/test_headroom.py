@@ -1,0 +1,68 @@
+"""The recipe-headroom plan: every step's command is a valid training run, and results are read, never typed."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from smelib import headroom as H
+from smelib.cli import build_parser
+from smelib.config import load_config
+from smelib.engine import build_model
+
+
+@pytest.mark.parametrize("step", [s for s in H.HEADROOM_STEPS if s.kind == "train"], ids=lambda s: s.key)
+def test_train_step_commands_resolve_to_the_stated_change(step: H.HeadroomStep) -> None:
+    argv = shlex.split(step.command)[1:]
+    args = build_parser().parse_args(argv)
+    overrides = [f"model.name={args.model}", f"data.split={args.split}", *args.overrides]
+    if args.epochs is not None:
+        overrides.append(f"train.epochs={args.epochs}")
+    cfg = load_config(args.config, overrides)
+    assert (cfg["name"], cfg["model"]["name"], cfg["train"]["epochs"]) == (step.config, step.model, step.epochs)
+    model = build_model(cfg, num_classes=4)
+    width = 256 if step.key == "full_width" else 64
+    assert model.config["decoder_width"] == width and model.config["context_width"] == width
+    assert cfg["loss"] == ("ce" if step.key == "loss_ce" else "focal+dice")
+
+
+def test_step_keys_and_config_names_are_unique() -> None:
+    keys = [s.key for s in H.HEADROOM_STEPS]
+    configs = [(s.config, s.model, s.epochs) for s in H.HEADROOM_STEPS if s.kind == "train"]
+    assert len(set(keys)) == len(keys) and len(set(configs)) == len(configs) and keys[0] == "protocol"
+
+
+def test_budget_epochs() -> None:
+    assert H.budget_epochs(265.0) == 27 and H.budget_epochs(530.0) == 13 and H.budget_epochs(60.0, 10) == 10
+    with pytest.raises(ValueError, match="positive"):
+        H.budget_epochs(0.0)
+
+
+def _eval(file: str, tta: bool, miou: float, sha: str = "a", subset: str = "test") -> dict:
+    return {"kind": "evaluation", "file": file, "tta": tta, "checkpoint_sha256": sha, "split": "official",
+            "subset": subset, "decision": {"mode": "argmax"}, "autocast": None, "limit": None, "images": 840,
+            "model": "m", "metrics": {"miou": miou}}
+
+
+def test_tta_pairs_match_one_checkpoint_subset_and_rule() -> None:
+    recs = [_eval("p", False, 0.70), _eval("t", True, 0.72), _eval("t_other", True, 0.9, sha="b"),
+            _eval("t_val", True, 0.8, subset="val")]
+    assert [(a["file"], b["file"]) for a, b in H.tta_pairs(recs)] == [("p", "t")]
+
+
+def test_headroom_table_reads_rows_and_records() -> None:
+    rows = [{"config": "cpu_budget", "model": "sme_deeplabv3plus", "split": "official", "epochs": "6",
+             "miou_mean": "0.78", "n_seeds": "1", "run_ids": "proto_run"},
+            {"config": "headroom_e27", "model": "sme_deeplabv3plus", "split": "official", "epochs": "27",
+             "miou_mean": "0.81", "n_seeds": "1", "run_ids": "long_run"},
+            {"config": "headroom_e27", "model": "sme_deeplabv3plus", "split": "grouped", "epochs": "27",
+             "miou_mean": "0.99", "n_seeds": "1", "run_ids": "wrong_split"}]
+    recs = [_eval("lite_official_plain", False, 0.75), _eval("lite_official_tta", True, 0.76)]
+    t = H.headroom_table(rows, recs)
+    by_key = {r[0]: r for r in t.rows}
+    assert by_key["protocol"][2:5] == ["78.00", "–", "-10.87"]
+    assert by_key["schedule"][2:6] == ["81.00", "+3.00", "-7.87", "long_run"]
+    assert by_key["tta"][2:4] == ["76.00", "+1.00"] and "lite_official_tta.json" in by_key["tta"][5]
+    assert by_key["full_width"][2] == "not yet run" and "context_width=256" in by_key["full_width"][5]
+    assert H.step_result(H.HEADROOM_STEPS[1], rows, recs[:1]) is None  # half a pair is no result
