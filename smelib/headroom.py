@@ -67,21 +67,22 @@ class HeadroomStep:
                          *name, *self.overrides])
 
 
-#: The steps, in the order they are meant to be taken. Epoch counts fill the budget at the measured speeds of the
-#: headroom chapter (about 265 s per epoch for the width-64 model, twice that at the paper's width 256).
+#: The steps, in the order they are meant to be taken. Epoch counts fill the budget at the speeds the headroom
+#: chapter measures (:func:`budget_epochs`: 265 s per epoch for the width-64 model, 554 s at the paper's width 256,
+#: 209 s for the lite model).
 HEADROOM_STEPS: tuple[HeadroomStep, ...] = (
     HeadroomStep("protocol", "none: the tables' CPU-budget protocol (width-64 heads, 6 epochs, focal + Dice)"),
     HeadroomStep("tta", "inference averages softmax over the 8 flips x right-angle rotations", kind="eval",
                  eval_files=("lite_official_plain", "lite_official_tta")),
     HeadroomStep("schedule", "27 epochs instead of 6 (the whole budget on the protocol's model)",
                  config="headroom_e27", epochs=27),
-    HeadroomStep("full_width", "the paper's width-256 context module and decoder, 13 epochs in the budget",
-                 config="headroom_full", epochs=13,
+    HeadroomStep("full_width", "the paper's width-256 context module and decoder, 12 epochs in the budget",
+                 config="headroom_full", epochs=12,
                  overrides=("model.deeplab_overrides.decoder_width=256", "model.deeplab_overrides.context_width=256")),
     HeadroomStep("loss_ce", "plain cross-entropy instead of focal + Dice, at 27 epochs", config="headroom_e27_ce",
                  epochs=27, overrides=("loss=ce",)),
-    HeadroomStep("lite", "the lite model (StarNet-s1 backbone), 40 epochs in the budget",
-                 config="headroom_lite", model="sme_deeplabv3plus_lite", epochs=40),
+    HeadroomStep("lite", "the lite model (StarNet-s1 backbone), 34 epochs in the budget",
+                 config="headroom_lite", model="sme_deeplabv3plus_lite", epochs=34),
 )
 
 

@@ -272,7 +272,8 @@ def write_eval_record(
     record = {
         "kind": "evaluation", "checkpoint": os.fspath(checkpoint), "checkpoint_sha256": digest,
         "run_id": meta.get("run_id"), "model": meta.get("model_name"), "config_name": config.get("name"),
-        "epoch": meta.get("epoch"), "split": split, "subset": subset, "images": images, "limit": limit,
+        "epoch": meta.get("epoch"), "class_names": meta.get("class_names"), "split": split, "subset": subset,
+        "images": images, "limit": limit,
         "tta": tta, "decision": dict(decision), "autocast": autocast, "device": device,
         "git": dict(git) if git is not None else git_info(), "host": host_info(device), "finished_utc": utc_iso(),
         "wall_seconds": wall_seconds, "metrics": metrics.to_dict(),

@@ -98,6 +98,7 @@ def test_eval_record_states_what_was_evaluated_and_is_never_overwritten(
     assert rec["kind"] == "evaluation" and rec["tta"] is True and rec["subset"] == "test" and rec["images"] == 4
     assert rec["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert rec["run_id"] and rec["decision"] == {"mode": "argmax"} and rec["wall_seconds"] > 0
+    assert rec["class_names"] == ["background", "inclusion", "patches", "scratches"]
     assert rec["metrics"]["miou"] == pytest.approx(json.loads(out)["miou"]) and "commit" in rec["git"]
     before = path.read_text()
     code, _, err = _run(capsys, "eval", "--checkpoint", ckpt, "--record", path)
