@@ -7,15 +7,17 @@ def test_status_reports_percent_and_no_false_spread(monkeypatch) -> None:
     rows = [{"model": "sme_deeplabv3plus", "split": "grouped", "config": "cpu_budget", "n_seeds": "1",
              "miou_mean": "0.7533", "miou_std": "", "seeds": "0"},
             {"model": "sme_deeplabv3plus", "split": "official", "config": "cpu_budget", "n_seeds": "3",
-             "miou_mean": "0.80", "miou_std": "0.012", "seeds": "0 1 2"}]
+             "miou_mean": "0.80", "miou_std": "0.012", "seeds": "0 1 2", "epochs": "6"}]
     monkeypatch.setattr(status, "read_summary", lambda path=None: rows)
     monkeypatch.setattr(status, "table2_matches", lambda: [("starnet_msaa", True), ("starnet_aspp", False)])
     text = str(status.reproduction_table())
     assert "1 of 2 rows equal" in text
     assert "75.33 (n=1, cpu_budget)" in text
-    assert "80.00 ± 1.20 (n=3, cpu_budget)" in text
+    assert "80.00 ± 1.20 (n=3, cpu_budget, 6 epochs)" in text
     assert "not run yet" in text  # the lite model has no row here
     assert "StarNet beats MobileNetV2" in text and "not yet measured" in text  # no baseline row given
+    # the protocol's official row is the headroom's first step, so it is the best one measured here
+    assert "80.00 (step 'protocol'; " in text and "steps measured" in text
 
 
 def test_status_falls_back_to_another_budget_and_names_its_epochs(monkeypatch) -> None:
