@@ -43,15 +43,21 @@ def load_records(runs_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """
     records = []
     for path in sorted(Path(runs_dir).glob("*/record.json")):
-        try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"run record {str(path)!r} cannot be read: {err}") from err
-        if not isinstance(rec, dict):
-            raise ValueError(f"run record {str(path)!r} is not a JSON object but a {type(rec).__name__}")
+        rec = _read_object(path, "run record")
         rec.setdefault("run_dir", str(path.parent))
         records.append(rec)
     return records
+
+
+def _read_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from ``path``; ValueError naming the file (as ``what``) when it cannot be read or is not one."""
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{what} {str(path)!r} cannot be read: {err}") from err
+    if not isinstance(rec, dict):
+        raise ValueError(f"{what} {str(path)!r} is not a JSON object but a {type(rec).__name__}")
+    return rec
 
 
 def load_eval_records(folder: str | os.PathLike) -> list[dict[str, Any]]:
@@ -64,11 +70,8 @@ def load_eval_records(folder: str | os.PathLike) -> list[dict[str, Any]]:
     """
     out = []
     for path in sorted(Path(folder).glob("*.json")):
-        try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"evaluation record {str(path)!r} cannot be read: {err}") from err
-        if not isinstance(rec, dict) or rec.get("kind") != "evaluation" or not isinstance(rec.get("metrics"), dict):
+        rec = _read_object(path, "evaluation record")
+        if rec.get("kind") != "evaluation" or not isinstance(rec.get("metrics"), dict):
             raise ValueError(f"{str(path)!r} is not an evaluation record (written by `smelib eval --record`)")
         rec["file"] = path.stem
         out.append(rec)
