@@ -231,11 +231,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                            "overwritten)")
         if record_path.suffix != ".json":
             raise CLIError(f"evaluation record {str(record_path)!r}: the name must end in .json")
-    started = time.time()
-    if record_path is not None:
         from smelib.records import git_info
 
         git_at_start = git_info()  # the code that evaluates, even if the tree changes while it runs
+    started = time.time()
     try:
         model, meta = load_checkpoint(args.checkpoint, device=args.device)
         split = args.split or meta["config"]["eval"]["split"]
@@ -414,7 +413,6 @@ def _cmd_results(args: argparse.Namespace) -> int:
         write_csv(rows, args.csv)
     if args.missing:
         from smelib.experiments import missing_runs, protocol_epochs, time_estimate
-
         from smelib.records import host_info
 
         here = host_info()

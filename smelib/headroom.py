@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["BUDGET_MINUTES", "HEADROOM_STEPS", "HeadroomStep", "budget_epochs", "headroom_table", "step_result",
@@ -52,7 +52,7 @@ class HeadroomStep:
     epochs: int = 6
     overrides: tuple[str, ...] = ()
     eval_files: tuple[str, str] | None = None
-    split: str = field(default="official")
+    split: str = "official"
 
     @property
     def command(self) -> str:
@@ -128,11 +128,10 @@ def step_result(step: HeadroomStep, rows: Sequence[Mapping[str, Any]],
         return found[0] if found else None
 
     if step.kind == "eval":
-        files = dict.fromkeys(step.eval_files or ())
         by_file = {r.get("file"): r for r in eval_records}
-        if not all(f in by_file for f in files):
+        if step.eval_files is None or not all(f in by_file for f in step.eval_files):
             return None
-        base, changed = (by_file[f] for f in files)
+        base, changed = (by_file[f] for f in step.eval_files)
         return {"miou": changed["metrics"]["miou"], "baseline_miou": base["metrics"]["miou"],
                 "source": f"{base['file']}.json, {changed['file']}.json ({changed.get('model')}, "
                           f"{changed.get('subset')} subset, {changed.get('images')} images)", "n": 1}

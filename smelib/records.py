@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import hashlib
 import io
 import json
 import math
@@ -266,11 +265,12 @@ def write_eval_record(
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"evaluation record {str(path)!r} exists; records are never overwritten")
-    digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
+    from smelib.checkpoint import sha256_file
+
     config = meta.get("config") or {}
     split = config.get("data", {}).get("split") if isinstance(config.get("data"), Mapping) else None
     record = {
-        "kind": "evaluation", "checkpoint": os.fspath(checkpoint), "checkpoint_sha256": digest,
+        "kind": "evaluation", "checkpoint": os.fspath(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),
         "run_id": meta.get("run_id"), "model": meta.get("model_name"), "config_name": config.get("name"),
         "epoch": meta.get("epoch"), "class_names": meta.get("class_names"), "split": split, "subset": subset,
         "images": images, "limit": limit,

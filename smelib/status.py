@@ -76,7 +76,6 @@ def reproduction_table() -> Table:
         rows.append([f"{label} test mIoU, {split} split", f"{PAPER_SME['miou']:.2f} (full model, official split)", ours])
     from smelib.headroom import HEADROOM_STEPS, step_result
     from smelib.results import load_eval_records
-    from smelib.settings import repo_root
 
     evals = load_eval_records(repo_root() / "results" / "headroom")
     done = [(step, res) for step in HEADROOM_STEPS
