@@ -850,6 +850,7 @@ def _add_release(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from smelib.qualitative import ComparisonError, build_comparison, save_comparison
+    from smelib.records import PredictionsError
 
     runs: dict[str, str] = {}
     for item in args.runs:
@@ -866,7 +867,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         comp = build_comparison(runs, data_root=args.data_root, subset=args.subset, per_class=args.per_class,
                                 failures=args.failures, device=args.device, progress=True)
         path = save_comparison(comp, out, force=args.force)
-    except (*_engine_errors(), ComparisonError) as err:
+    except (*_engine_errors(), ComparisonError, PredictionsError) as err:
         raise CLIError(str(err)) from None
     print(f"wrote {path} and {len(comp.examples)} examples ({len(comp.ids)} {args.subset} images scored)")
     return 0
@@ -874,8 +875,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="several runs on the same test images: per-image scores and Fig.-9 examples")
-    p.add_argument("runs", nargs="+", metavar="LABEL=RUN", help="display label = run folder or checkpoint; "
-                   "the first is the reference that picks the examples")
+    p.add_argument("runs", nargs="+", metavar="LABEL=RUN", help="display label = run folder (its stored test "
+                   "predictions if it has them, else its checkpoint) or checkpoint; the first is the reference that "
+                   "picks the examples")
     p.add_argument("--out", required=True, help="folder for comparison.json and the example PNGs")
     p.add_argument("--subset", choices=["test", "val"], default="test")
     p.add_argument("--per-class", type=int, default=1, help="typical images per defect class (default 1)")

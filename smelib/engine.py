@@ -65,7 +65,7 @@ from smelib.checkpoint import (
     sha256_file,
 )
 from smelib.config import ConfigError, dump_yaml, resolve
-from smelib.inference import evaluate, predict, predict_proba, unwrap
+from smelib.inference import evaluate, predict, predict_dataset, predict_proba, unwrap
 from smelib.loading import (
     DataBundle,
     TrainView,
@@ -627,9 +627,18 @@ def _train(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: 
     input_size = size_tuple(dc["size"]) or tuple(int(s) for s in bundle.input_size)
     record = {}
     if ctx.is_main:
+        stored: dict[str, Any] = {}
+        if tc["save_predictions"] and bundle.test is not None and len(bundle.test):
+            # argmax without TTA: the label maps a qualitative figure shows, whatever eval.decision scored above
+            maps = predict_dataset(model, bundle.test, size=dc["size"], batch_size=dc["eval_batch_size"],
+                                   device=device)
+            pred_path = R.write_predictions(run_dir / R.PREDICTIONS_FILE, [str(i) for i in bundle.test.ids], maps)
+            stored = {"predictions": {"relpath": R.PREDICTIONS_FILE, "subset": "test", "n": len(maps),
+                                      "checkpoint": final_path.stem, "decision": "argmax", "tta": False,
+                                      "sha256": sha256_file(pred_path)}}
         params = sum(p.numel() for p in model.parameters())
         record = write_record(
-            "completed", final=final, params=params, params_m=params / 1e6,
+            "completed", final=final, params=params, params_m=params / 1e6, **stored,
             gmacs=_fvcore_gmacs(model, int(cfg["model"]["in_channels"]), input_size), input_size=list(input_size),
             checkpoint={"path": str(final_path), "relpath": f"checkpoints/{final_path.name}",
                         "kind": final_path.stem, "sha256": sha256_file(final_path)},

@@ -3,7 +3,8 @@
 :func:`build_comparison` predicts every test image with each run, scores each image, and picks the examples to
 show: for every defect class the image whose score under the reference run (the first one) is that class's median
 (a *typical* case, not a hand-picked one), the reference run's worst images (failures), and the image where the
-reference run trails a baseline the most. :func:`save_comparison` writes a small, committable folder (the chosen
+reference run trails a baseline the most. A run is read from its checkpoint, or from the test predictions its
+run folder stores (``train.save_predictions``), which outlive the checkpoint (checkpoints are not committed). :func:`save_comparison` writes a small, committable folder (the chosen
 images, their ground truth and predictions as PNG, and ``comparison.json`` with every test image's score), so the
 book can draw the figure without checkpoints or the full dataset; :func:`plot_comparison` draws it.
 
@@ -163,6 +164,67 @@ def _split_key(cfg: Mapping[str, Any]) -> tuple[Any, ...]:
     return d["split"], d["seed"], d.get("groups"), d["val_fraction"], d.get("limit")
 
 
+@dataclass
+class _Source:
+    """Where one run's predictions come from: its stored test predictions, else its checkpoint."""
+
+    label: str
+    where: str
+    kind: str  # "stored predictions" or "checkpoint"
+    config: dict[str, Any]
+    class_names: list[str]
+    model_name: str | None
+    record: dict[str, Any] | None
+    model: Any = None
+    stored: Path | None = None
+    device: str = "cpu"
+
+    def predictions(self, dataset: Any, ids: list[str], gts: list[np.ndarray]) -> list[np.ndarray]:
+        """``(H, W)`` uint8 label maps of ``dataset``, aligned with ``ids``."""
+        if self.model is not None:
+            from smelib.inference import predict_dataset
+
+            data = self.config["data"]
+            return predict_dataset(self.model, dataset, size=data.get("size"),
+                                   batch_size=int(data["eval_batch_size"]), device=self.device)
+        from smelib.records import read_predictions
+
+        assert self.stored is not None
+        stored_ids, maps = read_predictions(self.stored)
+        if stored_ids != ids:
+            raise ComparisonError(f"{self.stored}: its {len(stored_ids)} sample ids are not the test subset's "
+                                  f"{len(ids)} ids of this dataset, in order")
+        for sid, m, g in zip(ids, maps, gts):
+            if m.shape != g.shape:
+                raise ComparisonError(f"{self.stored}: {sid} is {m.shape}, its ground truth {g.shape}")
+        return maps
+
+
+def _load_source(label: str, spec: str | os.PathLike, subset: str, device: str) -> _Source:
+    """A run folder with stored test predictions (and ``subset == "test"``), else a checkpoint to predict with."""
+    from smelib.checkpoint import load_checkpoint, sha256_file
+    from smelib.records import RunDirError, resolve_run
+
+    path = Path(spec)
+    record_path = path / "record.json"
+    if path.is_dir() and record_path.is_file() and subset == "test":
+        record = json.loads(record_path.read_text())
+        info = record.get("predictions") or {}
+        stored = path / info["relpath"] if info.get("relpath") else None
+        if stored is not None and stored.is_file():
+            if info.get("sha256") and sha256_file(stored) != info["sha256"]:
+                raise ComparisonError(f"{stored}: SHA256 differs from the one in {record_path}; the file was changed")
+            return _Source(label, str(stored), "stored predictions", record["config"], list(record["class_names"]),
+                           record.get("model"), record, stored=stored)
+    try:
+        ckpt, record = resolve_run(spec)
+    except RunDirError as err:
+        raise ComparisonError(str(err)) from None
+    model, meta = load_checkpoint(ckpt, device=device)
+    return _Source(label, str(ckpt), "checkpoint", meta["config"], list(meta["class_names"]), meta["model_name"],
+                   record, model=model, device=device)
+
+
 def build_comparison(
     runs: Mapping[str, str | os.PathLike],
     data_root: str | None = None,
@@ -176,7 +238,9 @@ def build_comparison(
 
     Args:
         runs: display label → run folder (``results/runs/<id>``) or checkpoint; the first is the reference. All
-            must have been trained on the same split (same kind, seed, groups and validation fraction).
+            must have been trained on the same split (same kind, seed, groups and validation fraction). A run
+            folder's stored test predictions (``train.save_predictions``) are used when it has them, so the run's
+            checkpoint need not exist; otherwise its checkpoint predicts.
         data_root: dataset folder (default: the one the first run was trained on).
         subset: ``"test"`` or ``"val"``.
         per_class, failures: see :func:`select_examples`.
@@ -185,15 +249,12 @@ def build_comparison(
         A :class:`Comparison`.
 
     Raises:
-        ComparisonError: fewer than one run, runs on different splits, missing checkpoints, or a mismatch in
-            class names.
+        ComparisonError: fewer than one run, runs on different splits, missing checkpoints (and no stored
+            predictions), stored predictions of other images or with a changed hash, or a mismatch in class names.
     """
     import torch
 
-    from smelib.checkpoint import load_checkpoint
     from smelib.data import defect_class
-    from smelib.records import RunDirError, resolve_run
-    from smelib.inference import predict_dataset
     from smelib.loading import checkpoint_data
     from smelib.metrics import ConfusionMatrix
     from smelib.records import git_info, utc_iso
@@ -202,23 +263,16 @@ def build_comparison(
         raise ComparisonError("no runs to compare")
     if subset not in ("test", "val"):
         raise ComparisonError(f"subset must be 'test' or 'val', not {subset!r}")
-    loaded = []
-    for label, spec in runs.items():
-        try:
-            ckpt, record = resolve_run(spec)
-        except RunDirError as err:
-            raise ComparisonError(str(err)) from None
-        model, meta = load_checkpoint(ckpt, device=device)
-        loaded.append((label, ckpt, record, model, meta))
-    first_meta = loaded[0][4]
-    for label, ckpt, _, _, meta in loaded[1:]:
-        if _split_key(meta["config"]) != _split_key(first_meta["config"]):
-            raise ComparisonError(f"{ckpt}: trained on split {_split_key(meta['config'])}, but {loaded[0][1]} on "
-                                  f"{_split_key(first_meta['config'])}; compare runs of one split only")
-        if list(meta["class_names"]) != list(first_meta["class_names"]):
-            raise ComparisonError(f"{ckpt}: classes {meta['class_names']} differ from {first_meta['class_names']}")
-    cfg = first_meta["config"]
-    bundle = checkpoint_data(first_meta, data_root)
+    loaded = [_load_source(label, spec, subset, device) for label, spec in runs.items()]
+    first = loaded[0]
+    for src in loaded[1:]:
+        if _split_key(src.config) != _split_key(first.config):
+            raise ComparisonError(f"{src.where}: trained on split {_split_key(src.config)}, but {first.where} on "
+                                  f"{_split_key(first.config)}; compare runs of one split only")
+        if src.class_names != first.class_names:
+            raise ComparisonError(f"{src.where}: classes {src.class_names} differ from {first.class_names}")
+    cfg = first.config
+    bundle = checkpoint_data({"config": cfg}, data_root)
     dataset = bundle.test if subset == "test" else bundle.val
     if dataset is None or len(dataset) == 0:
         raise ComparisonError(f"{bundle.split.get('root')}: the {subset} subset is empty")
@@ -231,20 +285,20 @@ def build_comparison(
     preds: dict[str, list[np.ndarray]] = {}
     scores: dict[str, list[float]] = {}
     models = []
-    for label, ckpt, record, model, meta in loaded:
-        preds[label] = predict_dataset(model, dataset, size=meta["config"]["data"].get("size"),
-                                       batch_size=int(meta["config"]["data"]["eval_batch_size"]), device=device)
-        scores[label] = [image_miou(p, g, k, ignore) for p, g in zip(preds[label], gts)]
+    for src in loaded:
+        preds[src.label] = src.predictions(dataset, ids, gts)
+        scores[src.label] = [image_miou(p, g, k, ignore) for p, g in zip(preds[src.label], gts)]
         cm = ConfusionMatrix(k, ignore_index=ignore)
-        for p, g in zip(preds[label], gts):
+        for p, g in zip(preds[src.label], gts):
             cm.update(torch.from_numpy(p.astype(np.int64)), torch.from_numpy(g.astype(np.int64)))
-        final = ((record or {}).get("final") or {}).get(subset) or {}
-        models.append({"label": label, "run_id": (record or {}).get("run_id"), "model": meta["model_name"],
-                       "checkpoint_sha256": (record or {}).get("checkpoint", {}).get("sha256"),
+        record = src.record or {}
+        final = (record.get("final") or {}).get(subset) or {}
+        models.append({"label": src.label, "run_id": record.get("run_id"), "model": src.model_name,
+                       "checkpoint_sha256": record.get("checkpoint", {}).get("sha256"), "source": src.kind,
                        "miou_record": final.get("miou"), "miou_here": cm.compute().miou})
         if progress:
-            print(f"{label}: {subset} mIoU {100 * models[-1]['miou_here']:.2f} %")
-    reference = loaded[0][0]
+            print(f"{src.label}: {subset} mIoU {100 * models[-1]['miou_here']:.2f} % ({src.kind})")
+    reference = first.label
     chosen = select_examples(ids, dominant, scores, reference, bundle.class_names, per_class, failures)
     examples = []
     for i, reason in chosen:

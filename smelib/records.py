@@ -7,6 +7,7 @@ Layout of one run (``results/runs/<run_id>/``)::
     config.yaml         the resolved config, for ``smelib train --config`` to repeat it
     curves.png          loss / mIoU curves (written by ``smelib reproduce``)
     checkpoints/        best.pt, last.pt (git-ignored)
+    predictions_test.npz  the final checkpoint's test label maps (only with ``train.save_predictions``)
 
 A run directory is created with ``mkdir(exist_ok=False)``, so two runs can never share one.
 """
@@ -27,6 +28,8 @@ from typing import Any
 
 __all__ = [
     "LOG_COLUMNS",
+    "PREDICTIONS_FILE",
+    "PredictionsError",
     "RECORD_KEYS",
     "RunDirError",
     "cpu_flags",
@@ -36,12 +39,17 @@ __all__ = [
     "git_info",
     "host_info",
     "make_run_id",
+    "read_predictions",
     "resolve_run",
     "steal_fraction",
     "write_eval_record",
     "write_json",
     "write_log_csv",
+    "write_predictions",
 ]
+
+#: File name of a run's stored test predictions (:func:`write_predictions`), inside its run folder.
+PREDICTIONS_FILE = "predictions_test.npz"
 
 #: Columns of ``log.csv``; metrics are fractions in [0, 1], empty where an epoch had no validation.
 LOG_COLUMNS = (
@@ -60,6 +68,10 @@ RECORD_KEYS = (
 
 class RunDirError(RuntimeError):
     """A run directory that would overwrite another run, or a missing one on resume."""
+
+
+class PredictionsError(ValueError):
+    """A stored-predictions file that cannot be read or does not match; the message names the file."""
 
 
 def utc_stamp(now: _dt.datetime | None = None) -> str:
@@ -280,6 +292,65 @@ def write_eval_record(
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_json(path, record)
+
+
+def write_predictions(path: str | os.PathLike, ids: Sequence[str], masks: Sequence[Any]) -> Path:
+    """Store label maps with their sample ids in a new compressed ``.npz`` (a few hundred kB for NEU-Seg's test set).
+
+    Label maps compress well, so a run can keep its predictions where its checkpoint (tens of MB, not committed)
+    cannot be kept: figures such as :mod:`smelib.qualitative`'s are then drawn from the run folder alone. Maps may
+    differ in size; they are stored flat with their shapes.
+
+    Args:
+        ids: N sample ids; masks: N ``(H, W)`` arrays of class ids in [0, 255].
+
+    Raises:
+        FileExistsError: ``path`` exists (stored predictions are never overwritten).
+        ValueError: ``ids`` and ``masks`` differ in length, or a map is not 2-D.
+    """
+    import numpy as np
+
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path}: stored predictions exist; they are never overwritten")
+    if len(ids) != len(masks):
+        raise ValueError(f"{len(ids)} ids but {len(masks)} label maps")
+    arrays = [np.asarray(m) for m in masks]
+    if any(a.ndim != 2 for a in arrays):
+        raise ValueError("every label map must be 2-D (H, W)")
+    flat = np.concatenate([a.astype(np.uint8).ravel() for a in arrays]) if arrays else np.zeros(0, np.uint8)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez_compressed(fh, ids=np.asarray([str(i) for i in ids], dtype=np.str_),
+                            shapes=np.asarray([a.shape for a in arrays], dtype=np.int64).reshape(-1, 2), masks=flat)
+    os.replace(tmp, path)
+    return path
+
+
+def read_predictions(path: str | os.PathLike) -> tuple[list[str], list[Any]]:
+    """Sample ids and ``(H, W)`` uint8 label maps from a file of :func:`write_predictions`, in stored order.
+
+    Raises:
+        PredictionsError: the file is missing, unreadable, or its sizes do not add up.
+    """
+    import zipfile
+
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise PredictionsError(f"{path}: no stored predictions")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            ids, shapes, flat = data["ids"], data["shapes"], data["masks"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        raise PredictionsError(f"{path}: not a stored-predictions file ({err})") from None
+    sizes = shapes.prod(axis=1) if len(shapes) else np.zeros(0, np.int64)
+    if len(ids) != len(shapes) or int(sizes.sum()) != flat.size:
+        raise PredictionsError(f"{path}: {len(ids)} ids, {len(shapes)} shapes and {flat.size} pixels do not match")
+    ends = np.cumsum(sizes)
+    masks = [flat[e - n:e].reshape(int(h), int(w)) for e, n, (h, w) in zip(ends, sizes, shapes)]
+    return [str(i) for i in ids], masks
 
 
 def write_log_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Path:

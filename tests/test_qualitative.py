@@ -1,15 +1,17 @@
 """Qualitative comparison (smelib.qualitative, `smelib compare`): per-image scores, example picking, the saved
-folder's round trip, and the build on two tiny trained runs (its mIoU must equal the run record's)."""
+folder's round trip, and the build on two tiny trained runs (its mIoU must equal the run record's), also from a
+run's stored test predictions once its checkpoints are gone."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from engine_helpers import train_tiny_runs
+from engine_helpers import make_neu, tiny_config, train_tiny_runs
 
 from smelib.cli import main
 from smelib.qualitative import (
@@ -149,3 +151,41 @@ def test_build_refuses_runs_of_different_splits(two_runs: list[Path], tmp_path: 
         build_comparison({"a": two_runs[0], "b": other})
     with pytest.raises(ComparisonError, match="no such run folder"):
         build_comparison({"a": tmp_path / "missing.pt"})
+
+
+def test_stored_predictions_stand_in_for_a_deleted_checkpoint(tmp_path: Path) -> None:
+    from smelib import engine
+
+    cfg = tiny_config(make_neu(tmp_path / "neu"), train={"save_predictions": True})
+    run = engine.train(cfg, runs_dir=tmp_path / "runs", quiet=True).run_dir
+    rec = json.loads((run / "record.json").read_text())
+    assert rec["predictions"]["n"] == 4 and rec["predictions"]["relpath"] == "predictions_test.npz"
+    from_ckpt = build_comparison({"a": run / rec["checkpoint"]["relpath"]}, failures=1)
+    shutil.rmtree(run / "checkpoints")
+    stored = build_comparison({"a": run}, failures=1)
+    assert (from_ckpt.models[0]["source"], stored.models[0]["source"]) == ("checkpoint", "stored predictions")
+    assert stored.scores == from_ckpt.scores and stored.ids == from_ckpt.ids
+    assert stored.models[0]["miou_here"] == pytest.approx(rec["final"]["test"]["miou"], abs=1e-9)
+    assert [e.id for e in stored.examples] == [e.id for e in from_ckpt.examples]
+    assert all(np.array_equal(a.preds["a"], b.preds["a"]) for a, b in zip(stored.examples, from_ckpt.examples))
+    from smelib.checkpoint import sha256_file
+    from smelib.records import read_predictions, write_predictions
+
+    pred_file = run / "predictions_test.npz"
+    ids, maps = read_predictions(pred_file)
+    pred_file.write_bytes(pred_file.read_bytes() + b"x")
+    with pytest.raises(ComparisonError, match="SHA256 differs"):
+        build_comparison({"a": run})
+    pred_file.unlink()
+    write_predictions(pred_file, ids[::-1], maps)  # another order: not this subset's images any more
+    rec["predictions"]["sha256"] = sha256_file(pred_file)
+    (run / "record.json").write_text(json.dumps(rec))
+    with pytest.raises(ComparisonError, match="not the test subset's"):
+        build_comparison({"a": run})
+
+
+def test_a_run_without_stored_predictions_still_needs_its_checkpoint(two_runs: list[Path], tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(two_runs[0], copy, ignore=shutil.ignore_patterns("checkpoints"))
+    with pytest.raises(ComparisonError, match="checkpoint missing"):
+        build_comparison({"a": copy})

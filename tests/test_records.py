@@ -1,9 +1,11 @@
-"""Host facts a run record carries: the CPU's speed flags and the share of CPU time a shared VM lost."""
+"""Host facts a run record carries (the CPU's speed flags, the share of CPU time a shared VM lost) and a run's
+stored test predictions (write_predictions / read_predictions)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from smelib import records as R
@@ -39,3 +41,32 @@ def test_cpu_times_parses_the_first_line_only(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr("builtins.open", fake_open)
     # guest (99) is already counted inside user time, so it is not added to the total again.
     assert R.cpu_times() == {"total": 10 + 2 + 3 + 40 + 5 + 0 + 1 + 7, "steal": 7}
+
+
+def test_stored_predictions_round_trip_maps_of_any_size(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    maps = [rng.integers(0, 4, (5, 7), dtype=np.uint8), np.full((3, 2), 255, np.uint8), np.zeros((1, 1), np.uint8)]
+    path = R.write_predictions(tmp_path / R.PREDICTIONS_FILE, ["a", "b", "c"], maps)
+    ids, back = R.read_predictions(path)
+    assert ids == ["a", "b", "c"]
+    assert all(np.array_equal(m, b) and b.dtype == np.uint8 for m, b in zip(maps, back))
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        R.write_predictions(path, ["a"], maps[:1])
+    assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temporary file
+
+
+def test_stored_predictions_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="2 ids but 1 label maps"):
+        R.write_predictions(tmp_path / "x.npz", ["a", "b"], [np.zeros((2, 2))])
+    with pytest.raises(ValueError, match="2-D"):
+        R.write_predictions(tmp_path / "x.npz", ["a"], [np.zeros((1, 2, 2))])
+    with pytest.raises(R.PredictionsError, match="no stored predictions"):
+        R.read_predictions(tmp_path / "missing.npz")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(R.PredictionsError, match="bad.npz: not a stored-predictions file"):
+        R.read_predictions(bad)
+    short = tmp_path / "short.npz"
+    np.savez_compressed(short, ids=np.asarray(["a"]), shapes=np.asarray([[2, 2]]), masks=np.zeros(3, np.uint8))
+    with pytest.raises(R.PredictionsError, match="do not match"):
+        R.read_predictions(short)
