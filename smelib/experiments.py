@@ -458,6 +458,9 @@ CONCLUSIONS: tuple[Conclusion, ...] = (
     Conclusion("ELA helps (StarNet + ASPP + ELA vs StarNet + ASPP)", "starnet_aspp_ela", "starnet_aspp"),
     Conclusion("ELA helps with MSAA (SME vs StarNet + MSAA)", "sme_deeplabv3plus", "starnet_msaa"),
     Conclusion("together they help most (SME vs StarNet + ASPP)", "sme_deeplabv3plus", "starnet_aspp"),
+    Conclusion("SME beats HRNet (Table 1)", "sme_deeplabv3plus", "hrnet"),
+    Conclusion("SME beats PSPNet (Table 1)", "sme_deeplabv3plus", "pspnet"),
+    Conclusion("SME beats Res-UNet (Table 1)", "sme_deeplabv3plus", "resunet"),
 )
 
 
