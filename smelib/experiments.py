@@ -542,21 +542,27 @@ def conclusion_verdict(better: Mapping[str, Any] | None, worse: Mapping[str, Any
     return diff, word + borrowed
 
 
-def conclusions_table(rows: Sequence[Mapping[str, Any]], split: str = "grouped", epochs: int | None = None) -> Table:
+def conclusions_table(rows: Sequence[Mapping[str, Any]], split: str = "grouped", epochs: int | None = None,
+                      spread_split: str | None = None) -> Table:
     """One row per :data:`CONCLUSIONS` entry on ``split``: both models' mIoU (mean ± std, n), the difference in
     points and :func:`conclusion_verdict`'s reading (single runs on both sides: against :func:`pooled_seed_std`).
 
     Args:
         epochs: compare the rows trained for this many epochs (see :func:`pick_row`); default: each protocol's
             own epochs.
+        spread_split: pool the seed spread of single-run comparisons from this split's rows (default ``split``):
+            the official split has one seed per row, so its single runs can only borrow the grouped split's spread.
     """
     from smelib.viz import Table
 
     body = []
-    pooled = pooled_seed_std(rows, split, epochs=epochs)
+    source = spread_split or split
+    pooled = pooled_seed_std(rows, source, epochs=epochs)
     for c in CONCLUSIONS:
         hi, lo = pick_row(rows, c.better, split, epochs=epochs), pick_row(rows, c.worse, split, epochs=epochs)
         diff, verdict = conclusion_verdict(hi, lo, pooled=pooled)
+        if source != split and "pooled multi-seed rows" in verdict:
+            verdict = verdict.replace("pooled multi-seed rows", f"pooled multi-seed rows of the {source} split")
         n = lambda r: "–" if r is None else int(r["n_seeds"])  # noqa: E731
         body.append([c.claim, paper_difference(c), mean_std_text(hi), n(hi), mean_std_text(lo), n(lo),
                      "–" if diff is None else f"{diff:+.2f}", verdict])

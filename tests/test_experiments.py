@@ -216,6 +216,13 @@ def test_single_runs_on_both_sides_are_read_against_the_pooled_seed_spread() -> 
     text = str(conclusions_table(rows))
     assert "MSAA helps" in text and "+5.00" in text and "pooled multi-seed rows, s = 1.58 points" in text
 
+    # The official split has single runs only: they borrow the grouped split's pooled spread when asked to, and say so.
+    official = [{**r, "split": "official"} for r in rows[2:5]]
+    both = rows[:5] + official  # (without the official hrnet row, whose seeds would give that split a spread)
+    assert "no spread yet (seeds: 1 vs 1)" in str(conclusions_table(both, "official"))
+    borrowed = str(conclusions_table(both, "official", spread_split="grouped"))
+    assert "+5.00" in borrowed and "pooled multi-seed rows of the grouped split, s = 1.58 points" in borrowed
+
 
 def test_resolution_table_sets_the_papers_differences_against_the_pooled_spread() -> None:
     from smelib.experiments import PAPER_MIOU, resolution_table
