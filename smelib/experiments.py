@@ -500,7 +500,8 @@ def pooled_seed_std(rows: Sequence[Mapping[str, Any]], split: str = "grouped", e
 
 def conclusion_verdict(better: Mapping[str, Any] | None, worse: Mapping[str, Any] | None,
                        key: str = "miou", z: float = 2.0,
-                       pooled: tuple[float | None, int] | None = None) -> tuple[float | None, str]:
+                       pooled: tuple[float | None, int] | None = None,
+                       pooled_from: str | None = None) -> tuple[float | None, str]:
     """Whether two summary rows support "``better`` > ``worse``" on ``<key>_mean``.
 
     The difference of the means is compared with its standard error, ``sqrt(s1²/n1 + s2²/n2)`` from the rows'
@@ -511,7 +512,8 @@ def conclusion_verdict(better: Mapping[str, Any] | None, worse: Mapping[str, Any
     of the multi-seed row is the only estimate of run-to-run noise there is. Such a verdict names the assumption.
     With a single seed on both sides the comparison itself holds no spread: given ``pooled`` (from
     :func:`pooled_seed_std`) both runs are assumed to scatter like the pooled multi-seed rows (standard error
-    ``s * sqrt(2)``), and the verdict names that assumption; without it the verdict says no spread can be estimated.
+    ``s * sqrt(2)``), and the verdict names that assumption (and ``pooled_from``, the split the pool comes from, when
+    given); without it the verdict says no spread can be estimated.
 
     Returns:
         ``(difference in points or None, verdict)``.
@@ -529,7 +531,8 @@ def conclusion_verdict(better: Mapping[str, Any] | None, worse: Mapping[str, Any
         s2, borrowed = s1, f" (seeds: {n1} vs 1; the single run assumed to scatter like the {n1})"
     if n1 < 2 and n2 < 2 and pooled is not None and pooled[0] is not None:
         s1 = s2 = pooled[0]
-        borrowed = (f" (seeds: 1 vs 1; both runs assumed to scatter like the pooled multi-seed rows, "
+        rows_of = "the pooled multi-seed rows" + ("" if pooled_from is None else f" of the {pooled_from} split")
+        borrowed = (f" (seeds: 1 vs 1; both runs assumed to scatter like {rows_of}, "
                     f"s = {100 * pooled[0]:.2f} points, {pooled[1]} degrees of freedom)")
     if s1 is None or s2 is None or (n1 < 2 and n2 < 2 and not borrowed):
         return diff, f"no spread yet (seeds: {n1} vs {n2})"
@@ -560,9 +563,7 @@ def conclusions_table(rows: Sequence[Mapping[str, Any]], split: str = "grouped",
     pooled = pooled_seed_std(rows, source, epochs=epochs)
     for c in CONCLUSIONS:
         hi, lo = pick_row(rows, c.better, split, epochs=epochs), pick_row(rows, c.worse, split, epochs=epochs)
-        diff, verdict = conclusion_verdict(hi, lo, pooled=pooled)
-        if source != split and "pooled multi-seed rows" in verdict:
-            verdict = verdict.replace("pooled multi-seed rows", f"pooled multi-seed rows of the {source} split")
+        diff, verdict = conclusion_verdict(hi, lo, pooled=pooled, pooled_from=None if source == split else source)
         n = lambda r: "–" if r is None else int(r["n_seeds"])  # noqa: E731
         body.append([c.claim, paper_difference(c), mean_std_text(hi), n(hi), mean_std_text(lo), n(lo),
                      "–" if diff is None else f"{diff:+.2f}", verdict])
