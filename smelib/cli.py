@@ -854,9 +854,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     runs: dict[str, str] = {}
     for item in args.runs:
-        label, sep, spec = item.partition("=")
-        if not sep or not label or not spec:
-            raise CLIError(f"{item!r}: expected LABEL=RUN_DIR_OR_CHECKPOINT")
+        label, spec = _labelled_run(item)
         if label in runs:
             raise CLIError(f"label {label!r} given twice")
         runs[label] = spec
@@ -886,6 +884,51 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--force", action="store_true", help="overwrite an existing comparison")
     p.set_defaults(func=_cmd_compare)
+
+
+def _labelled_run(item: str) -> tuple[str, str]:
+    label, sep, spec = item.partition("=")
+    if not sep or not label or not spec:
+        raise CLIError(f"{item!r}: expected LABEL=RUN_DIR_OR_CHECKPOINT")
+    return label, spec
+
+
+def _cmd_bootstrap(args: argparse.Namespace) -> int:
+    from smelib.bootstrap import BootstrapError, paired_bootstrap_runs, write_bootstrap_record
+    from smelib.qualitative import ComparisonError
+    from smelib.records import PredictionsError
+
+    better, worse = _labelled_run(args.better), _labelled_run(args.worse)
+    try:
+        outcome, record = paired_bootstrap_runs(better, worse, data_root=args.data_root, n_boot=args.boot,
+                                                seed=args.seed, level=args.level, device=args.device)
+        path = write_bootstrap_record(record, args.out, force=args.force) if args.out else None
+    except (*_engine_errors(), BootstrapError, ComparisonError, PredictionsError) as err:
+        raise CLIError(str(err)) from None
+    o = outcome
+    print(f"{o.better} {100 * o.miou_better:.2f} vs {o.worse} {100 * o.miou_worse:.2f} test mIoU over "
+          f"{o.n_images} images: difference {100 * o.difference:+.2f} points, {100 * o.level:.0f} % interval "
+          f"[{100 * o.low:+.2f}, {100 * o.high:+.2f}] ({o.n_boot} paired resamples, seed {o.seed}); "
+          f"{o.better} not better in {100 * o.p_not_better:.1f} % of them: {o.verdict}")
+    if path is not None:
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_bootstrap(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bootstrap", help="paired bootstrap over test images: does run A beat run B beyond test-set "
+                       "noise?")
+    p.add_argument("better", metavar="LABEL=RUN", help="the run claimed better: run folder (stored test predictions "
+                   "if it has them, else its checkpoint) or checkpoint")
+    p.add_argument("worse", metavar="LABEL=RUN", help="the run claimed worse, trained on the same split")
+    p.add_argument("--boot", type=int, default=2000, help="resamples (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="resampling seed (default 0)")
+    p.add_argument("--level", type=float, default=0.95, help="interval coverage (default 0.95)")
+    p.add_argument("--out", help="folder for the JSON record (e.g. results/bootstrap); none: print only")
+    p.add_argument("--force", action="store_true", help="overwrite an existing record")
+    p.add_argument("--data-root", help="dataset folder (default: the one the first run was trained on)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_bootstrap)
 
 
 def _cmd_decisions(args: argparse.Namespace) -> int:
@@ -932,7 +975,7 @@ def _add_decisions(sub: argparse._SubParsersAction) -> None:
 _SUBCOMMANDS = [_add_info, _add_models, _add_flops, _add_train, _add_eval, _add_predict, _add_reproduce,
                _add_results, _add_data]
 _SUBCOMMANDS += [_add_compare, _add_bench, _add_export, _add_release]
-_SUBCOMMANDS += [_add_decisions]
+_SUBCOMMANDS += [_add_decisions, _add_bootstrap]
 
 
 def build_parser() -> argparse.ArgumentParser:

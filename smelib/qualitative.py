@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Comparison", "ComparisonError", "build_comparison", "image_miou", "load_comparison", "plot_comparison",
-           "plot_score_scatter", "save_comparison", "select_examples"]
+           "load_run_predictions", "plot_score_scatter", "save_comparison", "select_examples", "SubsetPredictions"]
 
 FORMAT = 1
 
@@ -225,6 +225,69 @@ def _load_source(label: str, spec: str | os.PathLike, subset: str, device: str) 
                    record, model=model, device=device)
 
 
+@dataclass
+class SubsetPredictions:
+    """Several runs' label maps of one subset, with its ground truth, in dataset order.
+
+    Attributes:
+        sources: where each run's maps came from (display order; the first is the reference).
+        ids: sample ids; gts: ``(H, W)`` uint8 ground-truth maps; raws: the stored ``(image, mask)`` pairs.
+        preds: label → ``(H, W)`` uint8 predicted maps, aligned with ``ids``.
+        class_names, num_classes, ignore_index: the dataset's.
+        bundle: the data bundle (split facts in ``bundle.split``).
+    """
+
+    sources: list[_Source]
+    ids: list[str]
+    gts: list[np.ndarray]
+    raws: list[Any]
+    preds: dict[str, list[np.ndarray]]
+    class_names: list[str]
+    num_classes: int
+    ignore_index: int
+    bundle: Any
+
+
+def load_run_predictions(runs: Mapping[str, str | os.PathLike], data_root: str | None = None, subset: str = "test",
+                         device: str = "cpu") -> SubsetPredictions:
+    """Every run's label maps of one subset, checked to be of one split and one class list.
+
+    Args:
+        runs: display label → run folder (its stored test predictions when it has them) or checkpoint.
+        data_root: dataset folder (default: the one the first run was trained on).
+        subset: ``"test"`` or ``"val"``.
+
+    Raises:
+        ComparisonError: no runs, runs on different splits or classes, an empty subset, stored predictions of other
+            images or with a changed hash, or a missing checkpoint.
+    """
+    from smelib.loading import checkpoint_data
+
+    if not runs:
+        raise ComparisonError("no runs to compare")
+    if subset not in ("test", "val"):
+        raise ComparisonError(f"subset must be 'test' or 'val', not {subset!r}")
+    loaded = [_load_source(label, spec, subset, device) for label, spec in runs.items()]
+    first = loaded[0]
+    for src in loaded[1:]:
+        if _split_key(src.config) != _split_key(first.config):
+            raise ComparisonError(f"{src.where}: trained on split {_split_key(src.config)}, but {first.where} on "
+                                  f"{_split_key(first.config)}; compare runs of one split only")
+        if src.class_names != first.class_names:
+            raise ComparisonError(f"{src.where}: classes {src.class_names} differ from {first.class_names}")
+    cfg = first.config
+    bundle = checkpoint_data({"config": cfg}, data_root)
+    dataset = bundle.test if subset == "test" else bundle.val
+    if dataset is None or len(dataset) == 0:
+        raise ComparisonError(f"{bundle.split.get('root')}: the {subset} subset is empty")
+    raws = [dataset._raw(i) for i in range(len(dataset))]  # uint8 (C, H, W) image and (H, W) mask, as stored
+    gts = [np.asarray(m, dtype=np.uint8) for _, m in raws]
+    ids = [str(sid) for sid in dataset.ids]
+    preds = {src.label: src.predictions(dataset, ids, gts) for src in loaded}
+    return SubsetPredictions(loaded, ids, gts, raws, preds, list(bundle.class_names), bundle.num_classes,
+                             int(cfg["data"]["ignore_index"]), bundle)
+
+
 def build_comparison(
     runs: Mapping[str, str | os.PathLike],
     data_root: str | None = None,
@@ -255,38 +318,17 @@ def build_comparison(
     import torch
 
     from smelib.data import defect_class
-    from smelib.loading import checkpoint_data
     from smelib.metrics import ConfusionMatrix
     from smelib.records import git_info, utc_iso
 
-    if not runs:
-        raise ComparisonError("no runs to compare")
-    if subset not in ("test", "val"):
-        raise ComparisonError(f"subset must be 'test' or 'val', not {subset!r}")
-    loaded = [_load_source(label, spec, subset, device) for label, spec in runs.items()]
-    first = loaded[0]
-    for src in loaded[1:]:
-        if _split_key(src.config) != _split_key(first.config):
-            raise ComparisonError(f"{src.where}: trained on split {_split_key(src.config)}, but {first.where} on "
-                                  f"{_split_key(first.config)}; compare runs of one split only")
-        if src.class_names != first.class_names:
-            raise ComparisonError(f"{src.where}: classes {src.class_names} differ from {first.class_names}")
-    cfg = first.config
-    bundle = checkpoint_data({"config": cfg}, data_root)
-    dataset = bundle.test if subset == "test" else bundle.val
-    if dataset is None or len(dataset) == 0:
-        raise ComparisonError(f"{bundle.split.get('root')}: the {subset} subset is empty")
-    k = bundle.num_classes
-    ignore = int(cfg["data"]["ignore_index"])
-    raws = [dataset._raw(i) for i in range(len(dataset))]  # uint8 (C, H, W) image and (H, W) mask, as stored
-    gts = [np.asarray(m, dtype=np.uint8) for _, m in raws]
-    ids = [str(sid) for sid in dataset.ids]
+    subset_preds = load_run_predictions(runs, data_root, subset, device)
+    raws, gts, ids, k, ignore = (subset_preds.raws, subset_preds.gts, subset_preds.ids, subset_preds.num_classes,
+                                 subset_preds.ignore_index)
     dominant = [defect_class(g, ignore) for g in gts]
-    preds: dict[str, list[np.ndarray]] = {}
+    preds = subset_preds.preds
     scores: dict[str, list[float]] = {}
     models = []
-    for src in loaded:
-        preds[src.label] = src.predictions(dataset, ids, gts)
+    for src in subset_preds.sources:
         scores[src.label] = [image_miou(p, g, k, ignore) for p, g in zip(preds[src.label], gts)]
         cm = ConfusionMatrix(k, ignore_index=ignore)
         for p, g in zip(preds[src.label], gts):
@@ -298,6 +340,9 @@ def build_comparison(
                        "miou_record": final.get("miou"), "miou_here": cm.compute().miou})
         if progress:
             print(f"{src.label}: {subset} mIoU {100 * models[-1]['miou_here']:.2f} % ({src.kind})")
+    first = subset_preds.sources[0]
+    bundle = subset_preds.bundle
+    cfg = first.config
     reference = first.label
     chosen = select_examples(ids, dominant, scores, reference, bundle.class_names, per_class, failures)
     examples = []

@@ -1,0 +1,239 @@
+"""Paired bootstrap over test images: is one run's mIoU above another's beyond the luck of the test set?
+
+Two runs scored on the same test images differ for two reasons: the models differ (seed, architecture) and the
+test set is a sample of images. Seed-to-seed spread (:func:`smelib.experiments.pooled_seed_std`) measures the
+first; this module measures the second. It resamples the test images with replacement, ``n_boot`` times, and
+recomputes both runs' dataset-level mIoU on each resample from per-image confusion matrices, *the same images for
+both runs* (paired), so that images that are hard for every model do not widen the interval.
+
+The interval answers "would these two trained models rank the same way on another test set drawn like this
+one?"; it does not answer "would another training run rank the same way?". A difference can be well outside
+test-set noise and still inside seed noise (a single run per model), so the book reads both.
+
+The mIoU of a resample is the one :func:`smelib.metrics.metrics_from_confusion` gives: per-class IoU of the summed
+confusion matrix, averaged over the classes present (background included).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["BootstrapError", "PairedBootstrap", "bootstrap_record", "image_confusions", "load_bootstrap_records",
+           "miou_of_confusions", "paired_bootstrap", "paired_bootstrap_runs", "write_bootstrap_record"]
+
+FORMAT = 1
+
+
+class BootstrapError(ValueError):
+    """A bootstrap cannot be computed or read; the message names the run or file and the problem."""
+
+
+def image_confusions(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray], num_classes: int,
+                     ignore_index: int = 255) -> np.ndarray:
+    """Per-image confusion matrices.
+
+    Args:
+        preds: N ``(H, W)`` predicted class ids; gts: N ``(H, W)`` ground-truth class ids (``ignore_index``
+            pixels are not counted). Sizes may differ between images, not within a pair.
+
+    Returns:
+        ``(N, K, K)`` int64, rows ground truth, columns prediction; summed over images it is the dataset's
+        confusion matrix.
+    """
+    if len(preds) != len(gts):
+        raise BootstrapError(f"{len(preds)} predictions for {len(gts)} ground-truth maps")
+    k = num_classes
+    out = np.zeros((len(gts), k, k), dtype=np.int64)
+    for i, (p, g) in enumerate(zip(preds, gts)):
+        if p.shape != g.shape:
+            raise BootstrapError(f"image {i}: prediction {p.shape} and ground truth {g.shape} differ in shape")
+        keep = g != ignore_index
+        gi, pi = g[keep].astype(np.int64), p[keep].astype(np.int64)
+        if gi.size and (gi.max() >= k or pi.max() >= k or pi.min() < 0):
+            raise BootstrapError(f"image {i}: a class id outside 0..{k - 1}")
+        out[i] = np.bincount(gi * k + pi, minlength=k * k).reshape(k, k)
+    return out
+
+
+def miou_of_confusions(confusions: np.ndarray) -> np.ndarray:
+    """mIoU of each of a stack of confusion matrices.
+
+    Args:
+        confusions: ``(..., K, K)`` counts.
+
+    Returns:
+        ``(...)`` float64 mIoU in [0, 1], averaged over the classes whose union is non-empty (NaN if none).
+    """
+    c = np.asarray(confusions, dtype=np.float64)
+    tp = np.diagonal(c, axis1=-2, axis2=-1)
+    union = c.sum(axis=-1) + c.sum(axis=-2) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / np.where(union > 0, union, 1), np.nan)
+        present = (union > 0).sum(axis=-1)
+        return np.where(present > 0, np.nansum(iou, axis=-1) / np.maximum(present, 1), np.nan)
+
+
+@dataclass(frozen=True)
+class PairedBootstrap:
+    """The outcome of :func:`paired_bootstrap`; mIoU values are fractions in [0, 1].
+
+    Attributes:
+        better, worse: the labels, in the order of the claim "``better`` beats ``worse``".
+        miou_better, miou_worse: each run's mIoU on the whole test set.
+        difference: ``miou_better - miou_worse`` on the whole test set.
+        low, high: the central ``level`` percentile interval of the resampled differences.
+        p_not_better: the fraction of resamples where ``better`` does not beat ``worse`` (difference <= 0).
+        std: the resampled differences' standard deviation (the test set's standard error of the difference).
+        n_images, n_boot, seed, level: what was resampled, how often, with which generator seed.
+    """
+
+    better: str
+    worse: str
+    miou_better: float
+    miou_worse: float
+    difference: float
+    low: float
+    high: float
+    p_not_better: float
+    std: float
+    n_images: int
+    n_boot: int
+    seed: int
+    level: float
+
+    @property
+    def verdict(self) -> str:
+        """``"supported"`` when the interval lies above 0, ``"reversed"`` below 0, else ``"within test-set noise"``."""
+        if self.low > 0:
+            return "supported"
+        if self.high < 0:
+            return "reversed"
+        return "within test-set noise"
+
+
+def paired_bootstrap(conf_better: np.ndarray, conf_worse: np.ndarray, better: str = "better", worse: str = "worse",
+                     n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> PairedBootstrap:
+    """Resample test images (with replacement, the same ones for both runs) and compare the two runs' mIoU.
+
+    Args:
+        conf_better, conf_worse: ``(N, K, K)`` per-image confusion matrices of the two runs on the same N images
+            (:func:`image_confusions`), in the same image order.
+        n_boot: resamples; seed: the generator's seed (the outcome is a function of the inputs and these).
+        level: the interval's coverage, in (0, 1).
+
+    Returns:
+        A :class:`PairedBootstrap`.
+    """
+    a, b = np.asarray(conf_better), np.asarray(conf_worse)
+    if a.shape != b.shape or a.ndim != 3 or a.shape[1] != a.shape[2]:
+        raise BootstrapError(f"per-image confusions must both be (N, K, K), got {a.shape} and {b.shape}")
+    n = a.shape[0]
+    if n < 2:
+        raise BootstrapError(f"{n} test image(s): a bootstrap needs at least 2")
+    if n_boot < 100:
+        raise BootstrapError(f"n_boot={n_boot}: use at least 100 resamples for a percentile interval")
+    if not 0 < level < 1:
+        raise BootstrapError(f"level={level}: must lie in (0, 1)")
+    k2 = a.shape[1] * a.shape[2]
+    flat = np.concatenate([a.reshape(n, k2), b.reshape(n, k2)], axis=1).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot, dtype=np.float64)
+    chunk = 500  # (chunk, N) multiplicities at a time keeps memory flat for large test sets
+    for start in range(0, n_boot, chunk):
+        m = min(chunk, n_boot - start)
+        draws = rng.integers(0, n, size=(m, n))
+        counts = np.bincount((draws + n * np.arange(m)[:, None]).ravel(), minlength=m * n).reshape(m, n)
+        sums = counts.astype(np.float64) @ flat
+        shape = (m, a.shape[1], a.shape[2])
+        diffs[start:start + m] = (miou_of_confusions(sums[:, :k2].reshape(shape))
+                                  - miou_of_confusions(sums[:, k2:].reshape(shape)))
+    mb, mw = float(miou_of_confusions(a.sum(axis=0))), float(miou_of_confusions(b.sum(axis=0)))
+    tail = (1 - level) / 2
+    low, high = np.quantile(diffs, [tail, 1 - tail])
+    return PairedBootstrap(better, worse, mb, mw, mb - mw, float(low), float(high),
+                           float(np.mean(diffs <= 0)), float(np.std(diffs, ddof=1)), n, n_boot, seed, level)
+
+
+def paired_bootstrap_runs(better: tuple[str, str | os.PathLike], worse: tuple[str, str | os.PathLike],
+                          data_root: str | None = None, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+                          device: str = "cpu") -> tuple[PairedBootstrap, dict[str, Any]]:
+    """:func:`paired_bootstrap` of two runs' test predictions (stored in their run folders, else predicted).
+
+    Args:
+        better, worse: ``(label, run folder or checkpoint)``; both trained on the same split.
+
+    Returns:
+        The outcome and a committable record (:func:`bootstrap_record`).
+    """
+    from smelib.qualitative import load_run_predictions
+
+    if better[0] == worse[0]:
+        raise BootstrapError(f"both runs are labelled {better[0]!r}")
+    sp = load_run_predictions({better[0]: better[1], worse[0]: worse[1]}, data_root, "test", device)
+    k, ignore = sp.num_classes, sp.ignore_index
+    ca = image_confusions(sp.preds[better[0]], sp.gts, k, ignore)
+    cb = image_confusions(sp.preds[worse[0]], sp.gts, k, ignore)
+    outcome = paired_bootstrap(ca, cb, better[0], worse[0], n_boot=n_boot, seed=seed, level=level)
+    runs = []
+    for src in sp.sources:
+        rec = src.record or {}
+        runs.append({"label": src.label, "run_id": rec.get("run_id"), "model": src.model_name, "source": src.kind,
+                     "where": src.where, "miou_record": ((rec.get("final") or {}).get("test") or {}).get("miou")})
+    split = {**sp.bundle.split, "kind": sp.sources[0].config["data"]["split"]}
+    return outcome, bootstrap_record(outcome, runs, split)
+
+
+def bootstrap_record(outcome: PairedBootstrap, runs: Sequence[Mapping[str, Any]],
+                     split: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON-ready record of one bootstrap: outcome, verdict, the two runs, split facts, git commit, time."""
+    from smelib.records import git_info, to_jsonable, utc_iso
+
+    facts = {key: split.get(key) for key in ("kind", "seed", "val_fraction", "root") if key in split}
+    return to_jsonable({"format": FORMAT, "kind": "paired_bootstrap", "outcome": asdict(outcome),
+                        "verdict": outcome.verdict, "runs": list(runs), "split": facts, "git": git_info(),
+                        "created_utc": utc_iso()})
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower()
+    if not slug:
+        raise BootstrapError(f"label {text!r} gives an empty file name")
+    return slug
+
+
+def write_bootstrap_record(record: Mapping[str, Any], out_dir: str | os.PathLike = "results/bootstrap",
+                           force: bool = False) -> Path:
+    """Write ``<split>_<better>_vs_<worse>.json`` under ``out_dir``; an existing file is kept unless ``force``."""
+    from smelib.records import write_json
+
+    o = record["outcome"]
+    path = Path(out_dir) / f"{_slug(str(record['split'].get('kind')))}_{_slug(o['better'])}_vs_{_slug(o['worse'])}.json"
+    if path.exists() and not force:
+        raise BootstrapError(f"{path} exists; pass force=True (--force) to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_json(path, record)
+
+
+def load_bootstrap_records(folder: str | os.PathLike = "results/bootstrap") -> list[dict[str, Any]]:
+    """Every ``*.json`` bootstrap record in ``folder`` (sorted by name); a missing folder gives ``[]``."""
+    root = Path(folder)
+    out = []
+    for path in sorted(root.glob("*.json")) if root.is_dir() else []:
+        try:
+            rec = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise BootstrapError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(rec, dict) or rec.get("kind") != "paired_bootstrap" or "outcome" not in rec:
+            raise BootstrapError(f"{path}: not a paired-bootstrap record (no kind 'paired_bootstrap' or outcome)")
+        rec["path"] = str(path)
+        out.append(rec)
+    return out
+

@@ -1,0 +1,143 @@
+"""Paired bootstrap over test images (smelib.bootstrap, `smelib bootstrap`): per-image confusions add up to the
+dataset's, the resampled mIoU is the metric module's, the interval behaves (zero for identical runs, one-sided for
+a run better on every image, narrower for a larger test set), and the command works on two tiny trained runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from engine_helpers import train_tiny_runs
+
+from smelib.bootstrap import (
+    BootstrapError,
+    image_confusions,
+    load_bootstrap_records,
+    miou_of_confusions,
+    paired_bootstrap,
+    paired_bootstrap_runs,
+    write_bootstrap_record,
+)
+from smelib.cli import main
+from smelib.metrics import ConfusionMatrix, metrics_from_confusion
+
+
+def _maps(rng: np.random.Generator, n: int, noise: float, gts: list[np.ndarray] | None = None):
+    """Ground truths (4 classes, some ignored pixels, class 3 absent) and predictions with ``noise`` flipped pixels."""
+    if gts is None:
+        gts = []
+        for _ in range(n):
+            g = rng.integers(0, 3, (6, 7)).astype(np.uint8)
+            g[0, 0] = 255
+            gts.append(g)
+    preds = []
+    for g in gts:
+        p = np.where(g == 255, 0, g).astype(np.uint8)
+        flip = rng.random(g.shape) < noise
+        p[flip] = rng.integers(0, 4, int(flip.sum()))
+        preds.append(p)
+    return gts, preds
+
+
+def test_image_confusions_sum_to_the_dataset_confusion_and_miou_matches_metrics() -> None:
+    rng = np.random.default_rng(0)
+    gts, preds = _maps(rng, 9, 0.3)
+    conf = image_confusions(preds, gts, 4)
+    assert conf.shape == (9, 4, 4)
+    cm = ConfusionMatrix(4, ignore_index=255)
+    for p, g in zip(preds, gts):
+        cm.update(torch.from_numpy(p.astype(np.int64)), torch.from_numpy(g.astype(np.int64)))
+    assert np.array_equal(conf.sum(axis=0), cm.compute().confusion.numpy())
+    # class 3 is never in the ground truth but is predicted: its IoU is 0 and counts, as in metrics_from_confusion
+    assert miou_of_confusions(conf.sum(axis=0)) == pytest.approx(metrics_from_confusion(torch.from_numpy(
+        conf.sum(axis=0))).miou, abs=1e-12)
+    stack = miou_of_confusions(conf)
+    assert stack.shape == (9,)
+    assert stack[0] == pytest.approx(metrics_from_confusion(torch.from_numpy(conf[0])).miou, abs=1e-12)
+    assert np.isnan(miou_of_confusions(np.zeros((4, 4))))
+    with pytest.raises(BootstrapError, match="image 1: prediction"):
+        image_confusions([preds[0], preds[1][:, :3]], gts[:2], 4)
+    with pytest.raises(BootstrapError, match="outside 0..3"):
+        image_confusions([np.full((6, 7), 4, np.uint8)], gts[:1], 4)
+
+
+def test_identical_runs_have_a_zero_interval() -> None:
+    rng = np.random.default_rng(1)
+    gts, preds = _maps(rng, 20, 0.3)
+    conf = image_confusions(preds, gts, 4)
+    out = paired_bootstrap(conf, conf, "a", "b", n_boot=200)
+    assert (out.difference, out.low, out.high, out.std) == (0.0, 0.0, 0.0, 0.0)
+    assert out.p_not_better == 1.0 and out.verdict == "within test-set noise"
+
+
+def test_a_run_better_on_every_image_is_supported_and_the_swap_reversed() -> None:
+    rng = np.random.default_rng(2)
+    gts, good = _maps(rng, 30, 0.05)
+    _, bad = _maps(rng, 30, 0.5, gts)
+    cg, cb = image_confusions(good, gts, 4), image_confusions(bad, gts, 4)
+    out = paired_bootstrap(cg, cb, "good", "bad", n_boot=500, seed=3)
+    assert out.miou_better > out.miou_worse and 0 < out.low <= out.difference <= out.high
+    assert out.verdict == "supported" and out.p_not_better == 0.0
+    swapped = paired_bootstrap(cb, cg, "bad", "good", n_boot=500, seed=3)
+    assert swapped.verdict == "reversed" and swapped.p_not_better == 1.0
+    assert swapped.low == pytest.approx(-out.high) and swapped.high == pytest.approx(-out.low)
+    again = paired_bootstrap(cg, cb, "good", "bad", n_boot=500, seed=3)
+    other_seed = paired_bootstrap(cg, cb, "good", "bad", n_boot=500, seed=4)
+    assert again == out and (other_seed.low, other_seed.high) != (out.low, out.high)
+
+
+def test_the_interval_narrows_like_one_over_root_n() -> None:
+    rng = np.random.default_rng(5)
+    gts, a = _maps(rng, 40, 0.2)
+    _, b = _maps(rng, 40, 0.25, gts)
+    ca, cb = image_confusions(a, gts, 4), image_confusions(b, gts, 4)
+    small = paired_bootstrap(ca, cb, n_boot=2000, seed=0)
+    big = paired_bootstrap(np.tile(ca, (4, 1, 1)), np.tile(cb, (4, 1, 1)), n_boot=2000, seed=0)
+    assert big.difference == pytest.approx(small.difference)  # the same images four times: the same mIoUs
+    assert big.std == pytest.approx(small.std / 2, rel=0.15)
+
+
+def test_bad_arguments_are_refused() -> None:
+    c = np.zeros((5, 4, 4), np.int64)
+    with pytest.raises(BootstrapError, match="both be"):
+        paired_bootstrap(c, c[:4])
+    with pytest.raises(BootstrapError, match="at least 2"):
+        paired_bootstrap(c[:1], c[:1])
+    with pytest.raises(BootstrapError, match="at least 100"):
+        paired_bootstrap(c, c, n_boot=10)
+    with pytest.raises(BootstrapError, match="level"):
+        paired_bootstrap(c, c, level=1.0)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return train_tiny_runs(tmp_path_factory.mktemp("tiny"))
+
+
+def test_runs_records_and_the_command(two_runs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, rec = paired_bootstrap_runs(("s0", two_runs[0]), ("s1", two_runs[1]), n_boot=200)
+    for m, run_dir, value in zip(rec["runs"], two_runs, (out.miou_better, out.miou_worse)):
+        run = json.loads((run_dir / "record.json").read_text())
+        assert m["run_id"] == run["run_id"] and m["source"] == "checkpoint"
+        assert value == pytest.approx(run["final"]["test"]["miou"], abs=1e-9)  # the record's test mIoU, recomputed
+    assert out.n_images == 4 and rec["verdict"] == out.verdict and rec["split"]["kind"] == "official"
+    path = write_bootstrap_record(rec, tmp_path)
+    assert path.name == "official_s0_vs_s1.json"
+    with pytest.raises(BootstrapError, match="exists"):
+        write_bootstrap_record(rec, tmp_path)
+    [loaded] = load_bootstrap_records(tmp_path)
+    assert loaded["outcome"]["difference"] == pytest.approx(out.difference)
+    assert main(["bootstrap", f"s0={two_runs[0]}", f"s1={two_runs[1]}", "--boot", "200", "--out", str(tmp_path),
+                 "--force"]) == 0
+    printed = capsys.readouterr().out
+    assert "over 4 images" in printed and out.verdict in printed and "official_s0_vs_s1.json" in printed
+    assert main(["bootstrap", f"s0={two_runs[0]}", f"s0={two_runs[1]}"]) != 0
+    assert "both runs are labelled 's0'" in capsys.readouterr().err
+    assert main(["bootstrap", "s0", f"s1={two_runs[1]}"]) != 0
+    assert "expected LABEL=RUN" in capsys.readouterr().err
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(BootstrapError, match="broken.json: not valid JSON"):
+        load_bootstrap_records(tmp_path)
