@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BootstrapError", "PairedBootstrap", "bootstrap_record", "image_confusions", "load_bootstrap_records",
+__all__ = ["BootstrapError", "PairedBootstrap", "bootstrap_record", "bootstrap_table", "image_confusions", "load_bootstrap_records",
            "miou_of_confusions", "paired_bootstrap", "paired_bootstrap_runs", "write_bootstrap_record"]
 
 FORMAT = 1
@@ -237,3 +237,30 @@ def load_bootstrap_records(folder: str | os.PathLike = "results/bootstrap") -> l
         out.append(rec)
     return out
 
+
+
+def bootstrap_table(records: Sequence[Mapping[str, Any]], split: str | None = None) -> Any:
+    """One row per bootstrap record (points, not fractions): the claim, both mIoUs, the difference, its interval,
+    its test-set standard error, the share of resamples against the claim, and the verdict.
+
+    Args:
+        records: from :func:`load_bootstrap_records`.
+        split: keep only records of this split kind (None: all).
+
+    Returns:
+        A :class:`smelib.viz.Table`.
+    """
+    from smelib.viz import Table
+
+    rows = []
+    for rec in records:
+        kind = rec.get("split", {}).get("kind")
+        if split is not None and kind != split:
+            continue
+        o = rec["outcome"]
+        rows.append([kind, f"{o['better']} > {o['worse']}", 100 * o["miou_better"], 100 * o["miou_worse"],
+                     100 * o["difference"], f"[{100 * o['low']:+.2f}, {100 * o['high']:+.2f}]", 100 * o["std"],
+                     f"{100 * o['p_not_better']:.1f} %", rec["verdict"]])
+    level = f"{100 * records[0]['outcome']['level']:.0f} %" if records else "95 %"
+    return Table(["split", "claim", "mIoU A", "mIoU B", "A − B", f"{level} interval", "test-set s.e.",
+                  "resamples A ≤ B", "verdict"], rows, decimals=2)

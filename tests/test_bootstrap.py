@@ -14,6 +14,7 @@ from engine_helpers import train_tiny_runs
 
 from smelib.bootstrap import (
     BootstrapError,
+    bootstrap_table,
     image_confusions,
     load_bootstrap_records,
     miou_of_confusions,
@@ -130,6 +131,9 @@ def test_runs_records_and_the_command(two_runs: list[Path], tmp_path: Path, caps
         write_bootstrap_record(rec, tmp_path)
     [loaded] = load_bootstrap_records(tmp_path)
     assert loaded["outcome"]["difference"] == pytest.approx(out.difference)
+    [row] = bootstrap_table([loaded]).to_dicts()
+    assert row["claim"] == "s0 > s1" and row["A − B"] == pytest.approx(100 * out.difference)
+    assert row["verdict"] == out.verdict and bootstrap_table([loaded], split="grouped").rows == []
     assert main(["bootstrap", f"s0={two_runs[0]}", f"s1={two_runs[1]}", "--boot", "200", "--out", str(tmp_path),
                  "--force"]) == 0
     printed = capsys.readouterr().out
