@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BootstrapError", "PairedBootstrap", "bootstrap_record", "bootstrap_table", "image_confusions", "load_bootstrap_records",
-           "miou_of_confusions", "paired_bootstrap", "paired_bootstrap_runs", "write_bootstrap_record"]
+__all__ = ["BootstrapError", "PairedBootstrap", "bootstrap_record", "bootstrap_table", "image_confusions",
+           "load_bootstrap_records", "miou_of_confusions", "paired_bootstrap", "paired_bootstrap_runs", "write_bootstrap_record"]
 
 FORMAT = 1
 

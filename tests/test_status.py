@@ -35,8 +35,8 @@ def test_status_falls_back_to_another_budget_and_names_its_epochs(monkeypatch) -
 def test_readme_status_numbers_come_from_the_run_records() -> None:
     """Every two-decimal accuracy figure in the README's status table is one the committed summary gives: a
     row's mean or spread, or the difference of two rows' means, in points (or a number of the paper's, or an
-    evaluation record's mIoU or a paired difference of two of them), so a new
-    run record that changes a row makes a stale README fail here instead of being quoted."""
+    evaluation record's mIoU or a paired difference of two of them, or a paired-bootstrap record's figure), so a
+    new run record that changes a row makes a stale README fail here instead of being quoted."""
     import re
     from itertools import combinations
 
@@ -60,6 +60,12 @@ def test_readme_status_numbers_come_from_the_run_records() -> None:
     evals = load_eval_records(repo_root() / "results" / "headroom")
     known |= {f"{100 * e['metrics']['miou']:.2f}" for e in evals}
     known |= {f"{abs(100 * (b['metrics']['miou'] - a['metrics']['miou'])):.2f}" for a, b in tta_pairs(evals)}
+    # paired-bootstrap records (results/bootstrap): both mIoUs, the difference, the interval's ends, its s.e.
+    from smelib.bootstrap import load_bootstrap_records
+
+    for rec in load_bootstrap_records(repo_root() / "results" / "bootstrap"):
+        o = rec["outcome"]
+        known |= {f"{abs(100 * o[k]):.2f}" for k in ("miou_better", "miou_worse", "difference", "low", "high", "std")}
     quoted = re.findall(r"(?<![\d.])(\d+\.\d\d)(?![\d.])", section)
     assert quoted, "the status table quotes no accuracy figure: the pattern no longer matches the README"
     stale = sorted(set(quoted) - known)
