@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BootstrapError", "PairedBootstrap", "bootstrap_record", "bootstrap_table", "image_confusions",
-           "load_bootstrap_records", "miou_of_confusions", "paired_bootstrap", "paired_bootstrap_runs", "write_bootstrap_record"]
+__all__ = ["BootstrapError", "PairedBootstrap", "bootstrap_class_table", "bootstrap_record", "bootstrap_table",
+           "image_confusions", "iou_of_confusions", "load_bootstrap_records", "miou_of_confusions", "paired_bootstrap",
+           "paired_bootstrap_runs", "write_bootstrap_record"]
 
 FORMAT = 1
 
@@ -63,6 +65,21 @@ def image_confusions(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray], num
     return out
 
 
+def iou_of_confusions(confusions: np.ndarray) -> np.ndarray:
+    """Per-class IoU of each of a stack of confusion matrices.
+
+    Args:
+        confusions: ``(..., K, K)`` counts, rows ground truth.
+
+    Returns:
+        ``(..., K)`` float64 IoU in [0, 1]; NaN for a class with an empty union (absent from truth and prediction).
+    """
+    c = np.asarray(confusions, dtype=np.float64)
+    tp = np.diagonal(c, axis1=-2, axis2=-1)
+    union = c.sum(axis=-1) + c.sum(axis=-2) - tp
+    return np.where(union > 0, tp / np.where(union > 0, union, 1), np.nan)
+
+
 def miou_of_confusions(confusions: np.ndarray) -> np.ndarray:
     """mIoU of each of a stack of confusion matrices.
 
@@ -72,13 +89,9 @@ def miou_of_confusions(confusions: np.ndarray) -> np.ndarray:
     Returns:
         ``(...)`` float64 mIoU in [0, 1], averaged over the classes whose union is non-empty (NaN if none).
     """
-    c = np.asarray(confusions, dtype=np.float64)
-    tp = np.diagonal(c, axis1=-2, axis2=-1)
-    union = c.sum(axis=-1) + c.sum(axis=-2) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, tp / np.where(union > 0, union, 1), np.nan)
-        present = (union > 0).sum(axis=-1)
-        return np.where(present > 0, np.nansum(iou, axis=-1) / np.maximum(present, 1), np.nan)
+    iou = iou_of_confusions(confusions)
+    present = np.isfinite(iou).sum(axis=-1)
+    return np.where(present > 0, np.nansum(iou, axis=-1) / np.maximum(present, 1), np.nan)
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,10 @@ class PairedBootstrap:
         p_not_better: the fraction of resamples where ``better`` does not beat ``worse`` (difference <= 0).
         std: the resampled differences' standard deviation (the test set's standard error of the difference).
         n_images, n_boot, seed, level: what was resampled, how often, with which generator seed.
+        class_iou_better, class_iou_worse, class_difference, class_low, class_high: the same per class (K values
+            each, class order of the confusion matrices; NaN for a class absent from the test set), from the same
+            resamples. They say which classes a difference of mIoU comes from; ten-odd intervals read together
+            are not a test of any one claim.
     """
 
     better: str
@@ -108,6 +125,11 @@ class PairedBootstrap:
     n_boot: int
     seed: int
     level: float
+    class_iou_better: tuple[float, ...] = ()
+    class_iou_worse: tuple[float, ...] = ()
+    class_difference: tuple[float, ...] = ()
+    class_low: tuple[float, ...] = ()
+    class_high: tuple[float, ...] = ()
 
     @property
     def verdict(self) -> str:
@@ -146,6 +168,7 @@ def paired_bootstrap(conf_better: np.ndarray, conf_worse: np.ndarray, better: st
     flat = np.concatenate([a.reshape(n, k2), b.reshape(n, k2)], axis=1).astype(np.float64)
     rng = np.random.default_rng(seed)
     diffs = np.empty(n_boot, dtype=np.float64)
+    class_diffs = np.empty((n_boot, a.shape[1]), dtype=np.float64)
     chunk = 500  # (chunk, N) multiplicities at a time keeps memory flat for large test sets
     for start in range(0, n_boot, chunk):
         m = min(chunk, n_boot - start)
@@ -153,13 +176,24 @@ def paired_bootstrap(conf_better: np.ndarray, conf_worse: np.ndarray, better: st
         counts = np.bincount((draws + n * np.arange(m)[:, None]).ravel(), minlength=m * n).reshape(m, n)
         sums = counts.astype(np.float64) @ flat
         shape = (m, a.shape[1], a.shape[2])
-        diffs[start:start + m] = (miou_of_confusions(sums[:, :k2].reshape(shape))
-                                  - miou_of_confusions(sums[:, k2:].reshape(shape)))
+        ca, cb = sums[:, :k2].reshape(shape), sums[:, k2:].reshape(shape)
+        diffs[start:start + m] = miou_of_confusions(ca) - miou_of_confusions(cb)
+        class_diffs[start:start + m] = iou_of_confusions(ca) - iou_of_confusions(cb)
     mb, mw = float(miou_of_confusions(a.sum(axis=0))), float(miou_of_confusions(b.sum(axis=0)))
+    ib, iw = iou_of_confusions(a.sum(axis=0)), iou_of_confusions(b.sum(axis=0))
     tail = (1 - level) / 2
     low, high = np.quantile(diffs, [tail, 1 - tail])
+    # a class can vanish from a resample (NaN there); a class absent from the whole test set stays NaN
+    with warnings.catch_warnings():  # the all-NaN column of an absent class is expected, not news
+        warnings.simplefilter("ignore", RuntimeWarning)
+        c_low, c_high = np.nanquantile(class_diffs, [tail, 1 - tail], axis=0)
+
+    def floats(x: np.ndarray) -> tuple[float, ...]:
+        return tuple(float(v) for v in x)
+
     return PairedBootstrap(better, worse, mb, mw, mb - mw, float(low), float(high),
-                           float(np.mean(diffs <= 0)), float(np.std(diffs, ddof=1)), n, n_boot, seed, level)
+                           float(np.mean(diffs <= 0)), float(np.std(diffs, ddof=1)), n, n_boot, seed, level,
+                           floats(ib), floats(iw), floats(ib - iw), floats(c_low), floats(c_high))
 
 
 def paired_bootstrap_runs(better: tuple[str, str | os.PathLike], worse: tuple[str, str | os.PathLike],
@@ -188,18 +222,23 @@ def paired_bootstrap_runs(better: tuple[str, str | os.PathLike], worse: tuple[st
         runs.append({"label": src.label, "run_id": rec.get("run_id"), "model": src.model_name, "source": src.kind,
                      "where": src.where, "miou_record": ((rec.get("final") or {}).get("test") or {}).get("miou")})
     split = {**sp.bundle.split, "kind": sp.sources[0].config["data"]["split"]}
-    return outcome, bootstrap_record(outcome, runs, split)
+    return outcome, bootstrap_record(outcome, runs, split, sp.class_names)
 
 
-def bootstrap_record(outcome: PairedBootstrap, runs: Sequence[Mapping[str, Any]],
-                     split: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON-ready record of one bootstrap: outcome, verdict, the two runs, split facts, git commit, time."""
+def bootstrap_record(outcome: PairedBootstrap, runs: Sequence[Mapping[str, Any]], split: Mapping[str, Any],
+                     class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """The JSON-ready record of one bootstrap: outcome, verdict, the two runs, split facts, class names (if
+    given), git commit, time."""
     from smelib.records import git_info, to_jsonable, utc_iso
 
     facts = {key: split.get(key) for key in ("kind", "seed", "val_fraction", "root") if key in split}
-    return to_jsonable({"format": FORMAT, "kind": "paired_bootstrap", "outcome": asdict(outcome),
-                        "verdict": outcome.verdict, "runs": list(runs), "split": facts, "git": git_info(),
-                        "created_utc": utc_iso()})
+    rec = {"format": FORMAT, "kind": "paired_bootstrap", "outcome": asdict(outcome), "verdict": outcome.verdict,
+           "runs": list(runs), "split": facts, "git": git_info(), "created_utc": utc_iso()}
+    if class_names is not None:
+        if outcome.class_difference and len(class_names) != len(outcome.class_difference):
+            raise BootstrapError(f"{len(class_names)} class names for {len(outcome.class_difference)} classes")
+        rec["class_names"] = list(class_names)
+    return to_jsonable(rec)
 
 
 def _slug(text: str) -> str:
@@ -238,7 +277,6 @@ def load_bootstrap_records(folder: str | os.PathLike = "results/bootstrap") -> l
     return out
 
 
-
 def bootstrap_table(records: Sequence[Mapping[str, Any]], split: str | None = None) -> Any:
     """One row per bootstrap record (points, not fractions): the claim, both mIoUs, the difference, its interval,
     its test-set standard error, the share of resamples against the claim, and the verdict.
@@ -264,3 +302,36 @@ def bootstrap_table(records: Sequence[Mapping[str, Any]], split: str | None = No
     level = f"{100 * records[0]['outcome']['level']:.0f} %" if records else "95 %"
     return Table(["split", "claim", "mIoU A", "mIoU B", "A − B", f"{level} interval", "test-set s.e.",
                   "resamples A ≤ B", "verdict"], rows, decimals=2)
+
+
+def bootstrap_class_table(record: Mapping[str, Any]) -> Any:
+    """One row per class of one bootstrap record (points): both runs' IoU, the difference, its interval and
+    which side of zero the interval lies on.
+
+    Args:
+        record: one of :func:`load_bootstrap_records`, written with per-class figures.
+
+    Returns:
+        A :class:`smelib.viz.Table` titled with the record's claim and split.
+    """
+    from smelib.viz import Table
+
+    o = record["outcome"]
+    if not o.get("class_difference"):
+        raise BootstrapError(f"{record.get('path', 'record')}: no per-class figures (written before they were "
+                             "recorded); rerun `smelib bootstrap ... --force` to add them")
+    names = record.get("class_names") or [f"class {i}" for i in range(len(o["class_difference"]))]
+    rows = []
+    for i, name in enumerate(names):
+        lo, hi = o["class_low"][i], o["class_high"][i]
+        if lo is None or hi is None or not np.isfinite([lo, hi]).all():
+            rows.append([name, None, None, None, "–", "absent from the test set"])
+            continue
+        side = "above 0" if lo > 0 else "below 0" if hi < 0 else "spans 0"
+        rows.append([name, 100 * o["class_iou_better"][i], 100 * o["class_iou_worse"][i],
+                     100 * o["class_difference"][i], f"[{100 * lo:+.2f}, {100 * hi:+.2f}]", side])
+    level = f"{100 * o['level']:.0f} %"
+    return Table(["class", f"IoU {o['better']}", f"IoU {o['worse']}", "difference", f"{level} interval",
+                  "interval"], rows, decimals=2,
+                 title=f"{o['better']} > {o['worse']}, per class ({record.get('split', {}).get('kind')} split, "
+                       f"{o['n_images']} test images)")

@@ -1,6 +1,7 @@
 """Paired bootstrap over test images (smelib.bootstrap, `smelib bootstrap`): per-image confusions add up to the
 dataset's, the resampled mIoU is the metric module's, the interval behaves (zero for identical runs, one-sided for
-a run better on every image, narrower for a larger test set), and the command works on two tiny trained runs."""
+a run better on every image, narrower for a larger test set), the per-class intervals single out the class that
+differs, and the command works on two tiny trained runs."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from engine_helpers import train_tiny_runs
 
 from smelib.bootstrap import (
     BootstrapError,
+    bootstrap_class_table,
+    bootstrap_record,
     bootstrap_table,
     image_confusions,
+    iou_of_confusions,
     load_bootstrap_records,
     miou_of_confusions,
     paired_bootstrap,
@@ -101,6 +105,36 @@ def test_the_interval_narrows_like_one_over_root_n() -> None:
     assert big.std == pytest.approx(small.std / 2, rel=0.15)
 
 
+def test_per_class_intervals_single_out_the_class_that_differs() -> None:
+    rng = np.random.default_rng(6)
+    gts, a = _maps(rng, 30, 0.05)
+    b = []
+    for g, p in zip(gts, a):
+        q = p.copy()
+        q[(g == 2) & (rng.random(g.shape) < 0.5)] = 0  # b misses half of class 2 and nothing else
+        b.append(q)
+    ca, cb = image_confusions(a, gts, 4), image_confusions(b, gts, 4)
+    out = paired_bootstrap(ca, cb, "a", "b", n_boot=500, seed=0)
+    iou_a, iou_b = iou_of_confusions(ca.sum(axis=0)), iou_of_confusions(cb.sum(axis=0))
+    assert out.class_iou_better == pytest.approx(tuple(iou_a)) and out.class_iou_worse == pytest.approx(tuple(iou_b))
+    assert out.class_low[2] > 0  # class 2 itself: above zero
+    assert out.class_low[0] > 0  # its lost pixels land in background, which loses precision in b
+    assert out.class_low[1] <= out.class_difference[1] <= out.class_high[1]
+    # class 3 is only ever a wrong prediction (IoU 0 in both): present, its difference exactly 0
+    assert (out.class_difference[3], out.class_low[3], out.class_high[3]) == (0.0, 0.0, 0.0)
+    # mIoU is the mean of the per-class IoUs, so its difference is the mean of theirs
+    assert out.difference == pytest.approx(np.mean(out.class_difference))
+    rec = json.loads(json.dumps(bootstrap_record(out, [], {"kind": "grouped"}, ["bg", "x", "y", "z"])))
+    rows = bootstrap_class_table(rec).to_dicts()
+    assert [r["class"] for r in rows] == ["bg", "x", "y", "z"] and rows[2]["interval"] == "above 0"
+    assert rows[2]["difference"] == pytest.approx(100 * out.class_difference[2])
+    with pytest.raises(BootstrapError, match="3 class names for 4 classes"):
+        bootstrap_record(out, [], {"kind": "grouped"}, ["bg", "x", "y"])
+    old = {**rec, "outcome": {k: v for k, v in rec["outcome"].items() if not k.startswith("class_")}}
+    with pytest.raises(BootstrapError, match="no per-class figures"):
+        bootstrap_class_table(old)
+
+
 def test_bad_arguments_are_refused() -> None:
     c = np.zeros((5, 4, 4), np.int64)
     with pytest.raises(BootstrapError, match="both be"):
@@ -134,6 +168,8 @@ def test_runs_records_and_the_command(two_runs: list[Path], tmp_path: Path, caps
     [row] = bootstrap_table([loaded]).to_dicts()
     assert row["claim"] == "s0 > s1" and row["A − B"] == pytest.approx(100 * out.difference)
     assert row["verdict"] == out.verdict and bootstrap_table([loaded], split="grouped").rows == []
+    assert loaded["class_names"] == json.loads((two_runs[0] / "record.json").read_text())["class_names"]
+    assert len(bootstrap_class_table(loaded).rows) == len(loaded["class_names"])
     assert main(["bootstrap", f"s0={two_runs[0]}", f"s1={two_runs[1]}", "--boot", "200", "--out", str(tmp_path),
                  "--force"]) == 0
     printed = capsys.readouterr().out
