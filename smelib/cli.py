@@ -894,7 +894,7 @@ def _labelled_run(item: str) -> tuple[str, str]:
 
 
 def _cmd_bootstrap(args: argparse.Namespace) -> int:
-    from smelib.bootstrap import BootstrapError, paired_bootstrap_runs, write_bootstrap_record
+    from smelib.bootstrap import BootstrapError, bootstrap_class_table, paired_bootstrap_runs, write_bootstrap_record
     from smelib.qualitative import ComparisonError
     from smelib.records import PredictionsError
 
@@ -910,6 +910,7 @@ def _cmd_bootstrap(args: argparse.Namespace) -> int:
           f"{o.n_images} images: difference {100 * o.difference:+.2f} points, {100 * o.level:.0f} % interval "
           f"[{100 * o.low:+.2f}, {100 * o.high:+.2f}] ({o.n_boot} paired resamples, seed {o.seed}); "
           f"{o.better} not better in {100 * o.p_not_better:.1f} % of them: {o.verdict}")
+    print(bootstrap_class_table(record))
     if path is not None:
         print(f"wrote {path}")
     return 0

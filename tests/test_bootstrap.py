@@ -174,6 +174,7 @@ def test_runs_records_and_the_command(two_runs: list[Path], tmp_path: Path, caps
                  "--force"]) == 0
     printed = capsys.readouterr().out
     assert "over 4 images" in printed and out.verdict in printed and "official_s0_vs_s1.json" in printed
+    assert "per class (official split, 4 test images)" in printed
     assert main(["bootstrap", f"s0={two_runs[0]}", f"s0={two_runs[1]}"]) != 0
     assert "both runs are labelled 's0'" in capsys.readouterr().err
     assert main(["bootstrap", "s0", f"s1={two_runs[1]}"]) != 0
