@@ -972,11 +972,50 @@ def _add_decisions(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_decisions)
 
 
+def _cmd_paired(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from smelib.paired_runs import paired_seed_table, paired_summary_table, seed_pairs
+    from smelib.results import load_records
+
+    runs = Path(args.runs)
+    if not runs.is_dir():
+        raise CLIError(f"no runs folder {str(runs)!r}")
+    try:
+        pairs = seed_pairs(load_records(runs), args.option, base_config=args.base, model=args.model,
+                           split=args.split, epochs=args.epochs)
+    except ValueError as err:
+        raise CLIError(str(err)) from err
+    if not pairs:
+        raise CLIError(f"no seed has completed runs of both {args.base!r} and {args.option!r} "
+                       f"({args.model}, {args.split} split) under {runs}")
+    names = tuple(pairs[0].base.get("class_names") or ())
+    print(paired_seed_table(pairs, args.option, class_names=names))
+    print()
+    print(paired_summary_table(pairs, args.option, min_seeds=args.min_seeds))
+    return 0
+
+
+def _add_paired(sub: argparse._SubParsersAction) -> None:
+    from smelib.settings import repo_root
+
+    p = sub.add_parser("paired", help="a training option against its protocol, seed by seed (e.g. "
+                                      "cpu_budget_prior vs cpu_budget), with the book's effect criterion")
+    p.add_argument("option", help="the option's config name (the runs' name=..., e.g. cpu_budget_prior)")
+    p.add_argument("--base", default="cpu_budget", help="the protocol it modifies (default cpu_budget)")
+    p.add_argument("--model", default="sme_deeplabv3plus", help="model name (default sme_deeplabv3plus)")
+    p.add_argument("--split", default="grouped", choices=["official", "grouped"], help="split kind")
+    p.add_argument("--epochs", type=int, help="training length both runs must have (default: the base's)")
+    p.add_argument("--min-seeds", type=int, default=3, help="fewest seed pairs a verdict needs (default 3)")
+    p.add_argument("--runs", default=str(repo_root() / "results" / "runs"), help="folder of run directories")
+    p.set_defaults(func=_cmd_paired)
+
+
 # Every subcommand, in the order `smelib --help` lists them.
 _SUBCOMMANDS = [_add_info, _add_models, _add_flops, _add_train, _add_eval, _add_predict, _add_reproduce,
                _add_results, _add_data]
 _SUBCOMMANDS += [_add_compare, _add_bench, _add_export, _add_release]
-_SUBCOMMANDS += [_add_decisions, _add_bootstrap]
+_SUBCOMMANDS += [_add_decisions, _add_bootstrap, _add_paired]
 
 
 def build_parser() -> argparse.ArgumentParser:
