@@ -975,7 +975,7 @@ def _add_decisions(sub: argparse._SubParsersAction) -> None:
 def _cmd_paired(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from smelib.paired_runs import paired_seed_table, paired_summary_table, seed_pairs
+    from smelib.paired_runs import paired_curve_table, paired_seed_table, paired_summary_table, seed_pairs
     from smelib.results import load_records
 
     runs = Path(args.runs)
@@ -993,6 +993,8 @@ def _cmd_paired(args: argparse.Namespace) -> int:
     print(paired_seed_table(pairs, args.option, class_names=names))
     print()
     print(paired_summary_table(pairs, args.option, min_seeds=args.min_seeds))
+    print()
+    print(paired_curve_table(pairs, args.option))
     return 0
 
 

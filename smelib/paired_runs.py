@@ -14,6 +14,9 @@ records seed by seed; :func:`paired_verdict` applies the book's criterion for an
 Anything else is "within the seed spread"; with too few pairs the verdict says so instead of guessing. With 3
 seeds no significance test is meaningful; the criterion is a stated rule, not a p-value.
 
+:func:`paired_curve_table` follows the pairs through training (validation mIoU after every epoch, from the
+records' ``history``), for claims about how fast a model learns rather than where it ends.
+
 >>> from smelib.results import load_records
 >>> pairs = seed_pairs(load_records("results/runs"), "cpu_budget_prior")   # doctest: +SKIP
 """
@@ -28,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from smelib.viz import Table
 
-__all__ = ["PAIRED_METRICS", "SeedPair", "paired_seed_table", "paired_summary_table", "paired_verdict", "seed_pairs"]
+__all__ = ["PAIRED_METRICS", "SeedPair", "paired_curve", "paired_curve_table", "paired_seed_table", "paired_summary_table",
+           "paired_verdict", "seed_pairs"]
 
 #: The metrics compared: (label, path into a run record's ``final.test``).
 PAIRED_METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -185,3 +189,33 @@ def paired_summary_table(pairs: Sequence[SeedPair], option_name: str, min_seeds:
                   "verdict"], rows,
                  title=f"{option_name} against its base protocol over seeds (mean ± sample std; verdict: same sign "
                        f"in every seed and |mean Δ| above the base's seed std)")
+
+
+def paired_curve(pairs: Sequence[SeedPair], key: str = "val_miou") -> dict[int, list[float]]:
+    """``{epoch: [option − base of history[key], one per pair, in points]}`` for every epoch both runs of every
+    pair logged (records' ``history``: one entry per epoch, validation metrics as fractions)."""
+    per_pair = []
+    for p in pairs:
+        a = {int(h["epoch"]): h.get(key) for h in p.option.get("history") or []}
+        b = {int(h["epoch"]): h.get(key) for h in p.base.get("history") or []}
+        per_pair.append({e: 100 * (a[e] - b[e]) for e in a.keys() & b.keys()
+                         if a[e] is not None and b[e] is not None})
+    epochs = sorted(set.intersection(*(set(d) for d in per_pair))) if per_pair else []
+    return {e: [d[e] for d in per_pair] for e in epochs}
+
+
+def paired_curve_table(pairs: Sequence[SeedPair], option_name: str, key: str = "val_miou") -> Table:
+    """One row per epoch: the base's and the option's mean validation metric ``key`` over the pairs, and the
+    paired difference per seed and as mean ± std (points)."""
+    from smelib.viz import Table
+
+    curve = paired_curve(pairs, key)
+    rows = []
+    for epoch, diffs in curve.items():
+        base = [100 * next(h[key] for h in p.base["history"] if int(h["epoch"]) == epoch) for p in pairs]
+        rows.append([epoch, statistics.fmean(base), statistics.fmean(base) + statistics.fmean(diffs),
+                     *diffs, f"{statistics.fmean(diffs):+.2f}" + (
+                         f" ± {statistics.stdev(diffs):.2f}" if len(diffs) > 1 else " ± –")])
+    return Table(["epoch", f"base {key} %", f"{option_name} {key} %", *(f"Δ seed {p.seed}" for p in pairs),
+                  "mean Δ (points)"], rows, decimals=2,
+                 title=f"{option_name} − base through training ({key}, validation carve-out, mean over seeds)")

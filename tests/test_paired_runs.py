@@ -8,7 +8,9 @@ from smelib.paired_runs import paired_seed_table, paired_summary_table, paired_v
 def record(config: str, seed: int, miou: float, *, epochs: int = 6, finished: str = "2026-12-03T10:00:00Z",
            run_id: str | None = None, iou: tuple[float, ...] | None = None, split: str = "grouped") -> dict:
     iou = iou or (0.96, miou - 0.2, miou + 0.05, miou)
+    history = [{"epoch": e, "val_miou": miou - 0.1 / e} for e in range(1, epochs + 1)]
     return {"run_id": run_id or f"{config}_s{seed}_{finished}", "config_name": config, "model": "sme_deeplabv3plus",
+            "history": history,
             "split": {"kind": split}, "seed": seed, "epochs": epochs, "status": "completed",
             "finished_utc": finished,
             "final": {"test": {"miou": miou, "precision": miou + 0.08, "mpa": miou + 0.1, "iou": list(iou),
@@ -78,5 +80,21 @@ def test_cli_prints_both_tables_and_names_the_missing_option(tmp_path, capsys) -
     assert main(["paired", "cpu_budget_prior", "--epochs", "6", "--runs", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "cpu_budget_prior − base, per seed" in out and "-0.60 ± 0.00" in out and "hurts" in out
+    assert "through training" in out
     assert main(["paired", "cpu_budget_cw", "--epochs", "6", "--runs", str(tmp_path)]) == 2
     assert "'cpu_budget_cw'" in capsys.readouterr().err
+
+
+def test_curve_follows_the_pairs_through_training() -> None:
+    from smelib.paired_runs import paired_curve, paired_curve_table
+
+    base = [record("cpu_budget", s, 0.77) for s in (0, 1)]
+    opt = [record("cpu_budget_prior", s, 0.77) for s in (0, 1)]
+    for r in opt:  # the option learns faster early and ends level
+        r["history"][0]["val_miou"] += 0.05
+    pairs = seed_pairs(base + opt, "cpu_budget_prior", epochs=6)
+    curve = paired_curve(pairs)
+    assert list(curve) == [1, 2, 3, 4, 5, 6]
+    assert curve[1] == pytest.approx([5.0, 5.0]) and curve[6] == pytest.approx([0.0, 0.0])
+    text = str(paired_curve_table(pairs, "prior"))
+    assert "+5.00 ± 0.00" in text and "+0.00 ± 0.00" in text
