@@ -35,7 +35,8 @@ def test_status_falls_back_to_another_budget_and_names_its_epochs(monkeypatch) -
 def test_readme_status_numbers_come_from_the_run_records() -> None:
     """Every two-decimal accuracy figure in the README's status table is one the committed summary gives: a
     row's mean or spread, or the difference of two rows' means, in points (or a number of the paper's, or an
-    evaluation record's mIoU or a paired difference of two of them, or a paired-bootstrap record's figure), so a
+    evaluation record's mIoU or a paired difference of two of them, a paired-bootstrap record's figure, or the
+    mean or spread over seeds of a decision rule's paired difference from argmax), so a
     new run record that changes a row makes a stale README fail here instead of being quoted."""
     import re
     from itertools import combinations
@@ -66,6 +67,13 @@ def test_readme_status_numbers_come_from_the_run_records() -> None:
     for rec in load_bootstrap_records(repo_root() / "results" / "bootstrap"):
         o = rec["outcome"]
         known |= {f"{abs(100 * o[k]):.2f}" for k in ("miou_better", "miou_worse", "difference", "low", "high", "std")}
+    # decision records (results/mechanisms): the paired rule − argmax differences' mean and std over seeds
+    from smelib.experiments import decision_spread, load_decision_records, select_decision_records
+
+    seeds = select_decision_records(load_decision_records(repo_root() / "results" / "mechanisms"))
+    for by in decision_spread(seeds).values():
+        for mean, std, _n in by.values():
+            known |= {f"{abs(mean):.2f}"} | ({f"{std:.2f}"} if std is not None else set())
     quoted = re.findall(r"(?<![\d.])(\d+\.\d\d)(?![\d.])", section)
     assert quoted, "the status table quotes no accuracy figure: the pattern no longer matches the README"
     stale = sorted(set(quoted) - known)
