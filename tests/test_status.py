@@ -36,9 +36,10 @@ def test_readme_status_numbers_come_from_the_run_records() -> None:
     """Every two-decimal accuracy figure in the README's status table is one the committed summary gives: a
     row's mean or spread, or the difference of two rows' means, in points (or a number of the paper's, or an
     evaluation record's mIoU or a paired difference of two of them, a paired-bootstrap record's figure, or the
-    mean or spread over seeds of a decision rule's paired difference from argmax), so a
+    mean or spread over seeds of a decision rule's or a training option's paired difference), so a
     new run record that changes a row makes a stale README fail here instead of being quoted."""
     import re
+    import statistics
     from itertools import combinations
 
     from smelib.experiments import PAPER_MIOU
@@ -74,6 +75,19 @@ def test_readme_status_numbers_come_from_the_run_records() -> None:
     for by in decision_spread(seeds).values():
         for mean, std, _n in by.values():
             known |= {f"{abs(mean):.2f}"} | ({f"{std:.2f}"} if std is not None else set())
+    # seed-paired training options (smelib.paired_runs): each metric's paired difference, mean and std over seeds
+    from smelib.paired_runs import PAIRED_METRICS, seed_pairs
+    from smelib.results import load_records
+
+    records = load_records(repo_root() / "results" / "runs")
+    for option in {r["config"] for r in rows if str(r["config"]).startswith("cpu_budget_")}:
+        pairs = seed_pairs(records, option)
+        for _label, path in PAIRED_METRICS:
+            diffs = [p.difference(path) for p in pairs]
+            if diffs:
+                known.add(f"{abs(sum(diffs) / len(diffs)):.2f}")
+            if len(diffs) > 1:
+                known.add(f"{statistics.stdev(diffs):.2f}")
     quoted = re.findall(r"(?<![\d.])(\d+\.\d\d)(?![\d.])", section)
     assert quoted, "the status table quotes no accuracy figure: the pattern no longer matches the README"
     stale = sorted(set(quoted) - known)
