@@ -412,12 +412,12 @@ def _cmd_results(args: argparse.Namespace) -> int:
     if args.csv:
         write_csv(rows, args.csv)
     if args.missing:
-        from smelib.experiments import missing_runs, protocol_epochs, time_estimate
+        from smelib.experiments import missing_option_runs, missing_runs, protocol_epochs, time_estimate
         from smelib.records import host_info
 
         here = host_info()
         # commands on stdout (a queue file: `smelib results --missing > queue.txt`), the time guesses on stderr
-        for m in missing_runs(rows):
+        for m in [*missing_runs(rows), *missing_option_runs(rows)]:
             print(m.command)
             est = time_estimate(records, m.model, protocol_epochs(m.config) or 1, host=here)
             if est is None:
@@ -442,8 +442,9 @@ def _add_results(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--csv", help="also write the table as CSV (e.g. results/summary.csv)")
     p.add_argument("--json", action="store_true", help="print JSON rows")
     p.add_argument("--missing", action="store_true",
-                   help="print the `smelib train` commands of the planned runs still missing, one per line (stdout), "
-                        "and a wall-time guess for each from earlier records (stderr)")
+                   help="print the `smelib train` commands of the planned runs still missing (the tables', then the "
+                        "initialisation ablation's), one per line (stdout), and a wall-time guess for each from "
+                        "earlier records (stderr)")
     p.set_defaults(func=_cmd_results)
 
 

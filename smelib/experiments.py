@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONCLUSIONS", "PAPER_MIOU", "Conclusion", "budget_table", "conclusion_verdict", "conclusions_table", "paper_difference",
-    "DEFAULT_CONFIGS", "REQUIRED_RUNS", "DecisionOutcome", "MissingRun", "RunRequirement", "evaluate_decisions",
+    "DEFAULT_CONFIGS", "OPTION_RUNS", "REQUIRED_RUNS", "DecisionOutcome", "MissingRun", "RunRequirement",
+    "evaluate_decisions", "missing_option_runs",
     "pooled_seed_std", "resolution_table", "short_hosts", "time_estimate",
     "learning_curve", "mean_std_text", "missing_runs", "pick_row", "protocol_epochs", "seeds_of", "summary_table", "summary_value",
     "tau_counts",
@@ -113,12 +114,13 @@ class MissingRun:
     config: str
     have: int
     need: int
+    overrides: tuple[str, ...] = ()
 
     @property
     def command(self) -> str:
-        """The ``smelib train`` command line for this run."""
+        """The ``smelib train`` command line for this run (``KEY=VALUE`` overrides last)."""
         return (f"smelib train --config configs/{self.config}.yaml --model {self.model} "
-                f"--split {self.split} --seed {self.seed}")
+                f"--split {self.split} --seed {self.seed}" + "".join(f" {o}" for o in self.overrides))
 
 
 def seeds_of(row: Mapping[str, Any]) -> list[int]:
@@ -172,6 +174,36 @@ def missing_runs(
                 seed += 1
             out.append(MissingRun(req.model, req.split, seed, config, len(have), req.n_seeds))
             seed += 1
+    return out
+
+
+#: The initialisation ablation of chapter "What the paper leaves unspecified": each option's protocol name and the
+#: overrides that turn ``configs/cpu_budget.yaml`` into it. Trained on SME-DeepLabV3+, grouped split, 3 seeds.
+OPTION_RUNS: dict[str, tuple[str, ...]] = {
+    "cpu_budget_prior": ("model_init.classifier_prior=true",),
+    "cpu_budget_cw": ("model_init.class_weights=inverse_sqrt",),
+}
+
+
+def missing_option_runs(rows: Sequence[Mapping[str, Any]], options: Mapping[str, Sequence[str]] = OPTION_RUNS,
+                        base: str = "cpu_budget", model: str = "sme_deeplabv3plus", split: str = "grouped",
+                        n_seeds: int = 3) -> list[MissingRun]:
+    """The option runs the initialisation ablation still needs: for each option, seeds ``0 .. n_seeds-1`` of
+    ``model`` on ``split`` trained with ``base``'s config, its epochs and the option's overrides (``name=<option>``
+    first, so the run is recorded under the option's name and never mixes into ``base``'s rows).
+
+    The seeds are fixed, not "any n": an option run is paired with the base's run of the same seed
+    (:mod:`smelib.paired_runs`), and the base's plan trains seeds 0, 1 and 2.
+    """
+    want = {base: protocol_epochs(base)}
+    out: list[MissingRun] = []
+    for option, overrides in options.items():
+        have = {s for r in rows if r.get("model") == model and r.get("split") == split and r.get("config") == option
+                and _epochs_match({**r, "config": base}, want) for s in seeds_of(r)}
+        for seed in range(n_seeds):
+            if seed not in have:
+                out.append(MissingRun(model, split, seed, base, len(have), n_seeds,
+                                      (f"name={option}", *overrides)))
     return out
 
 

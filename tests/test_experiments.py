@@ -41,6 +41,23 @@ def test_pick_row_at_an_earlier_budget() -> None:
     assert X.pick_row(rows, "m", "official", epochs=e + 3) is None
 
 
+def test_missing_option_runs_pair_the_base_seeds_and_carry_the_overrides() -> None:
+    e = X.protocol_epochs("cpu_budget")
+    rows = [_row("sme_deeplabv3plus", "grouped", "0 2", config="cpu_budget_prior", epochs=e),
+            _row("sme_deeplabv3plus", "grouped", "1", config="cpu_budget_prior", epochs=e + 2),  # other length
+            _row("sme_deeplabv3plus", "official", "1", config="cpu_budget_prior", epochs=e)]      # other split
+    todo = X.missing_option_runs(rows)
+    assert [(m.overrides[0], m.seed) for m in todo] == [
+        ("name=cpu_budget_prior", 1), ("name=cpu_budget_cw", 0), ("name=cpu_budget_cw", 1), ("name=cpu_budget_cw", 2)]
+    assert todo[0].command == ("smelib train --config configs/cpu_budget.yaml --model sme_deeplabv3plus --split "
+                               "grouped --seed 1 name=cpu_budget_prior model_init.classifier_prior=true")
+    # the command trains what the rows will be read as: the override names the option's protocol
+    from smelib.cli import build_parser
+
+    args = build_parser().parse_args(todo[1].command.split()[1:])
+    assert args.overrides == ["name=cpu_budget_cw", "model_init.class_weights=inverse_sqrt"]
+
+
 def test_missing_runs_with_no_records_is_the_whole_plan() -> None:
     todo = X.missing_runs([])
     assert len(todo) == 3 * 3 + 6 + 9
