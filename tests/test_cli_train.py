@@ -145,12 +145,13 @@ def test_results_command(trained: Path, tmp_path: Path, capsys: pytest.CaptureFi
                 "recall_mean", "iou_scratches_mean", "miou_defects_mean", "gmacs", "params_m", "train_minutes"):
         assert key in header
     # --missing: a queue of train commands on stdout (the tiny run is no protocol of the plan, so all are missing)
-    from smelib.experiments import REQUIRED_RUNS
+    from smelib.experiments import OPTION_RUNS, REQUIRED_RUNS
 
     code, out, err = _run(capsys, "results", "--runs", trained.parent, "--missing")
     lines = out.splitlines()
-    assert code == 0 and len(lines) == sum(r.n_seeds for r in REQUIRED_RUNS)
+    assert code == 0 and len(lines) == sum(r.n_seeds for r in REQUIRED_RUNS) + 3 * len(OPTION_RUNS)
     assert all(line.startswith("smelib train --config configs/cpu_budget.yaml --model ") for line in lines)
+    assert sum("name=cpu_budget_prior model_init.classifier_prior=true" in line for line in lines) == 3
     assert "grouped sme_deeplabv3plus seed 0: no earlier run of this model to time" in err
 
 
