@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from smelib.viz import Table
 
-__all__ = ["PAIRED_METRICS", "SeedPair", "paired_curve", "paired_curve_table", "paired_seed_table", "paired_summary_table",
+__all__ = ["PAIRED_METRICS", "SeedPair", "effect_verdict", "paired_curve", "paired_curve_table", "paired_seed_table", "paired_summary_table",
            "paired_verdict", "seed_pairs"]
 
 #: The metrics compared: (label, path into a run record's ``final.test``).
@@ -136,11 +136,17 @@ def paired_verdict(pairs: Sequence[SeedPair], base_std: float | None, path: Sequ
     Returns:
         ``"helps"``, ``"hurts"``, ``"within the seed spread"``, or a sentence saying how many seeds are missing.
     """
-    if len(pairs) < min_seeds:
-        return f"no verdict: {len(pairs)} of {min_seeds} seeds paired"
+    return effect_verdict([p.difference(path) for p in pairs], base_std, min_seeds)
+
+
+def effect_verdict(diffs: Sequence[float], base_std: float | None, min_seeds: int = 3) -> str:
+    """The effect criterion on paired differences ``diffs`` (points, one per seed) against ``base_std``, the
+    base's own seed-to-seed standard deviation (points): see :func:`paired_verdict`. Decision rules, paired on
+    one checkpoint's probabilities per seed, are judged by the same rule."""
+    if len(diffs) < min_seeds:
+        return f"no verdict: {len(diffs)} of {min_seeds} seeds paired"
     if base_std is None:
         return "no verdict: the base protocol has no seed spread"
-    diffs = [p.difference(path) for p in pairs]
     mean = statistics.fmean(diffs)
     same_sign = all(d > 0 for d in diffs) or all(d < 0 for d in diffs)
     if same_sign and abs(mean) > base_std:

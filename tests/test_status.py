@@ -32,6 +32,26 @@ def test_status_falls_back_to_another_budget_and_names_its_epochs(monkeypatch) -
     assert "75.33 (n=1, cpu_budget, 4 epochs)" in text and "70.00" not in text
 
 
+def test_mechanism_rows_pair_seeds_and_apply_the_effect_criterion() -> None:
+    def run(config: str, seed: int, miou: float) -> dict:
+        return {"run_id": f"{config}_{seed}", "config_name": config, "model": "sme_deeplabv3plus", "seed": seed,
+                "split": {"kind": "grouped"}, "epochs": 6, "status": "completed", "finished_utc": "x",
+                "final": {"test": {"miou": miou, "iou": [0.9, miou]}}}
+
+    def decision(seed: int, argmax: float, dynamic: float) -> dict:
+        m = {"miou": argmax, "defects_only": {"miou": argmax}, "precision": argmax, "mpa": argmax}
+        return {"run_id": f"d{seed}", "seed": seed, "metrics": {"argmax": m, "dynamic": {**m, "miou": dynamic}}}
+
+    base = [run("cpu_budget", s, m) for s, m in ((0, 0.764), (1, 0.766), (2, 0.770))]
+    prior = [run("cpu_budget_prior", s, m + 0.001) for s, m in ((0, 0.764), (1, 0.766))]
+    decisions = [decision(s, m, m - 0.0033) for s, m in ((0, 0.764), (1, 0.766), (2, 0.770))]
+    init, dyn = status.mechanism_rows(base + prior, decisions)
+    assert "+0.10 ± 0.00 points test mIoU, 2 grouped seeds paired" in init[2] and "no verdict: 2 of 3" in init[2]
+    # -0.33 in every seed, above the argmax runs' own seed std (0.31): the rule hurts
+    assert "-0.33 ± 0.00 points test mIoU, 3 grouped seeds paired" in dyn[2] and dyn[2].endswith("hurts")
+    assert status.mechanism_rows(base, [])[1][2] == "not yet measured"
+
+
 def test_readme_status_numbers_come_from_the_run_records() -> None:
     """Every two-decimal accuracy figure in the README's status table is one the committed summary gives: a
     row's mean or spread, or the difference of two rows' means, in points (or a number of the paper's, or an
