@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from smelib.viz import Table
 
-__all__ = ["PAIRED_METRICS", "SeedPair", "effect_verdict", "paired_curve", "paired_curve_table", "paired_seed_table", "paired_summary_table",
-           "paired_verdict", "seed_pairs"]
+__all__ = ["PAIRED_METRICS", "SeedPair", "effect_verdict", "paired_curve", "paired_curve_table", "paired_seed_table",
+           "paired_summary_table", "paired_verdict", "seed_pairs"]
 
 #: The metrics compared: (label, path into a run record's ``final.test``).
 PAIRED_METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (

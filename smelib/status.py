@@ -127,7 +127,8 @@ def mechanism_rows(records: list[dict] | None = None, decisions: list[dict] | No
             return "not yet measured"
         spread = f" ± {statistics.stdev(diffs):.2f}" if len(diffs) > 1 else ""
         std = statistics.stdev(base) if len(base) > 1 else None
-        return (f"{statistics.fmean(diffs):+.2f}{spread} points test mIoU, {len(diffs)} grouped seed{'s' if len(diffs) != 1 else ''} paired "
+        seeds = f"{len(diffs)} grouped seed" + ("s" if len(diffs) != 1 else "")
+        return (f"{statistics.fmean(diffs):+.2f}{spread} points test mIoU, {seeds} paired "
                 f"({what}): {effect_verdict(diffs, std)}")
 
     pairs = seed_pairs(records, "cpu_budget_prior")
