@@ -107,7 +107,8 @@ def seed_pairs(records: Sequence[Mapping[str, Any]], option_config: str, base_co
         one :class:`SeedPair` per seed that both protocols have, sorted by seed.
 
     Raises:
-        ValueError: the two runs of a seed were trained for different lengths or on different test sets.
+        ValueError: the two runs of a seed score different numbers of classes (runs of other lengths or
+            splits are not paired at all).
     """
     from smelib.experiments import protocol_epochs
 

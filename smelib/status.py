@@ -136,9 +136,9 @@ def mechanism_rows(records: list[dict] | None = None, decisions: list[dict] | No
                 "credited, no number or ablation row",
                 cell([p.difference(("miou",)) for p in pairs], [100 * p.value("base", ("miou",)) for p in pairs],
                      "with vs without, same seed")])
-    diffs = [d["dynamic"]["mIoU"] for r in decisions if (d := decision_differences(r)).get("dynamic")
-             and d["dynamic"]["mIoU"] is not None]
-    base = [100 * float(r["metrics"]["argmax"]["miou"]) for r in decisions if "dynamic" in r["metrics"]]
+    scored = [r for r in decisions if "dynamic" in r["metrics"]]
+    diffs = [float(decision_differences(r)["dynamic"]["mIoU"]) for r in scored]
+    base = [100 * float(r["metrics"]["argmax"]["miou"]) for r in scored]
     out.append(["Dynamic threshold adjustment (our reading: per-image decision threshold from defect size)",
                 "credited, no number or ablation row", cell(diffs, base, "dynamic vs argmax, same probabilities")])
     return out
