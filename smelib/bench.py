@@ -639,7 +639,8 @@ def profile_ops(
         "depthwise_7x7_share": depthwise_7x7 / total,
         "top_ops": top_ops, "by_shape": by_shape, "by_class": classes,
         "record": {"threads": threads_used, "loadavg_before": load_before, "loadavg_after": _loadavg(),
-                   "model_kwargs": dict(model_kwargs or {}), "options": options.to_dict() if optimised else None, "machine": machine_info("cpu"),
+                   "model_kwargs": dict(model_kwargs or {}), "options": options.to_dict() if optimised else None,
+                   "machine": machine_info("cpu"),
                    "note": "self CPU time summed over threads' op calls as torch.profiler reports it; shares are "
                            "fractions of the total; depthwise = convolutions with groups == channels",
                    "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")},

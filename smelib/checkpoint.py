@@ -162,7 +162,8 @@ def build_model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     try:
         model = build(ckpt["model_name"], num_classes=num_classes, in_channels=in_channels, **config)
     except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"cannot rebuild model {ckpt['model_name']!r} from the checkpoint's config: {err}") from None
+        raise CheckpointError(f"cannot rebuild model {ckpt['model_name']!r} from the checkpoint's config: "
+                              f"{err}") from None
     check_state_dict(model, ckpt["model"], ckpt["model_name"])
     # releases store fp16 weights; load_state_dict copies them into the float32 parameters
     model.load_state_dict(ckpt["model"])
@@ -179,7 +180,8 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: s
     if missing or unexpected or wrong:
         parts = []
         if wrong:
-            parts.append("shape mismatch " + ", ".join(f"{k}: {a} in {source} vs {b} in the model" for k, a, b in wrong[:3]))
+            parts.append("shape mismatch " + ", ".join(f"{k}: {a} in {source} vs {b} in the model"
+                                                        for k, a, b in wrong[:3]))
         if missing:
             parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
         if unexpected:

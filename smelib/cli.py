@@ -390,7 +390,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reproduce", help="train -> eval -> tables and figures (--quick: the bundled sample, minutes)")
-    p.add_argument("--quick", action="store_true", help="configs/quick.yaml on the bundled sample (also SMELIB_QUICK=1)")
+    p.add_argument("--quick", action="store_true",
+                   help="configs/quick.yaml on the bundled sample (also SMELIB_QUICK=1)")
     _add_train_flags(p)
     p.add_argument("--out", help="folder for the run directory, summary.csv and figures (default results/runs)")
     p.set_defaults(func=_cmd_reproduce)
@@ -437,7 +438,8 @@ def _cmd_results(args: argparse.Namespace) -> int:
 def _add_results(sub: argparse._SubParsersAction) -> None:
     from smelib.settings import repo_root
 
-    p = sub.add_parser("results", help="one row per (config, model, split) over the run records, mean and std over seeds")
+    p = sub.add_parser("results",
+                       help="one row per (config, model, split) over the run records, mean and std over seeds")
     p.add_argument("--runs", default=str(repo_root() / "results" / "runs"), help="folder of run directories")
     p.add_argument("--csv", help="also write the table as CSV (e.g. results/summary.csv)")
     p.add_argument("--json", action="store_true", help="print JSON rows")
@@ -684,9 +686,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             raise CLIError(f"--device {args.device}: CUDA is not available in this torch build / machine")
     try:
+        amp = "bf16" if args.cpu_bf16 else (None if args.amp == "none" else args.amp)
         options = OptimizeOptions.from_names(_split_names(args.only), _split_names(args.disable),
-                                             amp="bf16" if args.cpu_bf16 else (None if args.amp == "none" else args.amp),
-                                             cpu_amp=args.cpu_bf16, threads=None)
+                                             amp=amp, cpu_amp=args.cpu_bf16, threads=None)
     except ValueError as err:
         raise CLIError(str(err)) from None
     model_kwargs = {}
@@ -712,7 +714,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                   f"{prof['ms_per_batch_wall']:.1f} ms per batch (profiled)")
             print(_format_rows(["operator class", "self CPU ms/batch", "% of self CPU"], rows))
             print()
-            rows = [[r["op"], r["self_cpu_ms"] / prof["steps"], 100 * r["share"], r["calls"]] for r in prof["top_ops"][:15]]
+            rows = [[r["op"], r["self_cpu_ms"] / prof["steps"], 100 * r["share"], r["calls"]]
+                    for r in prof["top_ops"][:15]]
             print(_format_rows(["op", "self CPU ms/batch", "%", "calls"], rows))
             print(f"\ndepthwise convolutions: {100 * prof['depthwise_share']:.1f} % of self CPU time "
                   f"(7x7 in the star blocks: {100 * prof['depthwise_7x7_share']:.1f} %)")

@@ -409,7 +409,11 @@ def _bool(cfg: Mapping[str, Any], section: str, key: str, allow_auto: bool = Fal
 
 
 def validate(cfg: Mapping[str, Any]) -> None:
-    """Check every value of a full config (see the module docstring); raise :class:`ConfigError` on the first bad one."""
+    """Check every value of a full config (see the module docstring).
+
+    Raises:
+        ConfigError: on the first bad value.
+    """
     if not isinstance(cfg["name"], str) or not cfg["name"] or any(c in cfg["name"] for c in "/\\ "):
         raise _err("name", f"must be a non-empty string without slashes or spaces, got {cfg['name']!r}")
     for section in ("model", "data", "optim", "schedule", "train", "model_init", "eval"):

@@ -25,6 +25,7 @@ import math
 import os
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -36,11 +37,13 @@ if TYPE_CHECKING:
     from smelib.viz import Table
 
 __all__ = [
-    "CONCLUSIONS", "PAPER_MIOU", "Conclusion", "budget_table", "conclusion_verdict", "conclusions_table", "paper_difference",
+    "CONCLUSIONS", "PAPER_MIOU", "Conclusion", "budget_table", "conclusion_verdict", "conclusions_table",
+    "paper_difference",
     "DEFAULT_CONFIGS", "OPTION_RUNS", "REQUIRED_RUNS", "DecisionOutcome", "MissingRun", "RunRequirement",
     "evaluate_decisions", "missing_option_runs",
     "pooled_seed_std", "resolution_table", "short_hosts", "time_estimate",
-    "learning_curve", "mean_std_text", "missing_runs", "pick_row", "protocol_epochs", "seeds_of", "summary_table", "summary_value",
+    "learning_curve", "mean_std_text", "missing_runs", "pick_row", "protocol_epochs", "seeds_of", "summary_table",
+    "summary_value",
     "tau_counts",
     "DECISION_FORMAT", "DECISION_METRICS", "DECISION_TOLERANCE", "DecisionRecordError", "decision_differences",
     "decision_record", "decision_record_path", "decision_seed_table", "decision_spread", "decision_spread_table",
@@ -689,7 +692,8 @@ def decision_record(
         run's training length, which its best checkpoint may undercut), ``split`` (kind,
         split seed, groups file, validation fraction, subset sizes, root), ``subset``, ``images``,
         ``class_names``, ``checkpoint`` (path relative to the run, kind, sha256 of the file read here and
-        whether it matches the run record's, epochs trained when it was saved), ``train_stats_source``, ``rules`` (mode -> parameters),
+        whether it matches the run record's, epochs trained when it was saved), ``train_stats_source``,
+        ``rules`` (mode -> parameters),
         ``metrics`` (mode -> ``SegMetrics.to_dict()``), ``tau_counts`` (mode -> ``[[tau, images], ...]``, for
         the threshold rules), ``cross_check``, ``git``, ``host``, ``wall_seconds``, ``created_utc``.
 
@@ -698,7 +702,6 @@ def decision_record(
             failed cross-check.
     """
     import time
-    from pathlib import Path
 
     from smelib.checkpoint import load_checkpoint, sha256_file
     from smelib.loading import checkpoint_data
@@ -782,8 +785,6 @@ def decision_record(
 
 def decision_record_path(record: Mapping[str, Any], out_dir: str | os.PathLike) -> Path:
     """Where :func:`write_decision_record` puts ``record``: ``<out_dir>/decisions_<run_id>.json``."""
-    from pathlib import Path
-
     run_id = str(record.get("run_id") or "")
     if not run_id or "/" in run_id or run_id.startswith("."):
         raise DecisionRecordError(f"record has no usable run_id ({run_id!r})")
@@ -813,7 +814,6 @@ def load_decision_records(folder: str | os.PathLike = "results/mechanisms") -> l
         DecisionRecordError: a file that is not valid JSON or not a decision record (the message names it).
     """
     import json
-    from pathlib import Path
 
     out = []
     for path in sorted(Path(folder).glob("decisions_*.json")):

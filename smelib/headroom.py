@@ -63,7 +63,8 @@ class HeadroomStep:
                     f"smelib eval --checkpoint <same> --tta --record results/headroom/{changed}.json")
         name = [] if self.config == "cpu_budget" else [f"name={self.config}"]
         return " ".join(["smelib train --config configs/cpu_budget.yaml", f"--model {self.model}",
-                         f"--split {self.split}", "--seed 0", *([f"--epochs {self.epochs}"] if self.epochs != 6 else []),
+                         f"--split {self.split}", "--seed 0",
+                         *([f"--epochs {self.epochs}"] if self.epochs != 6 else []),
                          *name, *self.overrides])
 
 

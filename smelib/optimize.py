@@ -241,7 +241,8 @@ def _fold_into(conv: nn.Module, bn: nn.Module) -> nn.Module:
     scale = gamma / torch.sqrt(var + bn.eps)
     fused.weight = nn.Parameter((w * scale.reshape(-1, *([1] * (w.dim() - 1)))).to(conv.weight.dtype),
                                 requires_grad=conv.weight.requires_grad)
-    fused.bias = nn.Parameter(((b - mean) * scale + beta).to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
+    fused.bias = nn.Parameter(((b - mean) * scale + beta).to(conv.weight.dtype),
+                              requires_grad=conv.weight.requires_grad)
     return fused
 
 
@@ -496,7 +497,8 @@ def _threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(prev)
 
 
-def pick_threads(fn: Callable[[], Any], candidates: list[int] | None = None, trials: int = 2) -> tuple[int, dict[int, float]]:
+def pick_threads(fn: Callable[[], Any], candidates: list[int] | None = None,
+                 trials: int = 2) -> tuple[int, dict[int, float]]:
     """The intra-op thread count at which ``fn`` runs fastest (best of ``trials`` calls per candidate).
 
     On a machine shared with other processes, fewer threads than cores can be much faster: an OpenMP parallel

@@ -4,7 +4,8 @@
 show: for every defect class the image whose score under the reference run (the first one) is that class's median
 (a *typical* case, not a hand-picked one), the reference run's worst images (failures), and the image where the
 reference run trails a baseline the most. A run is read from its checkpoint, or from the test predictions its
-run folder stores (``train.save_predictions``), which outlive the checkpoint (checkpoints are not committed). :func:`save_comparison` writes a small, committable folder (the chosen
+run folder stores (``train.save_predictions``), which outlive the checkpoint (checkpoints are not committed).
+:func:`save_comparison` writes a small, committable folder (the chosen
 images, their ground truth and predictions as PNG, and ``comparison.json`` with every test image's score), so the
 book can draw the figure without checkpoints or the full dataset; :func:`plot_comparison` draws it.
 

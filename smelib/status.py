@@ -60,7 +60,8 @@ def reproduction_table() -> Table:
     from smelib.experiments import pick_row
 
     summary = read_summary()
-    for model, split in [(m, s) for m in ("sme_deeplabv3plus", "sme_deeplabv3plus_lite") for s in ("official", "grouped")]:
+    for model, split in [(m, s) for m in ("sme_deeplabv3plus", "sme_deeplabv3plus_lite")
+                         for s in ("official", "grouped")]:
         # the protocol's row; else the longest-trained row of another budget (the shipped checkpoint's run),
         # whose epoch count the cell states
         r = pick_row(summary, model, split) or _longest_row(summary, model, split)
@@ -73,7 +74,8 @@ def reproduction_table() -> Table:
             ep = f", {r['epochs']} epochs" if r.get("epochs") not in (None, "") else ""
             ours = f"{100 * float(r['miou_mean']):.2f}{spread} (n={r['n_seeds']}, {r['config']}{ep})"
         label = "SME-DeepLabV3+" if model == "sme_deeplabv3plus" else "SME-DeepLabV3+ lite (the shipped checkpoint)"
-        rows.append([f"{label} test mIoU, {split} split", f"{PAPER_SME['miou']:.2f} (full model, official split)", ours])
+        rows.append([f"{label} test mIoU, {split} split", f"{PAPER_SME['miou']:.2f} (full model, official split)",
+                     ours])
     from smelib.headroom import HEADROOM_STEPS, step_result
     from smelib.results import load_eval_records
 
@@ -92,8 +94,8 @@ def reproduction_table() -> Table:
 
     pooled = pooled_seed_std(summary, "grouped")
     for c in CONCLUSIONS:  # the paper's qualitative claims, read on the honest split with the seed spread
-        diff, verdict = conclusion_verdict(pick_row(summary, c.better, "grouped"), pick_row(summary, c.worse, "grouped"),
-                                           pooled=pooled)
+        diff, verdict = conclusion_verdict(pick_row(summary, c.better, "grouped"),
+                                           pick_row(summary, c.worse, "grouped"), pooled=pooled)
         ours = verdict if diff is None else f"{diff:+.2f} points, grouped split: {verdict}"
         rows.append([c.claim, paper_difference(c), ours])
     rows += mechanism_rows()

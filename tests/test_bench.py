@@ -80,7 +80,8 @@ def test_benchmark_train_layout_only_and_model_kwargs() -> None:
     opts = OptimizeOptions.from_names(["channels_last"])
     narrow = bench.benchmark("sme_deeplabv3plus_lite", size=(32, 32), batch=2, iters=1, warmup=1, train=True,
                              options=opts, peak_n=128, model_kwargs={"decoder_width": 8})
-    assert narrow["optimised"]["settings"]["channels_last"] is True and narrow["optimised"]["settings"]["fused_sgd"] is False
+    settings = narrow["optimised"]["settings"]
+    assert settings["channels_last"] is True and settings["fused_sgd"] is False
     assert narrow["record"]["model_kwargs"] == {"decoder_width": 8}
     wide = bench.benchmark("sme_deeplabv3plus_lite", size=(32, 32), batch=2, iters=1, warmup=1, train=True,
                            options=opts, peak_n=128)
@@ -152,14 +153,17 @@ def test_profile_table(tmp_path) -> None:
 
 def test_peak_gap_accounts_for_every_millisecond() -> None:
     prof = {"steps": 2, "by_class": [
-        {"class": "conv dense 3x3", "self_cpu_ms": 200.0, "macs": 2 * 8e9},   # 100 ms/batch for 8 G at 100 G/s: ideal 80
+        # 100 ms/batch for 8 G at 100 G/s: ideal 80
+        {"class": "conv dense 3x3", "self_cpu_ms": 200.0, "macs": 2 * 8e9},
         {"class": "elementwise / norm", "self_cpu_ms": 40.0, "macs": None},  # 20 ms/batch, all lost
     ]}
     rows = bench.peak_gap(prof, peak_gmacs_per_s=100.0)
     by = {r["class"]: r for r in rows}
-    assert by["conv dense 3x3"]["ideal_ms"] == pytest.approx(80.0) and by["conv dense 3x3"]["lost_ms"] == pytest.approx(20.0)
+    assert by["conv dense 3x3"]["ideal_ms"] == pytest.approx(80.0)
+    assert by["conv dense 3x3"]["lost_ms"] == pytest.approx(20.0)
     assert by["conv dense 3x3"]["percent_of_peak"] == pytest.approx(80.0)
-    assert by["elementwise / norm"]["lost_ms"] == pytest.approx(20.0) and by["elementwise / norm"]["percent_of_peak"] is None
+    assert by["elementwise / norm"]["lost_ms"] == pytest.approx(20.0)
+    assert by["elementwise / norm"]["percent_of_peak"] is None
     assert by["total"]["ms"] == pytest.approx(120.0) and by["total"]["percent_of_peak"] == pytest.approx(100 * 80 / 120)
     assert sum(r["lost_share"] for r in rows if r["class"] != "total") == pytest.approx(1.0)
     with pytest.raises(ValueError):

@@ -118,7 +118,8 @@ def test_predict_writes_masks_and_refuses_to_overwrite(trained: Path, tmp_path: 
     images = tmp_path / "images"
     images.mkdir()
     for name, (h, w) in {"a": (48, 48), "b": (30, 70)}.items():
-        Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(images / f"{name}.jpg")
+        pixels = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images / f"{name}.jpg")
     ckpt = trained / "checkpoints" / "best.pt"
     out = tmp_path / "pred"
     code, _, _ = _run(capsys, "predict", "--checkpoint", ckpt, images, "--out", out)

@@ -13,7 +13,8 @@ from smelib.inference import evaluate
 from smelib.mechanisms import DecisionRule
 
 
-def _row(model: str, split: str, seeds: str, config: str = "cpu_budget", epochs: int | None = None) -> dict[str, object]:
+def _row(model: str, split: str, seeds: str, config: str = "cpu_budget",
+         epochs: int | None = None) -> dict[str, object]:
     return {"config": config, "model": model, "split": split, "seeds": seeds, "n_seeds": len(seeds.split()),
             "epochs": epochs}
 

@@ -10,7 +10,8 @@ import torch
 from smelib.cli import main
 from smelib.export import ExportError, export_onnx, load_source
 
-onnx = pytest.importorskip("onnx", reason="onnx is not installed: `pip install onnx onnxruntime` to run the export tests")
+onnx = pytest.importorskip("onnx",
+                           reason="onnx is not installed: `pip install onnx onnxruntime` to run the export tests")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: no numerical ONNX check possible")
 
 

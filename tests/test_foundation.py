@@ -39,6 +39,14 @@ def test_requirements_and_environment_yml_agree() -> None:
     assert "-e ." in pip_section
 
 
+def test_the_code_passes_the_linter() -> None:
+    """pyproject.toml's ruff rules (line length 120, pyflakes, pycodestyle) hold for the package and the tests."""
+    pytest.importorskip("ruff", reason="ruff is not installed (it is in requirements.txt)")
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise",
+                          str(ROOT / "smelib"), str(ROOT / "tests")], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def test_torch_is_pinned_to_the_cpu_build_and_nothing_pulls_torchvision() -> None:
     pins = _requirements()
     assert pins["torch"] == "2.13.0"

@@ -74,7 +74,8 @@ def test_jupyterlab_lists_chapters_and_runs_a_kernel_that_imports_smelib(tmp_pat
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg")}
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "jupyter"), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={ROOT}", "--ServerApp.port_retries=0", "--allow-root"],
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={ROOT}", "--ServerApp.port_retries=0",
+         "--allow-root"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
     )
     base = f"http://127.0.0.1:{port}"
@@ -94,7 +95,8 @@ def test_jupyterlab_lists_chapters_and_runs_a_kernel_that_imports_smelib(tmp_pat
         assert expected and expected <= chapters
         kernel = _get(f"{base}/api/kernels", token, "POST", {"name": "python3"})
         ws = f"ws://127.0.0.1:{port}/api/kernels/{kernel['id']}/channels"
-        out = asyncio.run(_execute(ws, token, "import smelib, torch; print('smelib', smelib.__version__, torch.__version__)"))
+        code = "import smelib, torch; print('smelib', smelib.__version__, torch.__version__)"
+        out = asyncio.run(_execute(ws, token, code))
         import smelib
 
         assert f"smelib {smelib.__version__}" in out

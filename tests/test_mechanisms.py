@@ -132,7 +132,8 @@ def test_dynamic_threshold_moves_down_for_small_and_up_for_large_defects() -> No
     batch = M.DecisionRule("dynamic", scope="batch", **RULE)
     t_small = batch.thresholds(_maps("small", "small", "large"))
     t_large = batch.thresholds(_maps("large", "large", "small"))
-    assert t_small.tolist() == pytest.approx([0.5 - 0.2 / 3] * 3) and t_large.tolist() == pytest.approx([0.5 + 0.2 / 3] * 3)
+    assert t_small.tolist() == pytest.approx([0.5 - 0.2 / 3] * 3)
+    assert t_large.tolist() == pytest.approx([0.5 + 0.2 / 3] * 3)
     # Bounds clamp; slope 0 is the static rule.
     clamped = M.DecisionRule("dynamic", tau0=0.5, slope=1.0, tau_min=0.4, tau_max=0.55, small=0.05, large=0.2)
     assert clamped.thresholds(probs).tolist() == pytest.approx([0.4, 0.5, 0.55, 0.4])
@@ -178,7 +179,8 @@ def test_rule_validation_and_config_mapping() -> None:
     assert M.rule_for_checkpoint(old).mode == "argmax"
     with pytest.raises(ValueError, match="stores no training statistics"):
         M.rule_for_checkpoint(old, mode="dynamic")
-    masks = [(torch.zeros(1, 2, 2), torch.tensor([[0, 1], [0, 0]])), (torch.zeros(1, 2, 2), torch.tensor([[2, 2], [0, 0]]))]
+    masks = [(torch.zeros(1, 2, 2), torch.tensor([[0, 1], [0, 0]])),
+             (torch.zeros(1, 2, 2), torch.tensor([[2, 2], [0, 0]]))]
     assert M.rule_for_checkpoint(old, mode="dynamic", train_dataset=lambda: masks).large == pytest.approx(0.4375)
 
 

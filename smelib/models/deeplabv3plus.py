@@ -106,7 +106,8 @@ class DeepLabV3Plus(nn.Module):
         elif context == "msaa":
             self.context = MSAA(high_ch, context_width)
         elif context == "aspp+msaa":
-            self.context = nn.Sequential(ASPP(high_ch, context_width, context_stride), MSAA(context_width, context_width))
+            self.context = nn.Sequential(ASPP(high_ch, context_width, context_stride),
+                                         MSAA(context_width, context_width))
         else:
             self.context = nn.Sequential(
                 nn.Conv2d(high_ch, context_width, 1), nn.BatchNorm2d(context_width), nn.ReLU(inplace=True)
