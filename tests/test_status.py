@@ -44,12 +44,14 @@ def test_mechanism_rows_pair_seeds_and_apply_the_effect_criterion() -> None:
 
     base = [run("cpu_budget", s, m) for s, m in ((0, 0.764), (1, 0.766), (2, 0.770))]
     prior = [run("cpu_budget_prior", s, m + 0.001) for s, m in ((0, 0.764), (1, 0.766))]
+    weights = [run("cpu_budget_cw", s, m - 0.02) for s, m in ((0, 0.764), (1, 0.766), (2, 0.770))]
     decisions = [decision(s, m, m - 0.0033) for s, m in ((0, 0.764), (1, 0.766), (2, 0.770))]
-    init, dyn = status.mechanism_rows(base + prior, decisions)
+    init, cw, dyn = status.mechanism_rows(base + prior + weights, decisions)
     assert "+0.10 ± 0.00 points test mIoU, 2 grouped seeds paired" in init[2] and "no verdict: 2 of 3" in init[2]
+    assert "-2.00 ± 0.00 points test mIoU, 3 grouped seeds paired" in cw[2] and cw[2].endswith("hurts")
     # -0.33 in every seed, above the argmax runs' own seed std (0.31): the rule hurts
     assert "-0.33 ± 0.00 points test mIoU, 3 grouped seeds paired" in dyn[2] and dyn[2].endswith("hurts")
-    assert status.mechanism_rows(base, [])[1][2] == "not yet measured"
+    assert [row[2] for row in status.mechanism_rows(base, [])] == ["not yet measured"] * 3
 
 
 def test_readme_status_numbers_come_from_the_run_records() -> None:
