@@ -133,16 +133,12 @@ def mechanism_rows(records: list[dict] | None = None, decisions: list[dict] | No
         return (f"{statistics.fmean(diffs):+.2f}{spread} points test mIoU, {seeds} paired "
                 f"({what}): {effect_verdict(diffs, std)}")
 
-    pairs = seed_pairs(records, "cpu_budget_prior")
-    out.append(["Adaptive weight initialisation (our reading: classifier bias = log class prior)",
-                "credited, no number or ablation row",
-                cell([p.difference(("miou",)) for p in pairs], [100 * p.value("base", ("miou",)) for p in pairs],
-                     "with vs without, same seed")])
-    pairs = seed_pairs(records, "cpu_budget_cw")
-    out.append(["Adaptive weight initialisation (second reading: inverse-sqrt class weights in the loss)",
-                "credited, no number or ablation row",
-                cell([p.difference(("miou",)) for p in pairs], [100 * p.value("base", ("miou",)) for p in pairs],
-                     "with vs without, same seed")])
+    for option, reading in (("cpu_budget_prior", "our reading: classifier bias = log class prior"),
+                            ("cpu_budget_cw", "second reading: inverse-sqrt class weights in the loss")):
+        pairs = seed_pairs(records, option)
+        out.append([f"Adaptive weight initialisation ({reading})", "credited, no number or ablation row",
+                    cell([p.difference(("miou",)) for p in pairs], [100 * p.value("base", ("miou",)) for p in pairs],
+                         "with vs without, same seed")])
     scored = [r for r in decisions if "dynamic" in r["metrics"]]
     diffs = [float(decision_differences(r)["dynamic"]["mIoU"]) for r in scored]
     base = [100 * float(r["metrics"]["argmax"]["miou"]) for r in scored]
