@@ -108,8 +108,13 @@ class PairedBootstrap:
         n_images, n_boot, seed, level: what was resampled, how often, with which generator seed.
         class_iou_better, class_iou_worse, class_difference, class_low, class_high: the same per class (K values
             each, class order of the confusion matrices; NaN for a class absent from the test set), from the same
-            resamples. They say which classes a difference of mIoU comes from; ten-odd intervals read together
+            resamples. They say which classes a difference of mIoU comes from; several intervals read together
             are not a test of any one claim.
+        class_low_joint, class_high_joint: per-class intervals that hold *together*: Bonferroni over the ``m``
+            classes present in the test set, each the central ``1 - (1 - level) / m`` percentile interval of the
+            same resamples, so that the chance that any of them misses its class's true difference is at most
+            ``1 - level``. A class whose joint interval excludes zero is a finding even after looking at all of
+            them; one whose plain interval alone excludes zero is not.
     """
 
     better: str
@@ -130,6 +135,8 @@ class PairedBootstrap:
     class_difference: tuple[float, ...] = ()
     class_low: tuple[float, ...] = ()
     class_high: tuple[float, ...] = ()
+    class_low_joint: tuple[float, ...] = ()
+    class_high_joint: tuple[float, ...] = ()
 
     @property
     def verdict(self) -> str:
@@ -187,13 +194,17 @@ def paired_bootstrap(conf_better: np.ndarray, conf_worse: np.ndarray, better: st
     with warnings.catch_warnings():  # the all-NaN column of an absent class is expected, not news
         warnings.simplefilter("ignore", RuntimeWarning)
         c_low, c_high = np.nanquantile(class_diffs, [tail, 1 - tail], axis=0)
+        # Bonferroni over the classes that can be compared at all (present in the whole test set)
+        joint_tail = tail / max(int(np.isfinite(ib - iw).sum()), 1)
+        j_low, j_high = np.nanquantile(class_diffs, [joint_tail, 1 - joint_tail], axis=0)
 
     def floats(x: np.ndarray) -> tuple[float, ...]:
         return tuple(float(v) for v in x)
 
     return PairedBootstrap(better, worse, mb, mw, mb - mw, float(low), float(high),
                            float(np.mean(diffs <= 0)), float(np.std(diffs, ddof=1)), n, n_boot, seed, level,
-                           floats(ib), floats(iw), floats(ib - iw), floats(c_low), floats(c_high))
+                           floats(ib), floats(iw), floats(ib - iw), floats(c_low), floats(c_high),
+                           floats(j_low), floats(j_high))
 
 
 def paired_bootstrap_runs(better: tuple[str, str | os.PathLike], worse: tuple[str, str | os.PathLike],
@@ -305,11 +316,12 @@ def bootstrap_table(records: Sequence[Mapping[str, Any]], split: str | None = No
 
 
 def bootstrap_class_table(record: Mapping[str, Any]) -> Any:
-    """One row per class of one bootstrap record (points): both runs' IoU, the difference, its interval and
-    which side of zero the interval lies on.
+    """One row per class of one bootstrap record (points): both runs' IoU, the difference, its interval, the
+    joint (Bonferroni) interval, and which side of zero the joint interval lies on.
 
     Args:
-        record: one of :func:`load_bootstrap_records`, written with per-class figures.
+        record: one of :func:`load_bootstrap_records`, written with per-class figures. A record written before
+            joint intervals were recorded shows "–" there and judges the side by the plain interval, saying so.
 
     Returns:
         A :class:`smelib.viz.Table` titled with the record's claim and split.
@@ -321,17 +333,21 @@ def bootstrap_class_table(record: Mapping[str, Any]) -> Any:
         raise BootstrapError(f"{record.get('path', 'record')}: no per-class figures (written before they were "
                              "recorded); rerun `smelib bootstrap ... --force` to add them")
     names = record.get("class_names") or [f"class {i}" for i in range(len(o["class_difference"]))]
+    has_joint = bool(o.get("class_low_joint"))
     rows = []
     for i, name in enumerate(names):
         lo, hi = o["class_low"][i], o["class_high"][i]
         if lo is None or hi is None or not np.isfinite([lo, hi]).all():
-            rows.append([name, None, None, None, "–", "absent from the test set"])
+            rows.append([name, None, None, None, "–", "–", "absent from the test set"])
             continue
-        side = "above 0" if lo > 0 else "below 0" if hi < 0 else "spans 0"
+        jlo, jhi = (o["class_low_joint"][i], o["class_high_joint"][i]) if has_joint else (lo, hi)
+        side = "above 0" if jlo > 0 else "below 0" if jhi < 0 else "spans 0"
+        joint = f"[{100 * jlo:+.2f}, {100 * jhi:+.2f}]" if has_joint else "–"
         rows.append([name, 100 * o["class_iou_better"][i], 100 * o["class_iou_worse"][i],
-                     100 * o["class_difference"][i], f"[{100 * lo:+.2f}, {100 * hi:+.2f}]", side])
+                     100 * o["class_difference"][i], f"[{100 * lo:+.2f}, {100 * hi:+.2f}]", joint,
+                     side if has_joint else f"{side} (plain interval; rerun with --force for the joint one)"])
     level = f"{100 * o['level']:.0f} %"
     return Table(["class", f"IoU {o['better']}", f"IoU {o['worse']}", "difference", f"{level} interval",
-                  "interval"], rows, decimals=2,
+                  f"joint {level} interval", "joint interval"], rows, decimals=2,
                  title=f"{o['better']} > {o['worse']}, per class ({record.get('split', {}).get('kind')} split, "
-                       f"{o['n_images']} test images)")
+                       f"{o['n_images']} test images; joint: Bonferroni over the classes)")

@@ -120,16 +120,24 @@ def test_per_class_intervals_single_out_the_class_that_differs() -> None:
     assert out.class_low[2] > 0  # class 2 itself: above zero
     assert out.class_low[0] > 0  # its lost pixels land in background, which loses precision in b
     assert out.class_low[1] <= out.class_difference[1] <= out.class_high[1]
+    # the joint intervals contain the plain ones (a further-out percentile of the same resamples); class 2's
+    # difference is large enough to stay above zero even jointly
+    for i in range(3):
+        assert out.class_low_joint[i] <= out.class_low[i] <= out.class_high[i] <= out.class_high_joint[i]
+    assert out.class_low_joint[1] < out.class_low[1] and out.class_low_joint[2] > 0
     # class 3 is only ever a wrong prediction (IoU 0 in both): present, its difference exactly 0
     assert (out.class_difference[3], out.class_low[3], out.class_high[3]) == (0.0, 0.0, 0.0)
     # mIoU is the mean of the per-class IoUs, so its difference is the mean of theirs
     assert out.difference == pytest.approx(np.mean(out.class_difference))
     rec = json.loads(json.dumps(bootstrap_record(out, [], {"kind": "grouped"}, ["bg", "x", "y", "z"])))
     rows = bootstrap_class_table(rec).to_dicts()
-    assert [r["class"] for r in rows] == ["bg", "x", "y", "z"] and rows[2]["interval"] == "above 0"
+    assert [r["class"] for r in rows] == ["bg", "x", "y", "z"] and rows[2]["joint interval"] == "above 0"
     assert rows[2]["difference"] == pytest.approx(100 * out.class_difference[2])
     with pytest.raises(BootstrapError, match="3 class names for 4 classes"):
         bootstrap_record(out, [], {"kind": "grouped"}, ["bg", "x", "y"])
+    pre_joint = {**rec, "outcome": {k: v for k, v in rec["outcome"].items() if not k.endswith("_joint")}}
+    row = bootstrap_class_table(pre_joint).to_dicts()[2]
+    assert row["joint 95 % interval"] == "–" and row["joint interval"].startswith("above 0 (plain interval")
     old = {**rec, "outcome": {k: v for k, v in rec["outcome"].items() if not k.startswith("class_")}}
     with pytest.raises(BootstrapError, match="no per-class figures"):
         bootstrap_class_table(old)
@@ -174,7 +182,7 @@ def test_runs_records_and_the_command(two_runs: list[Path], tmp_path: Path, caps
                  "--force"]) == 0
     printed = capsys.readouterr().out
     assert "over 4 images" in printed and out.verdict in printed and "official_s0_vs_s1.json" in printed
-    assert "per class (official split, 4 test images)" in printed
+    assert "per class (official split, 4 test images; joint: Bonferroni over the classes)" in printed
     assert main(["bootstrap", f"s0={two_runs[0]}", f"s0={two_runs[1]}"]) != 0
     assert "both runs are labelled 's0'" in capsys.readouterr().err
     assert main(["bootstrap", "s0", f"s1={two_runs[1]}"]) != 0
