@@ -320,8 +320,7 @@ def bootstrap_class_table(record: Mapping[str, Any]) -> Any:
     joint (Bonferroni) interval, and which side of zero the joint interval lies on.
 
     Args:
-        record: one of :func:`load_bootstrap_records`, written with per-class figures. A record written before
-            joint intervals were recorded shows "–" there and judges the side by the plain interval, saying so.
+        record: one of :func:`load_bootstrap_records`, written with per-class and joint figures.
 
     Returns:
         A :class:`smelib.viz.Table` titled with the record's claim and split.
@@ -329,23 +328,21 @@ def bootstrap_class_table(record: Mapping[str, Any]) -> Any:
     from smelib.viz import Table
 
     o = record["outcome"]
-    if not o.get("class_difference"):
-        raise BootstrapError(f"{record.get('path', 'record')}: no per-class figures (written before they were "
-                             "recorded); rerun `smelib bootstrap ... --force` to add them")
+    if not o.get("class_difference") or not o.get("class_low_joint"):
+        raise BootstrapError(f"{record.get('path', 'record')}: no per-class or joint figures (written before they "
+                             "were recorded); rerun `smelib bootstrap ... --force` to add them")
     names = record.get("class_names") or [f"class {i}" for i in range(len(o["class_difference"]))]
-    has_joint = bool(o.get("class_low_joint"))
     rows = []
     for i, name in enumerate(names):
         lo, hi = o["class_low"][i], o["class_high"][i]
         if lo is None or hi is None or not np.isfinite([lo, hi]).all():
             rows.append([name, None, None, None, "–", "–", "absent from the test set"])
             continue
-        jlo, jhi = (o["class_low_joint"][i], o["class_high_joint"][i]) if has_joint else (lo, hi)
+        jlo, jhi = o["class_low_joint"][i], o["class_high_joint"][i]
         side = "above 0" if jlo > 0 else "below 0" if jhi < 0 else "spans 0"
-        joint = f"[{100 * jlo:+.2f}, {100 * jhi:+.2f}]" if has_joint else "–"
         rows.append([name, 100 * o["class_iou_better"][i], 100 * o["class_iou_worse"][i],
-                     100 * o["class_difference"][i], f"[{100 * lo:+.2f}, {100 * hi:+.2f}]", joint,
-                     side if has_joint else f"{side} (plain interval; rerun with --force for the joint one)"])
+                     100 * o["class_difference"][i], f"[{100 * lo:+.2f}, {100 * hi:+.2f}]",
+                     f"[{100 * jlo:+.2f}, {100 * jhi:+.2f}]", side])
     level = f"{100 * o['level']:.0f} %"
     return Table(["class", f"IoU {o['better']}", f"IoU {o['worse']}", "difference", f"{level} interval",
                   f"joint {level} interval", "joint interval"], rows, decimals=2,

@@ -536,7 +536,7 @@ def pooled_seed_std(rows: Sequence[Mapping[str, Any]], split: str = "grouped", e
 def conclusion_verdict(better: Mapping[str, Any] | None, worse: Mapping[str, Any] | None,
                        key: str = "miou", z: float = 2.0,
                        pooled: tuple[float | None, int] | None = None,
-                       pooled_from: str | None = None) -> tuple[float | None, str]:
+                       pooled_from: str | None = None, pooled_for_all: bool = False) -> tuple[float | None, str]:
     """Whether two summary rows support "``better`` > ``worse``" on ``<key>_mean``.
 
     The difference of the means is compared with its standard error, ``sqrt(s1²/n1 + s2²/n2)`` from the rows'
@@ -548,7 +548,9 @@ def conclusion_verdict(better: Mapping[str, Any] | None, worse: Mapping[str, Any
     With a single seed on both sides the comparison itself holds no spread: given ``pooled`` (from
     :func:`pooled_seed_std`) both runs are assumed to scatter like the pooled multi-seed rows (standard error
     ``s * sqrt(2)``), and the verdict names that assumption (and ``pooled_from``, the split the pool comes from, when
-    given); without it the verdict says no spread can be estimated.
+    given); without it the verdict says no spread can be estimated. With ``pooled_for_all`` the pooled spread
+    replaces both rows' own spreads whatever their seed counts (standard error ``s * sqrt(1/n1 + 1/n2)``): a second
+    reading for rows whose own spread rests on few seeds.
 
     Returns:
         ``(difference in points or None, verdict)``.
@@ -564,11 +566,11 @@ def conclusion_verdict(better: Mapping[str, Any] | None, worse: Mapping[str, Any
         s1, borrowed = s2, f" (seeds: 1 vs {n2}; the single run assumed to scatter like the {n2})"
     elif n2 < 2 and n1 >= 2 and s1 is not None:
         s2, borrowed = s1, f" (seeds: {n1} vs 1; the single run assumed to scatter like the {n1})"
-    if n1 < 2 and n2 < 2 and pooled is not None and pooled[0] is not None:
+    if (pooled_for_all or (n1 < 2 and n2 < 2)) and pooled is not None and pooled[0] is not None:
         s1 = s2 = pooled[0]
         rows_of = "the pooled multi-seed rows" + ("" if pooled_from is None else f" of the {pooled_from} split")
-        borrowed = (f" (seeds: 1 vs 1; both runs assumed to scatter like {rows_of}, "
-                    f"s = {100 * pooled[0]:.2f} points, {pooled[1]} degrees of freedom)")
+        borrowed = (f" (seeds: {n1} vs {n2}; both {'runs' if n1 < 2 and n2 < 2 else 'rows'} assumed to scatter "
+                    f"like {rows_of}, s = {100 * pooled[0]:.2f} points, {pooled[1]} degrees of freedom)")
     if s1 is None or s2 is None or (n1 < 2 and n2 < 2 and not borrowed):
         return diff, f"no spread yet (seeds: {n1} vs {n2})"
     se = 100 * math.sqrt(s1**2 / n1 + s2**2 / n2)

@@ -135,11 +135,13 @@ def test_per_class_intervals_single_out_the_class_that_differs() -> None:
     assert rows[2]["difference"] == pytest.approx(100 * out.class_difference[2])
     with pytest.raises(BootstrapError, match="3 class names for 4 classes"):
         bootstrap_record(out, [], {"kind": "grouped"}, ["bg", "x", "y"])
+    jlo, jhi = 100 * out.class_low_joint[2], 100 * out.class_high_joint[2]
+    assert rows[2]["joint 95 % interval"] == f"[{jlo:+.2f}, {jhi:+.2f}]"
     pre_joint = {**rec, "outcome": {k: v for k, v in rec["outcome"].items() if not k.endswith("_joint")}}
-    row = bootstrap_class_table(pre_joint).to_dicts()[2]
-    assert row["joint 95 % interval"] == "–" and row["joint interval"].startswith("above 0 (plain interval")
+    with pytest.raises(BootstrapError, match="no per-class or joint figures.*--force"):
+        bootstrap_class_table(pre_joint)
     old = {**rec, "outcome": {k: v for k, v in rec["outcome"].items() if not k.startswith("class_")}}
-    with pytest.raises(BootstrapError, match="no per-class figures"):
+    with pytest.raises(BootstrapError, match="no per-class or joint figures"):
         bootstrap_class_table(old)
 
 

@@ -229,6 +229,14 @@ def test_single_runs_on_both_sides_are_read_against_the_pooled_seed_spread() -> 
     assert conclusion_verdict(rows[4], rows[3], pooled=(std, dof))[1] == f"within the seed spread {words}"
     assert conclusion_verdict(rows[3], rows[2], pooled=(std, dof))[1] == f"reversed {words}"  # t = -2.24
     assert conclusion_verdict(rows[2], rows[3], pooled=(None, 0))[1] == "no spread yet (seeds: 1 vs 1)"
+    # pooled_for_all: a multi-seed row's own spread is replaced by the pool too, se = s * sqrt(1/n1 + 1/n2)
+    # 3 seeds at std 1 point vs 1 run, 2.5 points apart: against the row's own spread se = 1.15 (t = 2.17, holds),
+    # against the pool se = 1.58 * sqrt(1/3 + 1) = 1.83 (t = 1.37, within)
+    close = row("starnet_msaa", 0.735, "", 1)
+    assert conclusion_verdict(rows[0], close, pooled=(std, dof))[1].startswith("holds (seeds: 3 vs 1;")
+    assert conclusion_verdict(rows[0], close, pooled=(std, dof), pooled_for_all=True)[1] == (
+        "within the seed spread (seeds: 3 vs 1; both rows assumed to scatter like the pooled multi-seed rows, "
+        "s = 1.58 points, 4 degrees of freedom)")
     # a side with seeds keeps its own spread; the pool is only for 1 vs 1
     assert "the single run assumed to scatter like the 3" in conclusion_verdict(rows[2], rows[1], pooled=(std, dof))[1]
     text = str(conclusions_table(rows))
