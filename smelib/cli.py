@@ -424,8 +424,12 @@ def _cmd_results(args: argparse.Namespace) -> int:
             if est is None:
                 guess = "no earlier run of this model to time"
             else:
-                guess = (f"about {est[0]:.0f} min, scaled from {est[1]}"
-                         + ("" if est[2] else " (not timed on a machine like this one)"))
+                guess = f"about {est.minutes:.0f} min, scaled from {est.run_id}"
+                if est.host_factor is not None:
+                    guess += (f" and by {est.host_factor:.2f} for this machine (from {', '.join(est.factor_models)},"
+                              " timed on both)")
+                elif not est.same_host:
+                    guess += " (not timed on a machine like this one)"
             print(f"  {m.split} {m.model} seed {m.seed}: {guess}", file=sys.stderr)
         return 0
     if args.json:

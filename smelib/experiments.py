@@ -41,7 +41,7 @@ __all__ = [
     "paper_difference",
     "DEFAULT_CONFIGS", "OPTION_RUNS", "REQUIRED_RUNS", "DecisionOutcome", "MissingRun", "RunRequirement",
     "evaluate_decisions", "missing_option_runs",
-    "pooled_seed_std", "resolution_table", "short_hosts", "time_estimate",
+    "pooled_seed_std", "resolution_table", "short_hosts", "time_estimate", "TimeEstimate", "host_speed_factor",
     "learning_curve", "mean_std_text", "missing_runs", "pick_row", "protocol_epochs", "seeds_of", "summary_table",
     "summary_value",
     "tau_counts",
@@ -210,21 +210,64 @@ def missing_option_runs(rows: Sequence[Mapping[str, Any]], options: Mapping[str,
     return out
 
 
+@dataclass(frozen=True)
+class TimeEstimate:
+    """A planning guess of one run's wall time (:func:`time_estimate`)."""
+
+    minutes: float
+    #: the record whose ``wall_seconds`` per epoch was scaled
+    run_id: str
+    #: whether that record ran on a machine like this one (None when no host was given)
+    same_host: bool | None
+    #: the factor applied for this machine's speed relative to the record's, when they differ and some other
+    #: model was timed on both; None otherwise
+    host_factor: float | None = None
+    #: the models whose records on both machines gave ``host_factor``
+    factor_models: tuple[str, ...] = ()
+
+
+def _minutes_per_epoch(rec: Mapping[str, Any]) -> float:
+    return float(rec["wall_seconds"]) / int(rec["epochs_done"]) / 60
+
+
+def host_speed_factor(records: Sequence[Mapping[str, Any]], here: str, there: str) -> tuple[float, tuple[str, ...]] | None:
+    """How many times longer an epoch takes on machine ``here`` than on machine ``there`` (two
+    :func:`smelib.results.host_label` labels), from the models with completed records on both: per model the ratio
+    of the median minutes per epoch on each, then the median over models.
+
+    Returns:
+        ``(factor, models used)``, or None when no model was timed on both machines.
+    """
+    import statistics
+
+    from smelib.results import host_label
+
+    per: dict[tuple[str, str], list[float]] = {}
+    for r in records:
+        if r.get("status") == "completed" and r.get("wall_seconds") and r.get("epochs_done"):
+            per.setdefault((str(r.get("model")), host_label(r)), []).append(_minutes_per_epoch(r))
+    models = sorted({m for m, lab in per if lab == here} & {m for m, lab in per if lab == there})
+    if not models or here == there:
+        return None
+    ratios = [statistics.median(per[m, here]) / statistics.median(per[m, there]) for m in models]
+    return statistics.median(ratios), tuple(models)
+
+
 def time_estimate(
     records: Sequence[Mapping[str, Any]], model: str, epochs: int, host: Mapping[str, Any] | None = None,
-) -> tuple[float, str, bool | None] | None:
+) -> TimeEstimate | None:
     """Wall minutes a run of ``model`` for ``epochs`` epochs may take, scaled from one completed run record of that
     model (any split or protocol): ``wall_seconds * epochs / epochs_done``.
 
     With ``host`` (:func:`smelib.records.host_info` of this machine), the latest record from a machine with the same
     :func:`smelib.results.host_label` is used when there is one, because the same model trains about twice as fast
-    on an AVX-512 host as on an AVX2 one; otherwise (or without ``host``) the latest record of any machine. Steal by
+    on an AVX-512 host as on an AVX2 one. Otherwise the latest record of any machine is used, multiplied by
+    :func:`host_speed_factor` between this machine and that record's when other models were timed on both. Steal by
     the hypervisor (``cpu_steal_fraction``) still varies between runs on one kind of machine, so this plans a queue,
     it does not promise a time.
 
     Returns:
-        ``(minutes, run_id of the record used, whether it ran on a machine like host)`` (the last None without
-        ``host``), or None when no completed record of ``model`` exists.
+        The estimate, or None when no completed record of ``model`` exists.
     """
     from smelib.results import host_label
 
@@ -233,13 +276,19 @@ def time_estimate(
     if not done:
         return None
     same: bool | None = None
+    label = None
     if host is not None:
         label = host_label({"host": host})
         alike = [r for r in done if host_label(r) == label]
         same = bool(alike)
         done = alike or done
     latest = max(done, key=lambda r: str(r.get("finished_utc", "")))
-    return float(latest["wall_seconds"]) * epochs / int(latest["epochs_done"]) / 60, str(latest.get("run_id")), same
+    minutes = _minutes_per_epoch(latest) * epochs
+    if label is not None and not same:
+        found = host_speed_factor(records, label, host_label(latest))
+        if found is not None:
+            return TimeEstimate(minutes * found[0], str(latest.get("run_id")), same, found[0], found[1])
+    return TimeEstimate(minutes, str(latest.get("run_id")), same)
 
 
 def pick_row(

@@ -267,6 +267,10 @@ def test_resolution_table_sets_the_papers_differences_against_the_pooled_spread(
         resolution_table([row("starnet_aspp", "", 1)])
 
 
+def _est(e: X.TimeEstimate | None) -> tuple[float, str, bool | None] | None:
+    return None if e is None else (e.minutes, e.run_id, e.same_host)
+
+
 def test_time_estimate_scales_the_latest_completed_run() -> None:
     recs = [{"model": "m", "status": "completed", "wall_seconds": 600.0, "epochs_done": 2, "run_id": "old",
              "finished_utc": "2026-01-01T00:00:00Z"},
@@ -274,16 +278,40 @@ def test_time_estimate_scales_the_latest_completed_run() -> None:
              "finished_utc": "2026-02-01T00:00:00Z"},
             {"model": "m", "status": "running", "wall_seconds": 1.0, "epochs_done": 1, "run_id": "unfinished",
              "finished_utc": "2026-03-01T00:00:00Z"}]
-    assert X.time_estimate(recs, "m", 6) == (pytest.approx(40.0), "new", None)  # 1200 s * 6 / 3 epochs
+    assert _est(X.time_estimate(recs, "m", 6)) == (pytest.approx(40.0), "new", None)  # 1200 s * 6 / 3 epochs
     assert X.time_estimate(recs, "other", 6) is None
     # On a host like the old record's, that record is the one to scale, though a newer one ran elsewhere.
     fast = {"cpu": "Xeon", "cpu_flags": ["avx2", "avx512f"], "cpu_cores": 2}
     slow = {"cpu": "EPYC", "cpu_flags": ["avx2"], "cpu_cores": 2}
     recs[0]["host"], recs[1]["host"] = fast, slow
-    assert X.time_estimate(recs, "m", 6, host=fast) == (pytest.approx(30.0), "old", True)  # 600 s * 6 / 2
-    assert X.time_estimate(recs, "m", 6, host=slow) == (pytest.approx(40.0), "new", True)
+    assert _est(X.time_estimate(recs, "m", 6, host=fast)) == (pytest.approx(30.0), "old", True)  # 600 s * 6 / 2
+    assert _est(X.time_estimate(recs, "m", 6, host=slow)) == (pytest.approx(40.0), "new", True)
     other = {"cpu": "Xeon", "cpu_flags": ["avx2"], "cpu_cores": 2}  # same name, narrower vectors: not alike
-    assert X.time_estimate(recs, "m", 6, host=other) == (pytest.approx(40.0), "new", False)
+    est = X.time_estimate(recs, "m", 6, host=other)
+    assert _est(est) == (pytest.approx(40.0), "new", False)
+    assert est is not None and est.host_factor is None  # no model was timed on both machines
+
+
+def test_time_estimate_carries_a_speed_factor_measured_on_other_models() -> None:
+    def rec(model: str, host: dict[str, object], minutes_per_epoch: float, day: int) -> dict[str, object]:
+        return {"model": model, "status": "completed", "wall_seconds": minutes_per_epoch * 60 * 6, "epochs_done": 6,
+                "run_id": f"{model}-{day}", "finished_utc": f"2026-01-{day:02d}T00:00:00Z", "host": host}
+
+    fast = {"cpu": "Xeon", "cpu_flags": ["avx2", "avx512f"], "cpu_cores": 2}
+    slow = {"cpu": "EPYC", "cpu_flags": ["avx2"], "cpu_cores": 2}
+    # "a" takes 1.5x as long on the slow machine (median over its two slow runs), "b" 2x: the factor is their median
+    recs = [rec("a", fast, 4.0, 1), rec("a", slow, 5.0, 2), rec("a", slow, 7.0, 3),
+            rec("b", fast, 2.0, 4), rec("b", slow, 4.0, 5),
+            rec("big", fast, 20.0, 6)]
+    assert X.host_speed_factor(recs, "EPYC [avx2] x2", "Xeon [avx512] x2") == (pytest.approx(1.75), ("a", "b"))
+    assert X.host_speed_factor(recs, "Xeon [avx512] x2", "EPYC [avx2] x2")[0] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    est = X.time_estimate(recs, "big", 6, host=slow)
+    assert est is not None and not est.same_host and est.run_id == "big-6"
+    assert est.minutes == pytest.approx(20.0 * 6 * 1.75) and est.host_factor == pytest.approx(1.75)
+    assert est.factor_models == ("a", "b")
+    # a record from this very machine is used as it is
+    est = X.time_estimate(recs, "a", 6, host=slow)
+    assert est is not None and est.same_host and est.host_factor is None and est.minutes == pytest.approx(42.0)
 
 
 def _curve_record(epochs: int, miou: float, run_id: str, seed: int = 0, config: str = "cpu_budget",
