@@ -109,9 +109,12 @@ def resunet(num_classes: int = 4, in_channels: int = 3, **overrides: Any) -> Res
 
     Why half: every doubling of width quadruples the cost, and Res-UNet's decoder runs 3x3 convs at full
     resolution on the concatenated features. At 200×200 the paper's width costs 27.7 G multiply-adds (fvcore),
-    three times PSPNet-R18's 9.0 G; width 32 costs 7.0 G and trains on a 2-core CPU at a speed comparable to the
-    other baselines (a train step at batch 8, 200×200, two threads, best of 4: Res-UNet 1.2 images/s, PSPNet 1.2,
-    HRNet 2.2, DeepLabV3+-MobileNetV2 1.3, SME-DeepLabV3+ 1.2). ``width=64`` gives the paper's network: 8.22 M
-    parameters, of which 0.43 M are our 1x1 projection shortcuts; without them it is the paper's 7.8 M.
+    three times PSPNet-R18's 9.0 G; width 32 costs 7.0 G. That is still 5.8 times SME-DeepLabV3+'s 1.2 G at the
+    protocol's width, and it shows in training: the protocol's grouped-split run trained at 3.5 images/s on a 2-core
+    AMD EPYC host, where SME's three runs trained at 8.5 to 11.3 (``images_per_s`` of the records in
+    ``results/runs``), so a Res-UNet row takes about 2.5 times an SME row's wall time. (An early step benchmark
+    had put every baseline near 1.2 images/s, far below what any training run measured; the records replace it.)
+    ``width=64`` gives the paper's network: 8.22 M parameters, of which 0.43 M are our 1x1 projection shortcuts;
+    without them it is the paper's 7.8 M.
     """
     return ResUNet(num_classes, in_channels, **{"width": 32, **overrides})
