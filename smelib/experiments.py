@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ __all__ = [
     "paper_difference",
     "DEFAULT_CONFIGS", "OPTION_RUNS", "REQUIRED_RUNS", "DecisionOutcome", "MissingRun", "RunRequirement",
     "evaluate_decisions", "missing_option_runs",
-    "pooled_seed_std", "resolution_table", "short_hosts", "time_estimate", "TimeEstimate", "host_speed_factor",
+    "pooled_seed_std", "resolution_table", "SplitGap", "split_gap", "short_hosts", "time_estimate", "TimeEstimate", "host_speed_factor",
     "learning_curve", "mean_std_text", "missing_runs", "pick_row", "protocol_epochs", "seeds_of", "summary_table",
     "summary_value",
     "tau_counts",
@@ -238,8 +239,6 @@ def host_speed_factor(records: Sequence[Mapping[str, Any]], here: str, there: st
     Returns:
         ``(factor, models used)``, or None when no model was timed on both machines.
     """
-    import statistics
-
     from smelib.results import host_label
 
     per: dict[tuple[str, str], list[float]] = {}
@@ -580,6 +579,59 @@ def pooled_seed_std(rows: Sequence[Mapping[str, Any]], split: str = "grouped", e
         num += (int(r["n_seeds"]) - 1) * std**2
         dof += int(r["n_seeds"]) - 1
     return (math.sqrt(num / dof), dof) if dof else (None, 0)
+
+
+@dataclass(frozen=True)
+class SplitGap:
+    """How much the official split's training copies of its test images raise test mIoU (:func:`split_gap`).
+    Fractions, not points."""
+
+    #: ``(model, official − grouped mean, official seeds, grouped seeds)`` per model measured on both splits
+    pairs: tuple[tuple[str, float, int, int], ...]
+    #: the unweighted mean of the models' gaps
+    mean: float | None
+    #: its standard error from the scatter of the models' gaps, ``std / sqrt(k)`` (None below 2 models)
+    se: float | None
+    #: the grouped split's pooled seed spread (:func:`pooled_seed_std`) the homogeneity check assumes
+    seed_std: float | None
+    #: ``sum((g_i - g_w)² / v_i)`` with ``v_i = seed_std² (1/n_official + 1/n_grouped)`` and ``g_w`` the
+    #: ``1/v_i``-weighted mean: chi-squared with ``k - 1`` degrees of freedom if every model had the same gap
+    chi2: float | None
+    dof: int
+    #: the chance of a ``chi2`` at least this large under one common gap
+    p_common: float | None
+
+
+def split_gap(rows: Sequence[Mapping[str, Any]], configs: Collection[str] = DEFAULT_CONFIGS) -> SplitGap:
+    """Official − grouped test mIoU for every model whose :func:`pick_row` rows on both splits share a protocol, their
+    mean over models, and whether the models' gaps differ by more than seed noise alone would make them.
+
+    Each model's gap is one draw: a single official run against the grouped mean scatters with the seed noise of
+    both sides. Under one common gap for every model, ``chi2`` follows a chi-squared law with ``k - 1`` degrees of
+    freedom, so a small ``p_common`` says the duplicates help some models more than others; a large one says the
+    records cannot tell the models' gaps apart (not that they are equal). The seed noise is the grouped split's
+    pooled spread, assumed for the official side too.
+    """
+    pairs = []
+    for model in sorted({str(r.get("model")) for r in rows if r.get("split") == "official"}):
+        o, g = pick_row(rows, model, "official", configs), pick_row(rows, model, "grouped", configs)
+        mo, mg = summary_value(o, "miou_mean"), summary_value(g, "miou_mean")
+        if o is None or g is None or mo is None or mg is None or o["config"] != g["config"]:
+            continue
+        pairs.append((model, mo - mg, int(o["n_seeds"]), int(g["n_seeds"])))
+    k = len(pairs)
+    gaps = [p[1] for p in pairs]
+    mean = sum(gaps) / k if k else None
+    se = statistics.stdev(gaps) / math.sqrt(k) if k > 1 else None
+    s, _ = pooled_seed_std(rows, "grouped")
+    chi2 = p = None
+    if k > 1 and s:
+        var = [s**2 * (1 / no + 1 / ng) for _, _, no, ng in pairs]
+        w = sum(g / v for g, v in zip(gaps, var)) / sum(1 / v for v in var)
+        chi2 = sum((g - w) ** 2 / v for g, v in zip(gaps, var))
+        p = float(torch.special.gammaincc(torch.tensor((k - 1) / 2, dtype=torch.float64),
+                                          torch.tensor(chi2 / 2, dtype=torch.float64)))
+    return SplitGap(tuple(pairs), mean, se, s, chi2, max(k - 1, 0), p)
 
 
 def conclusion_verdict(better: Mapping[str, Any] | None, worse: Mapping[str, Any] | None,
@@ -947,8 +999,6 @@ def decision_spread(records: Sequence[Mapping[str, Any]], base: str = "argmax"
                     ) -> dict[str, dict[str, tuple[float, float | None, int]]]:
     """Mean, sample standard deviation (None with one seed) and number of seeds of each paired difference:
     ``{rule: {metric label: (mean, std, n)}}``, in points."""
-    import statistics
-
     values: dict[str, dict[str, list[float]]] = {}
     for r in records:
         for rule, diffs in decision_differences(r, base).items():

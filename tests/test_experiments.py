@@ -345,3 +345,29 @@ def test_budget_table_compares_each_length_on_its_own_runs() -> None:
     assert t.rows[1] == ["b", "72.00 ± –", 1, "not yet measured", "–", "–"]
     with pytest.raises(ValueError, match="at least 2"):
         X.budget_table(rows, (3,))
+
+
+def test_split_gap_means_the_models_gaps_and_checks_them_against_seed_noise() -> None:
+    def row(model: str, split: str, seeds: str, miou: float, std: float | None = None,
+            config: str = "cpu_budget") -> dict[str, object]:
+        return {**_row(model, split, seeds, config), "miou_mean": miou, "miou_std": std}
+
+    grouped = [row("a", "grouped", "0 1 2", 0.760, 0.005), row("b", "grouped", "0 1 2", 0.780, 0.005),
+               row("c", "grouped", "0", 0.700)]
+    # a and b gain 1.2 and 1.6 points; c's official row is of another protocol, so it is no pair
+    official = [row("a", "official", "0", 0.772), row("b", "official", "0", 0.796),
+                row("c", "official", "0", 0.800, config="paper")]
+    g = X.split_gap(grouped + official)
+    assert [(m, round(100 * d, 2), no, ng) for m, d, no, ng in g.pairs] == [("a", 1.2, 1, 3), ("b", 1.6, 1, 3)]
+    assert g.mean == pytest.approx(0.014) and g.se == pytest.approx(0.002)  # std of (1.2, 1.6) = 0.28; / sqrt 2
+    assert g.seed_std == pytest.approx(0.005) and g.dof == 1
+    # each gap scatters with variance s²(1 + 1/3); both lie 0.2 points from their mean: chi2 = 2 · 0.2² / (0.5² · 4/3)
+    assert g.chi2 == pytest.approx(0.24)
+    assert g.p_common == pytest.approx(math.erfc(math.sqrt(g.chi2 / 2)))  # chi-squared, 1 dof: P(|Z| > sqrt(chi2))
+    # a gap far beyond seed noise: the check says the models' gaps differ
+    official[1]["miou_mean"] = 0.830
+    g = X.split_gap(grouped + official)
+    assert g.p_common is not None and g.p_common < 1e-3
+    # one pair: a mean, but no scatter to read
+    g = X.split_gap([grouped[0], official[0]])
+    assert g.mean == pytest.approx(0.012) and g.se is None and g.chi2 is None and g.p_common is None and g.dof == 0
