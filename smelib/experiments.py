@@ -42,7 +42,8 @@ __all__ = [
     "paper_difference",
     "DEFAULT_CONFIGS", "OPTION_RUNS", "REQUIRED_RUNS", "DecisionOutcome", "MissingRun", "RunRequirement",
     "evaluate_decisions", "missing_option_runs",
-    "pooled_seed_std", "resolution_table", "SplitGap", "split_gap", "short_hosts", "time_estimate", "TimeEstimate", "host_speed_factor",
+    "pooled_seed_std", "resolution_table", "SplitGap", "split_gap", "short_hosts", "time_estimate", "TimeEstimate",
+    "host_speed_factor",
     "learning_curve", "mean_std_text", "missing_runs", "pick_row", "protocol_epochs", "seeds_of", "summary_table",
     "summary_value",
     "tau_counts",
@@ -231,7 +232,8 @@ def _minutes_per_epoch(rec: Mapping[str, Any]) -> float:
     return float(rec["wall_seconds"]) / int(rec["epochs_done"]) / 60
 
 
-def host_speed_factor(records: Sequence[Mapping[str, Any]], here: str, there: str) -> tuple[float, tuple[str, ...]] | None:
+def host_speed_factor(records: Sequence[Mapping[str, Any]], here: str,
+                      there: str) -> tuple[float, tuple[str, ...]] | None:
     """How many times longer an epoch takes on machine ``here`` than on machine ``there`` (two
     :func:`smelib.results.host_label` labels), from the models with completed records on both: per model the ratio
     of the median minutes per epoch on each, then the median over models.
@@ -602,9 +604,12 @@ class SplitGap:
     p_common: float | None
 
 
-def split_gap(rows: Sequence[Mapping[str, Any]], configs: Collection[str] = DEFAULT_CONFIGS) -> SplitGap:
-    """Official − grouped test mIoU for every model whose :func:`pick_row` rows on both splits share a protocol, their
-    mean over models, and whether the models' gaps differ by more than seed noise alone would make them.
+def split_gap(rows: Sequence[Mapping[str, Any]], configs: Collection[str] = DEFAULT_CONFIGS,
+              key: str = "miou") -> SplitGap:
+    """Official − grouped test mIoU (or another metric: ``<key>_mean`` of the rows, e.g. ``key="iou_inclusion"``) for
+    every model whose :func:`pick_row` rows on both splits share a protocol, their mean over models, and whether the
+    models' gaps differ by more than seed noise alone would make them (only for a metric whose rows hold a
+    ``<key>_std``; otherwise ``seed_std``, ``chi2`` and ``p_common`` are None).
 
     Each model's gap is one draw: a single official run against the grouped mean scatters with the seed noise of
     both sides. Under one common gap for every model, ``chi2`` follows a chi-squared law with ``k - 1`` degrees of
@@ -615,7 +620,7 @@ def split_gap(rows: Sequence[Mapping[str, Any]], configs: Collection[str] = DEFA
     pairs = []
     for model in sorted({str(r.get("model")) for r in rows if r.get("split") == "official"}):
         o, g = pick_row(rows, model, "official", configs), pick_row(rows, model, "grouped", configs)
-        mo, mg = summary_value(o, "miou_mean"), summary_value(g, "miou_mean")
+        mo, mg = summary_value(o, f"{key}_mean"), summary_value(g, f"{key}_mean")
         if o is None or g is None or mo is None or mg is None or o["config"] != g["config"]:
             continue
         pairs.append((model, mo - mg, int(o["n_seeds"]), int(g["n_seeds"])))
@@ -623,7 +628,7 @@ def split_gap(rows: Sequence[Mapping[str, Any]], configs: Collection[str] = DEFA
     gaps = [p[1] for p in pairs]
     mean = sum(gaps) / k if k else None
     se = statistics.stdev(gaps) / math.sqrt(k) if k > 1 else None
-    s, _ = pooled_seed_std(rows, "grouped")
+    s, _ = pooled_seed_std(rows, "grouped", key=key)
     chi2 = p = None
     if k > 1 and s:
         var = [s**2 * (1 / no + 1 / ng) for _, _, no, ng in pairs]

@@ -368,6 +368,11 @@ def test_split_gap_means_the_models_gaps_and_checks_them_against_seed_noise() ->
     official[1]["miou_mean"] = 0.830
     g = X.split_gap(grouped + official)
     assert g.p_common is not None and g.p_common < 1e-3
+    # another metric: its means pair the same way; without a std column there is no seed noise to check against
+    for r, v in zip(grouped + official, (0.50, 0.60, 0.40, 0.52, 0.59, 0.45)):
+        r["iou_x_mean"] = v
+    g = X.split_gap(grouped + official, key="iou_x")
+    assert g.mean == pytest.approx((0.02 - 0.01) / 2) and g.seed_std is None and g.chi2 is None and g.dof == 1
     # one pair: a mean, but no scatter to read
     g = X.split_gap([grouped[0], official[0]])
     assert g.mean == pytest.approx(0.012) and g.se is None and g.chi2 is None and g.p_common is None and g.dof == 0
