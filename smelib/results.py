@@ -7,7 +7,7 @@ Each row (all metrics fractions in [0, 1], measured on the run's final evaluatio
 
     config, model, split, epochs, metric_split, n_seeds, seeds,
     miou_mean, miou_std, precision_mean, mpa_mean, recall_mean, pixel_acc_mean,
-    iou_<class>_mean (one per class), miou_defects_mean, miou_defects_std,
+    iou_<class>_mean, iou_<class>_std (one pair per class), miou_defects_mean, miou_defects_std,
     gmacs, params_m, train_minutes, images_per_s, cpu_steal_mean, hosts, run_ids
 
 ``*_std`` is the sample standard deviation over seeds (None with one seed). Only records with
@@ -145,8 +145,9 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "pixel_acc_mean": _mean([m.get("pixel_acc") for m in metrics]),
         }
         for i, name in enumerate(names):
-            row[f"iou_{name.replace(' ', '_')}_mean"] = _mean(
-                [m["iou"][i] if i < len(m["iou"]) else None for m in metrics])
+            per_seed = [m["iou"][i] if i < len(m["iou"]) else None for m in metrics]
+            row[f"iou_{name.replace(' ', '_')}_mean"] = _mean(per_seed)
+            row[f"iou_{name.replace(' ', '_')}_std"] = _std(per_seed)
         row["miou_defects_mean"] = _mean([m["defects_only"]["miou"] for m in metrics])
         row["miou_defects_std"] = _std([m["defects_only"]["miou"] for m in metrics])
         row["gmacs"] = _mean([r.get("gmacs") for r in recs])

@@ -269,6 +269,8 @@ def test_summarize_means_and_stds_over_seeds(tmp_path: Path) -> None:
     row = rows[0]
     assert row["miou_mean"] == pytest.approx(0.6) and row["miou_std"] == pytest.approx(math.sqrt(0.02))
     assert row["iou_a_mean"] == pytest.approx(0.6) and row["miou_defects_mean"] == pytest.approx(0.5)
+    assert row["iou_a_std"] == pytest.approx(math.sqrt(0.02)) and row["iou_background_std"] == pytest.approx(0.0)
+    assert rows[1]["iou_a_std"] is None  # one seed: no spread
     assert row["train_minutes"] == pytest.approx(2.0) and rows[1]["miou_std"] is None
     for key in ("precision_mean", "mpa_mean", "recall_mean", "gmacs", "params_m", "iou_background_mean"):
         assert key in row
