@@ -84,12 +84,14 @@ def test_readme_status_numbers_come_from_the_run_records() -> None:
     evals = load_eval_records(repo_root() / "results" / "headroom")
     known |= {f"{100 * e['metrics']['miou']:.2f}" for e in evals}
     known |= {f"{abs(100 * (b['metrics']['miou'] - a['metrics']['miou'])):.2f}" for a, b in tta_pairs(evals)}
-    # paired-bootstrap records (results/bootstrap): both mIoUs, the difference, the interval's ends, its s.e.
+    # paired-bootstrap records (results/bootstrap): both mIoUs, the difference, the interval's ends, its s.e., and
+    # each class's IoU difference
     from smelib.bootstrap import load_bootstrap_records
 
     for rec in load_bootstrap_records(repo_root() / "results" / "bootstrap"):
         o = rec["outcome"]
         known |= {f"{abs(100 * o[k]):.2f}" for k in ("miou_better", "miou_worse", "difference", "low", "high", "std")}
+        known |= {f"{abs(100 * v):.2f}" for v in o.get("class_difference") or () if v is not None}
     # decision records (results/mechanisms): the paired rule − argmax differences' mean and std over seeds
     from smelib.experiments import decision_spread, load_decision_records, select_decision_records
 
