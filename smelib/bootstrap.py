@@ -209,31 +209,65 @@ def paired_bootstrap(conf_better: np.ndarray, conf_worse: np.ndarray, better: st
 
 def paired_bootstrap_runs(better: tuple[str, str | os.PathLike], worse: tuple[str, str | os.PathLike],
                           data_root: str | None = None, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
-                          device: str = "cpu") -> tuple[PairedBootstrap, dict[str, Any]]:
+                          device: str = "cpu", shared_images: bool = False) -> tuple[PairedBootstrap, dict[str, Any]]:
     """:func:`paired_bootstrap` of two runs' test predictions (stored in their run folders, else predicted).
 
     Args:
-        better, worse: ``(label, run folder or checkpoint)``; both trained on the same split.
+        better, worse: ``(label, run folder or checkpoint)``; both trained on the same split, unless
+            ``shared_images``.
+        shared_images: the runs may come from different splits (e.g. a ``leaky`` and a ``grouped`` run, see
+            :func:`smelib.splits.make_split`); both are scored on the test images their test sets share, in
+            ``better``'s order. The record's split kind names both (``"leaky vs grouped"``) and ``shared_images``
+            says how many there are.
 
     Returns:
         The outcome and a committable record (:func:`bootstrap_record`).
+
+    Raises:
+        BootstrapError: the same label twice; with ``shared_images``, no shared test image, or a shared image whose
+            ground truth differs between the two runs' datasets.
     """
     from smelib.qualitative import load_run_predictions
 
     if better[0] == worse[0]:
         raise BootstrapError(f"both runs are labelled {better[0]!r}")
-    sp = load_run_predictions({better[0]: better[1], worse[0]: worse[1]}, data_root, "test", device)
-    k, ignore = sp.num_classes, sp.ignore_index
-    ca = image_confusions(sp.preds[better[0]], sp.gts, k, ignore)
-    cb = image_confusions(sp.preds[worse[0]], sp.gts, k, ignore)
+    if not shared_images:
+        sp = load_run_predictions({better[0]: better[1], worse[0]: worse[1]}, data_root, "test", device)
+        k, ignore = sp.num_classes, sp.ignore_index
+        ca = image_confusions(sp.preds[better[0]], sp.gts, k, ignore)
+        cb = image_confusions(sp.preds[worse[0]], sp.gts, k, ignore)
+        sources, bundle, names = sp.sources, sp.bundle, sp.class_names
+        split = {**bundle.split, "kind": sources[0].config["data"]["split"]}
+    else:
+        a = load_run_predictions({better[0]: better[1]}, data_root, "test", device)
+        b = load_run_predictions({worse[0]: worse[1]}, data_root, "test", device)
+        if a.class_names != b.class_names:
+            raise BootstrapError(f"{better[1]}: classes {a.class_names} differ from {worse[1]}'s {b.class_names}")
+        at = {sid: i for i, sid in enumerate(b.ids)}
+        pairs = [(i, at[sid]) for i, sid in enumerate(a.ids) if sid in at]
+        if not pairs:
+            raise BootstrapError(f"{better[1]} and {worse[1]}: their test sets share no image")
+        for i, j in pairs:
+            if not np.array_equal(a.gts[i], b.gts[j]):
+                raise BootstrapError(f"test image {a.ids[i]!r}: its ground truth differs between {better[1]} and "
+                                     f"{worse[1]} (different datasets?)")
+        k, ignore = a.num_classes, a.ignore_index
+        gts = [a.gts[i] for i, _ in pairs]
+        ca = image_confusions([a.preds[better[0]][i] for i, _ in pairs], gts, k, ignore)
+        cb = image_confusions([b.preds[worse[0]][j] for _, j in pairs], gts, k, ignore)
+        sources, names = a.sources + b.sources, a.class_names
+        kinds = [src.config["data"]["split"] for src in sources]
+        split = {**a.bundle.split, "kind": kinds[0] if kinds[0] == kinds[1] else f"{kinds[0]} vs {kinds[1]}"}
     outcome = paired_bootstrap(ca, cb, better[0], worse[0], n_boot=n_boot, seed=seed, level=level)
     runs = []
-    for src in sp.sources:
+    for src in sources:
         rec = src.record or {}
         runs.append({"label": src.label, "run_id": rec.get("run_id"), "model": src.model_name, "source": src.kind,
                      "where": src.where, "miou_record": ((rec.get("final") or {}).get("test") or {}).get("miou")})
-    split = {**sp.bundle.split, "kind": sp.sources[0].config["data"]["split"]}
-    return outcome, bootstrap_record(outcome, runs, split, sp.class_names)
+    record = bootstrap_record(outcome, runs, split, names)
+    if shared_images:
+        record["split"]["shared_images"] = len(ca)
+    return outcome, record
 
 
 def bootstrap_record(outcome: PairedBootstrap, runs: Sequence[Mapping[str, Any]], split: Mapping[str, Any],

@@ -186,7 +186,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="train.epochs")
     p.add_argument("--max-steps", type=int, help="stop after N optimiser steps (train.max_steps)")
     p.add_argument("--seed", type=int, help="train.seed")
-    p.add_argument("--split", choices=["official", "grouped"], help="data.split")
+    p.add_argument("--split", choices=["official", "grouped", "leaky"], help="data.split")
     p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=3e-3")
 
@@ -582,7 +582,9 @@ def _cmd_data_split(args: argparse.Namespace) -> int:
     try:
         info = open_dataset(args.root)
         groups = load_groups(args.groups) if args.groups else None
-        split = make_split(info, args.kind, seed=args.seed, val_fraction=args.val_fraction, groups=groups)
+        copies = load_groups(args.groups, key="copy_groups") if args.groups and args.kind == "leaky" else None
+        split = make_split(info, args.kind, seed=args.seed, val_fraction=args.val_fraction, groups=groups,
+                           copy_groups=copies)
     except DatasetError as err:
         raise _data_error(err) from None
     summary = split_summary(info, split)
@@ -645,10 +647,10 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
     s = dsub.add_parser("split", help="print (and save) an official or grouped train/val/test split")
     s.add_argument("root", help="dataset folder")
-    s.add_argument("--kind", choices=["official", "grouped"], default="official")
+    s.add_argument("--kind", choices=["official", "grouped", "leaky"], default="official")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--val-fraction", type=float, default=0.1)
-    s.add_argument("--groups", help="groups JSON from `smelib data groups` (grouped; default: detect now)")
+    s.add_argument("--groups", help="groups JSON from `smelib data groups` (grouped, leaky; default: detect now)")
     s.add_argument("--json", metavar="OUT", help="write {'train': [...], 'val': [...], 'test': [...]} here")
     s.set_defaults(func=_cmd_data_split)
 
@@ -909,7 +911,8 @@ def _cmd_bootstrap(args: argparse.Namespace) -> int:
     better, worse = _labelled_run(args.better), _labelled_run(args.worse)
     try:
         outcome, record = paired_bootstrap_runs(better, worse, data_root=args.data_root, n_boot=args.boot,
-                                                seed=args.seed, level=args.level, device=args.device)
+                                                seed=args.seed, level=args.level, device=args.device,
+                                                shared_images=args.shared_images)
         path = write_bootstrap_record(record, args.out, force=args.force) if args.out else None
     except (*_engine_errors(), BootstrapError, ComparisonError, PredictionsError) as err:
         raise CLIError(str(err)) from None
@@ -929,7 +932,10 @@ def _add_bootstrap(sub: argparse._SubParsersAction) -> None:
                        "noise?")
     p.add_argument("better", metavar="LABEL=RUN", help="the run claimed better: run folder (stored test predictions "
                    "if it has them, else its checkpoint) or checkpoint")
-    p.add_argument("worse", metavar="LABEL=RUN", help="the run claimed worse, trained on the same split")
+    p.add_argument("worse", metavar="LABEL=RUN", help="the run claimed worse, trained on the same split (unless "
+                   "--shared-images)")
+    p.add_argument("--shared-images", action="store_true", help="runs of different splits (e.g. leaky and grouped), "
+                   "scored on the test images both test sets hold")
     p.add_argument("--boot", type=int, default=2000, help="resamples (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="resampling seed (default 0)")
     p.add_argument("--level", type=float, default=0.95, help="interval coverage (default 0.95)")

@@ -17,9 +17,10 @@ Keys (the defaults are in :data:`DEFAULTS`; ``null`` means "decided at run time"
       in_channels: int             # image channels the model takes (3: NEU-Seg's JPEGs are stored as RGB)
     data:
       root: str | null             # dataset folder; null: smelib.settings.data_root() (sample in quick mode)
-      split: official | grouped    # NEU-Seg's own train/test split, or the near-duplicate-aware one
+      split: official | grouped | leaky  # NEU-Seg's own train/test split, the near-duplicate-aware one, or that
+                                   # one with the official leak put back (smelib.splits.make_split)
       seed: int                    # seed of the split (the validation carve-out), kept fixed across training seeds
-      groups: str | null           # duplicate-groups JSON for the grouped split (`smelib data groups`); null: detect
+      groups: str | null           # duplicate-groups JSON, grouped/leaky splits (`smelib data groups`); null: detect
       val_fraction: float          # part of the training images held out for validation, in [0, 1)
       size: null | int | [h, w]    # training/inference resolution; null = native (NEU-Seg: 200 x 200, no resize)
       augment: {…} | null          # smelib.augment.Augment.from_config: hflip, vflip (probabilities), rot90 (bool),
@@ -176,7 +177,7 @@ DEFAULTS: dict[str, Any] = {
 #: Dotted keys of the off-by-default mechanisms (smelib.mechanisms) that a config file may leave out.
 MECHANISM_KEYS = ("model_init", "eval.decision", "eval.threshold")
 
-_SPLITS = ("official", "grouped")
+_SPLITS = ("official", "grouped", "leaky")
 _OPTIMS = ("sgd", "adamw")
 _SCHEDULES = ("cosine", "poly", "constant")
 _AMP = ("auto", "none", "bf16", "fp16")

@@ -272,13 +272,15 @@ def load_data(cfg: Mapping[str, Any], seed: int = 0) -> DataBundle:
     num_classes = int(dc["num_classes"] or info.num_classes)
     if num_classes < 2:
         raise sd.DatasetError(f"{info.root}: number of classes unknown; add class_names.txt or set data.num_classes")
-    groups = None
-    if dc.get("groups") and dc["split"] == "grouped":
+    groups = copy_groups = None
+    if dc.get("groups") and dc["split"] in ("grouped", "leaky"):
         from smelib.splits import load_groups
 
         groups = load_groups(_resolve_root(dc["groups"]))
+        if dc["split"] == "leaky":
+            copy_groups = load_groups(_resolve_root(dc["groups"]), key="copy_groups")
     split = make_split(info, dc["split"], seed=int(dc["seed"]), val_fraction=float(dc["val_fraction"]),
-                       groups=groups)
+                       groups=groups, copy_groups=copy_groups)
     ids = {name: list(split.get(name) or []) for name in ("train", "val", "test")}
     if dc["limit"]:
         ids = {name: v[: int(dc["limit"])] for name, v in ids.items()}
@@ -298,7 +300,7 @@ def load_data(cfg: Mapping[str, Any], seed: int = 0) -> DataBundle:
     train = make(ids["train"], build_augment(dc["augment"]))
     names = list(info.class_names) or [f"class_{i}" for i in range(num_classes)]
     facts = {"root": str(info.root), "layout": info.layout, **{k: v for k, v in split.items()
-                                                              if k not in ("train", "val", "test")
+                                                              if k not in ("train", "val", "test", "unused")
                                                               and isinstance(v, (int, float, str, bool))}}
     return DataBundle(train, make(ids["val"]), make(ids["test"]), None, names, num_classes, facts, (h, w),
                       mean=train.mean.reshape(-1).tolist(), std=train.std.reshape(-1).tolist())

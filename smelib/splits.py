@@ -4,8 +4,9 @@ NEU-Seg shows most surface patches several times: rotated by 90/180/270 degrees 
 pixel, four pairs exactly duplicated), each copy re-encoded as JPEG, so copies are *not* byte-identical. Its
 multi-class images are moreover composites: half of one single-class picture blended with half of another.
 Many official test images therefore have a copy, or share half their content, with a training image.
-:func:`find_groups` finds both kinds of link; :func:`make_split` builds the ``official`` split and a ``grouped``
-one that keeps every group on one side; :func:`audit` measures the leakage and how much the masks of copies
+:func:`find_groups` finds both kinds of link; :func:`make_split` builds the ``official`` split, a ``grouped``
+one that keeps every group on one side, and a ``leaky`` one that puts the official split's leak back into the
+grouped one (to measure it on fixed test pictures); :func:`audit` measures the leakage and how much the masks of copies
 disagree.
 
 Dihedral transforms are numbered ``k = 0..7``: ``k < 4`` is ``torch.rot90(x, k, (-2, -1))``, ``k >= 4`` is the
@@ -340,27 +341,32 @@ def save_groups(groups: Groups, path: str | os.PathLike[str]) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def groups_from_json(doc: Mapping[str, Any]) -> list[list[str]]:
-    """The ``groups`` list of a groups document, checked to be a list of lists of ids with no repeats."""
-    groups = doc.get("groups")
+def groups_from_json(doc: Mapping[str, Any], key: str = "groups") -> list[list[str]]:
+    """The ``key`` list (``"groups"`` or ``"copy_groups"``) of a groups document, checked to be a list of lists of
+    ids with no repeats."""
+    groups = doc.get(key)
     if not isinstance(groups, list) or not all(isinstance(g, list) for g in groups):
-        raise DatasetError("groups JSON: expected {'groups': [[id, ...], ...]}")
+        raise DatasetError(f"groups JSON: expected {{{key!r}: [[id, ...], ...]}}")
     seen: set[str] = set()
     for g in groups:
         for sid in g:
             if sid in seen:
-                raise DatasetError(f"groups JSON: {sid!r} is in more than one group")
+                raise DatasetError(f"groups JSON: {sid!r} is in more than one group of its {key!r}")
             seen.add(sid)
     return [list(map(str, g)) for g in groups]
 
 
-def load_groups(path: str | os.PathLike[str]) -> list[list[str]]:
-    """Read the ``groups`` of a JSON file written by ``smelib data groups``."""
+def load_groups(path: str | os.PathLike[str], key: str = "groups") -> list[list[str]]:
+    """Read the ``groups`` (or, with ``key="copy_groups"``, the copy-only groups) of a JSON file written by
+    ``smelib data groups``; the error names the file."""
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise DatasetError(f"{path}: cannot read groups JSON ({err})") from None
-    return groups_from_json(doc)
+    try:
+        return groups_from_json(doc, key)
+    except DatasetError as err:
+        raise DatasetError(f"{path}: {err}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -531,13 +537,60 @@ def _grouped(
     return {key: sorted(v) for key, v in out.items()}
 
 
+def _leaky(
+    info: DatasetInfo,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float | None,
+    groups: Sequence[Sequence[str]] | None,
+    copy_groups: Sequence[Sequence[str]] | None,
+) -> dict[str, list[str]]:
+    if (groups is None) != (copy_groups is None):
+        raise DatasetError("the leaky split needs both the groups and the copy groups (the groups JSON's "
+                           "'groups' and 'copy_groups'), or neither to detect them now")
+    if groups is None:
+        found = find_groups(info)
+        groups, copy_groups = found.groups, found.copy_groups
+    base = _grouped(info, seed, val_fraction, test_fraction, groups)
+    test = set(base["test"])
+    copy_of = {sid: n for n, g in enumerate(copy_groups or ()) for sid in g}
+    members: dict[int | str, list[str]] = {}
+    for sid in base["test"]:
+        members.setdefault(copy_of.get(sid, sid), []).append(sid)
+    for key in members:
+        if isinstance(key, int) and not set(copy_groups[key]) <= test:  # type: ignore[index]
+            raise DatasetError(f"copy group of {members[key][0]!r} reaches outside the grouped test set: the copy "
+                               "groups do not nest in the groups")
+    # A stream of its own, so the grouped sides above stay exactly the grouped split's.
+    rng = np.random.default_rng([seed, 1])
+    kept, moved = [], []
+    for key in sorted(members, key=lambda m: members[m][0]):
+        ids = sorted(members[key])
+        keep = int(rng.integers(len(ids)))
+        kept.append(ids[keep])
+        moved.extend(ids[:keep] + ids[keep + 1:])
+    # Hold the training set's size: drop whole training groups (never linked to test) worth as many images.
+    train = set(base["train"])
+    train_groups = [sorted(set(g) & train) for g in groups]
+    train_groups = [g for g in train_groups if g] + [[sid] for sid in sorted(train - {s for g in groups for s in g})]
+    dropped: list[str] = []
+    for gi in rng.permutation(len(train_groups)).tolist():
+        if len(dropped) + len(train_groups[gi]) <= len(moved):
+            dropped.extend(train_groups[gi])
+        if len(dropped) == len(moved):
+            break
+    return {"train": sorted((train - set(dropped)) | set(moved)), "val": base["val"], "test": sorted(kept),
+            "unused": sorted(dropped)}
+
+
 def make_split(
     info: DatasetInfo,
-    kind: Literal["official", "grouped"] = "official",
+    kind: Literal["official", "grouped", "leaky"] = "official",
     seed: int = 0,
     val_fraction: float = 0.1,
     *,
     groups: Sequence[Sequence[str]] | None = None,
+    copy_groups: Sequence[Sequence[str]] | None = None,
     test_fraction: float | None = None,
 ) -> dict[str, list[str]]:
     """Train/val/test id lists.
@@ -555,17 +608,27 @@ def make_split(
     (typical user data) have only singleton groups, so this falls back to a class-balanced seeded random
     split, with a warning.
 
+    ``leaky``: the grouped split with the official split's leak put back, to measure what the leak is worth on
+    fixed test pictures. Of each copy group of the grouped test set (the same picture rotated or flipped,
+    ``copy_groups``), one image, drawn by ``seed``, stays in test; the others move to training, as the official
+    split has them. So that the training set keeps its size, whole training groups worth as many images (none of
+    them linked to a test image) are dropped, listed under ``"unused"``. Validation is the grouped split's. Scored
+    on the leaky test images, a grouped-split run and a leaky-split run differ only in whether training held
+    rotated copies of those pictures (and in the dropped groups).
+
     Args:
         info: from :func:`smelib.data.open_dataset`.
-        kind: ``"official"`` or ``"grouped"``.
+        kind: ``"official"``, ``"grouped"`` or ``"leaky"``.
         seed: the same seed gives the same split.
         val_fraction: share of the non-test images used for validation.
-        groups: precomputed groups (grouped only); ids not in any group become singletons.
+        groups: precomputed groups (grouped and leaky); ids not in any group become singletons.
+        copy_groups: precomputed copy-only groups (leaky; with ``groups``, or neither to detect both now).
         test_fraction: overrides the test share (grouped, and VOC without lists).
 
     Returns:
         ``{"train": [...], "val": [...], "test": [...]}``, each sorted; together every id once (VOC lists
-        that leave images out or overlap are passed through as they are).
+        that leave images out or overlap are passed through as they are; ``leaky`` adds ``"unused"``, the
+        dropped training images, so that every id is still listed once).
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), not {val_fraction}")
@@ -573,7 +636,9 @@ def make_split(
         return _official(info, seed, val_fraction, test_fraction)
     if kind == "grouped":
         return _grouped(info, seed, val_fraction, test_fraction, groups)
-    raise ValueError(f"split kind must be 'official' or 'grouped', not {kind!r}")
+    if kind == "leaky":
+        return _leaky(info, seed, val_fraction, test_fraction, groups, copy_groups)
+    raise ValueError(f"split kind must be 'official', 'grouped' or 'leaky', not {kind!r}")
 
 
 def split_summary(info: DatasetInfo, split: Mapping[str, Sequence[str]]) -> dict[str, Any]:

@@ -192,3 +192,35 @@ def test_runs_records_and_the_command(two_runs: list[Path], tmp_path: Path, caps
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(BootstrapError, match="broken.json: not valid JSON"):
         load_bootstrap_records(tmp_path)
+
+
+def test_runs_of_different_splits_are_scored_on_their_shared_test_images(tmp_path: Path) -> None:
+    """A leaky-split run against a grouped-split one (the leak's measurement): only the images both test sets
+    hold count, and the grouped run's side is its own mIoU recomputed on exactly those images."""
+    from engine_helpers import tiny_config
+
+    from smelib import engine
+    from smelib.qualitative import load_run_predictions
+
+    from _data_helpers import SAMPLE
+
+    runs = {}
+    for kind in ("leaky", "grouped"):
+        cfg = tiny_config(SAMPLE, data={"split": kind, "val_fraction": 0.1})
+        runs[kind] = engine.train(cfg, runs_dir=tmp_path / "runs", quiet=True).run_dir
+    leaky = load_run_predictions({"l": runs["leaky"]}, subset="test")
+    grouped = load_run_predictions({"g": runs["grouped"]}, subset="test")
+    shared = [sid for sid in leaky.ids if sid in set(grouped.ids)]
+    assert shared == leaky.ids and len(shared) < len(grouped.ids)  # the leaky test set nests in the grouped one
+    out, rec = paired_bootstrap_runs(("leaky", runs["leaky"]), ("grouped", runs["grouped"]), n_boot=100,
+                                     shared_images=True)
+    pick = [grouped.ids.index(sid) for sid in shared]
+    conf = image_confusions([grouped.preds["g"][i] for i in pick], [grouped.gts[i] for i in pick], 4).sum(0)
+    assert out.n_images == len(shared) == rec["split"]["shared_images"]
+    assert out.miou_worse == pytest.approx(float(miou_of_confusions(conf)))
+    assert out.miou_better == pytest.approx(json.loads((runs["leaky"] / "record.json").read_text())
+                                            ["final"]["test"]["miou"], abs=1e-9)
+    assert rec["split"]["kind"] == "leaky vs grouped"
+    assert write_bootstrap_record(rec, tmp_path).name == "leaky_vs_grouped_leaky_vs_grouped.json"
+    with pytest.raises(Exception, match="trained on split"):  # without the flag, different splits are refused
+        paired_bootstrap_runs(("leaky", runs["leaky"]), ("grouped", runs["grouped"]), n_boot=100)

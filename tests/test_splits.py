@@ -132,6 +132,10 @@ def test_groups_json_round_trip_and_validation(tmp_path: Path, groups: sp.Groups
     doc = json.loads(path.read_text())
     assert doc["groups"] == groups.groups and doc["copy_groups"] == groups.copy_groups
     assert sp.load_groups(path) == groups.groups
+    assert sp.load_groups(path, key="copy_groups") == groups.copy_groups
+    path.write_text(json.dumps({"groups": groups.groups}))
+    with pytest.raises(sd.DatasetError, match=r"g\.json: groups JSON: expected \{'copy_groups'"):
+        sp.load_groups(path, key="copy_groups")
     with pytest.raises(sd.DatasetError, match="more than one group"):
         sp.groups_from_json({"groups": [["a", "b"], ["b"]]})
     with pytest.raises(sd.DatasetError, match="expected"):
@@ -172,6 +176,31 @@ def test_grouped_split_keeps_groups_together(info: sd.DatasetInfo, groups: sp.Gr
     assert split != sp.make_split(info, "grouped", seed=5, groups=groups.groups)
     # Without precomputed groups it detects them itself and gets the same split.
     assert sp.make_split(info, "grouped", seed=0) == split
+
+
+def test_leaky_split_puts_the_copies_of_each_test_picture_back_into_training(info: sd.DatasetInfo,
+                                                                             groups: sp.Groups) -> None:
+    grouped = sp.make_split(info, "grouped", seed=0, groups=groups.groups)
+    leaky = sp.make_split(info, "leaky", seed=0, groups=groups.groups, copy_groups=groups.copy_groups)
+    # Every id still listed once; validation untouched; test is a subset of the grouped test set.
+    assert sorted(i for ids in leaky.values() for i in ids) == list(info.ids)
+    assert leaky["val"] == grouped["val"] and set(leaky["test"]) < set(grouped["test"])
+    # One image per copy group of the grouped test set stays; the rest of that group is in training.
+    test_copy_groups = [g for g in groups.copy_groups if set(g) & set(grouped["test"])]
+    assert len(leaky["test"]) == len(test_copy_groups)
+    for g in test_copy_groups:
+        assert len(set(g) & set(leaky["test"])) == 1
+        assert set(g) - set(leaky["test"]) <= set(leaky["train"])
+    moved = set(grouped["test"]) - set(leaky["test"])
+    assert moved and moved <= set(leaky["train"])
+    # Training keeps the grouped split's size: as many grouped-training images dropped, as whole groups.
+    assert len(leaky["train"]) == len(grouped["train"]) and len(leaky["unused"]) == len(moved)
+    assert set(leaky["unused"]) <= set(grouped["train"])
+    for g in groups.groups:
+        assert not set(g) & set(leaky["unused"]) or set(g) & set(grouped["train"]) <= set(leaky["unused"])
+    assert leaky == sp.make_split(info, "leaky", seed=0)  # detects the same groups itself
+    with pytest.raises(sd.DatasetError, match="copy groups"):
+        sp.make_split(info, "leaky", seed=0, groups=groups.groups)
 
 
 def test_grouped_split_on_user_data_without_duplicates_falls_back_with_a_warning(tmp_path: Path) -> None:
