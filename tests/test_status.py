@@ -54,6 +54,26 @@ def test_mechanism_rows_pair_seeds_and_apply_the_effect_criterion() -> None:
     assert [row[2] for row in status.mechanism_rows(base, [])] == ["not yet measured"] * 3
 
 
+def test_leak_row_reads_the_audit_the_split_gap_and_the_fixed_picture_pairs() -> None:
+    def row(model: str, split: str, miou: float) -> dict:
+        return {"model": model, "split": split, "config": "cpu_budget", "n_seeds": "1", "miou_mean": str(miou),
+                "miou_std": "", "seeds": "0", "epochs": "6"}
+
+    summary = [row("a", "official", 0.80), row("a", "grouped", 0.78), row("b", "official", 0.77),
+               row("b", "grouped", 0.76)]
+    audit = {"audit": {"official_test_leakage": {"test_images": 840, "with_a_copy_in_training": 810}}}
+    claim, paper, ours = status.leak_row(summary, [], audit)
+    assert "810 of 840 official test images" in ours and "+1.50 ± 0.50 (s.e.) points over 2 models" in ours
+    assert ours.endswith("on fixed test pictures: not yet measured")
+    pair = {"split": {"kind": "leaky vs grouped"}, "runs": [{"model": "a"}, {"model": "a"}],
+            "outcome": {"n_images": 201, "difference": 0.0123, "low": 0.002, "high": 0.021}}
+    same = {"split": {"kind": "grouped"}, "runs": [{"model": "a"}, {"model": "b"}], "outcome": {}}
+    ours = status.leak_row(summary, [same, pair], {})[2]
+    assert "official test images" not in ours and "not yet measured" not in ours
+    assert "on the same 201 test pictures, trained with their copies − without +1.23 points" in ours
+    assert "[+0.20, +2.10] (a, one run each)" in ours
+
+
 def test_readme_status_numbers_come_from_the_run_records() -> None:
     """Every two-decimal accuracy figure in the README's status table is one the committed summary gives: a
     row's mean or spread, or the difference of two rows' means, in points (or a number of the paper's, or an
