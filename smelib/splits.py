@@ -612,7 +612,8 @@ def make_split(
     fixed test pictures. Of each copy group of the grouped test set (the same picture rotated or flipped,
     ``copy_groups``), one image, drawn by ``seed``, stays in test; the others move to training, as the official
     split has them. So that the training set keeps its size, whole training groups worth as many images (none of
-    them linked to a test image) are dropped, listed under ``"unused"``. Validation is the grouped split's. Scored
+    them linked to a test image; as close to that count as whole groups allow, exact on NEU-Seg) are dropped,
+    listed under ``"unused"``. Validation is the grouped split's. Scored
     on the leaky test images, a grouped-split run and a leaky-split run differ only in whether training held
     rotated copies of those pictures (and in the dropped groups).
 

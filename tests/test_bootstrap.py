@@ -200,7 +200,7 @@ def test_runs_of_different_splits_are_scored_on_their_shared_test_images(tmp_pat
     from engine_helpers import tiny_config
 
     from smelib import engine
-    from smelib.qualitative import load_run_predictions
+    from smelib.qualitative import ComparisonError, load_run_predictions
 
     from _data_helpers import SAMPLE
 
@@ -222,5 +222,5 @@ def test_runs_of_different_splits_are_scored_on_their_shared_test_images(tmp_pat
                                             ["final"]["test"]["miou"], abs=1e-9)
     assert rec["split"]["kind"] == "leaky vs grouped"
     assert write_bootstrap_record(rec, tmp_path).name == "leaky_vs_grouped_leaky_vs_grouped.json"
-    with pytest.raises(Exception, match="trained on split"):  # without the flag, different splits are refused
+    with pytest.raises(ComparisonError, match="trained on split"):  # without the flag, different splits are refused
         paired_bootstrap_runs(("leaky", runs["leaky"]), ("grouped", runs["grouped"]), n_boot=100)
