@@ -17,7 +17,9 @@ restored afterwards, so it depends neither on the worker, the rank, nor what ran
 drop-path (the global torch generator, whose state every checkpoint stores). ``--resume`` reloads model,
 optimiser, scaler, schedule and RNG states from ``last.pt`` (written every ``train.checkpoint_every_steps``
 steps and at every epoch end), rebuilds the interrupted epoch's order and skips the batches already done: on
-CPU the resumed run ends bit-identical to an uninterrupted one.
+CPU the resumed run ends bit-identical to an uninterrupted one. The record's ``host`` and ``git`` are the last
+process's; its ``segments`` list every process's share (start, host, commit, steps, wall seconds), so a run resumed
+on another machine says so and is left out of speed estimates (:func:`smelib.results.timed_on_one_host`).
 
 Distributed. Under ``torchrun`` the global batch ``data.batch_size`` is split evenly over the processes (each
 takes a contiguous slice of every global batch, :func:`smelib.distributed.shard`), DDP averages gradients (the
@@ -398,7 +400,7 @@ def _train(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: 
     # ---- state
     state: dict[str, Any] = {
         "epoch": 0, "batches_done": 0, "global_step": 0, "epoch_complete": False,
-        "best": {"miou": None, "epoch": None}, "history": [],
+        "best": {"miou": None, "epoch": None}, "history": [], "segments": [],
         "stats": {"train_images": 0, "train_seconds": 0.0, "epoch_loss_sum": 0.0, "epoch_loss_steps": 0,
                   "epoch_seconds": 0.0, "wall_seconds_before": 0.0},
     }
@@ -411,6 +413,7 @@ def _train(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: 
         schedule.load_state_dict(ckpt["schedule"])
         for key in ("epoch", "batches_done", "global_step", "epoch_complete", "best", "history", "stats"):
             state[key] = copy.deepcopy(ckpt[key])
+        state["segments"] = copy.deepcopy(ckpt.get("segments", []))  # checkpoints before segments: none
         if state["epoch_complete"]:
             state["epoch"], state["batches_done"], state["epoch_complete"] = state["epoch"] + 1, 0, False
         restore_rng(ckpt["rng"])  # last: nothing random may run between here and the first step
@@ -434,6 +437,17 @@ def _train(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: 
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     run_id = run_dir.name
 
+    # A resumed run may continue on another machine or commit: each process's share of the run is kept as a
+    # segment (where it ran and how much of the run it did), since the record's host and git are the last one's.
+    segment = {"started_utc": R.utc_iso(), "steps_start": state["global_step"],
+               "host": {k: v for k, v in R.host_info(device).items()
+                        if k in ("hostname", "cpu", "cpu_flags", "cpu_cores", "gpu")},
+               "git": R.git_info() if ctx.is_main else {}}
+
+    def segments() -> list[dict[str, Any]]:
+        return [*state["segments"], {**segment, "steps_end": state["global_step"],
+                                     "wall_seconds": time.time() - started}]
+
     def checkpoint(kind: str) -> dict[str, Any]:
         return {
             "format": FORMAT, "version": CHECKPOINT_VERSION, "kind": kind, "run_id": run_id,
@@ -446,6 +460,7 @@ def _train(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: 
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "schedule": schedule.state_dict(),
             "rng": capture_rng(), **copy.deepcopy({k: state[k] for k in ("epoch", "batches_done", "global_step",
                                                                        "epoch_complete", "best", "history")}),
+            "segments": segments(),
             "stats": {**state["stats"],
                       "wall_seconds_before": state["stats"]["wall_seconds_before"] + time.time() - started},
         }
@@ -479,7 +494,7 @@ def _train(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: 
                # (resumed runs: this process's part only).
                "cpu_steal_fraction": R.steal_fraction(cpu_at_start, R.cpu_times()),
                "epochs_done": len(state["history"]), "steps_done": state["global_step"], "best": state["best"],
-               "history": state["history"], "run_dir": str(run_dir), **extra}
+               "history": state["history"], "segments": segments(), "run_dir": str(run_dir), **extra}
         if ctx.is_main:
             R.write_json(run_dir / "record.json", rec)
         return rec

@@ -241,11 +241,12 @@ def host_speed_factor(records: Sequence[Mapping[str, Any]], here: str,
     Returns:
         ``(factor, models used)``, or None when no model was timed on both machines.
     """
-    from smelib.results import host_label
+    from smelib.results import host_label, timed_on_one_host
 
     per: dict[tuple[str, str], list[float]] = {}
     for r in records:
-        if r.get("status") == "completed" and r.get("wall_seconds") and r.get("epochs_done"):
+        if (r.get("status") == "completed" and r.get("wall_seconds") and r.get("epochs_done")
+                and timed_on_one_host(r)):
             per.setdefault((str(r.get("model")), host_label(r)), []).append(_minutes_per_epoch(r))
     models = sorted({m for m, lab in per if lab == here} & {m for m, lab in per if lab == there})
     if not models or here == there:
@@ -258,7 +259,8 @@ def time_estimate(
     records: Sequence[Mapping[str, Any]], model: str, epochs: int, host: Mapping[str, Any] | None = None,
 ) -> TimeEstimate | None:
     """Wall minutes a run of ``model`` for ``epochs`` epochs may take, scaled from one completed run record of that
-    model (any split or protocol): ``wall_seconds * epochs / epochs_done``.
+    model (any split or protocol): ``wall_seconds * epochs / epochs_done``. Runs resumed on another kind of machine
+    are skipped (their wall time mixes two speeds).
 
     With ``host`` (:func:`smelib.records.host_info` of this machine), the latest record from a machine with the same
     :func:`smelib.results.host_label` is used when there is one, because the same model trains about twice as fast
@@ -270,10 +272,10 @@ def time_estimate(
     Returns:
         The estimate, or None when no completed record of ``model`` exists.
     """
-    from smelib.results import host_label
+    from smelib.results import host_label, timed_on_one_host
 
     done = [r for r in records if r.get("model") == model and r.get("status") == "completed"
-            and r.get("wall_seconds") and r.get("epochs_done")]
+            and r.get("wall_seconds") and r.get("epochs_done") and timed_on_one_host(r)]
     if not done:
         return None
     same: bool | None = None

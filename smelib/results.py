@@ -95,6 +95,13 @@ def host_label(rec: Mapping[str, Any]) -> str:
     return label + (f" x{host['cpu_cores']}" if host.get("cpu_cores") else "")
 
 
+def timed_on_one_host(rec: Mapping[str, Any]) -> bool:
+    """Whether a record's wall time was spent on one kind of machine: True unless it was resumed (its ``segments``,
+    one per training process) on a machine with another :func:`host_label` than the record's own."""
+    label = host_label(rec)
+    return all(host_label(seg) == label for seg in rec.get("segments") or [])
+
+
 def _mean(values: Sequence[float | None]) -> float | None:
     vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     return statistics.fmean(vals) if vals else None

@@ -246,6 +246,14 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path: Path) -> None:
     assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
     record = json.loads((killed / "record.json").read_text())
     assert record["status"] == "completed" and record["epochs_done"] == 2
+    # each process's share of the run: the killed one up to its last checkpoint, the resumed one the rest
+    first, second = record["segments"]
+    assert (first["steps_start"], first["steps_end"]) == (0, interrupted["global_step"])
+    assert (second["steps_start"], second["steps_end"]) == (interrupted["global_step"], 32)
+    assert first["git"] == second["git"] == record["git"] and second["host"]["cpu"] == record["host"]["cpu"]
+    assert record["wall_seconds"] == pytest.approx(first["wall_seconds"] + second["wall_seconds"], abs=0.05)
+    [whole] = json.loads((full / "record.json").read_text())["segments"]
+    assert (whole["steps_start"], whole["steps_end"]) == (0, 32)
     # The weights really moved away from the seed's initialisation (the comparison is not vacuous).
     init = _initial_state(cfg)
     assert sum(not torch.equal(init[k], a["model"][k]) for k in init) > len(init) // 2

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from smelib import experiments as X
+from smelib import results as R
 from smelib.inference import evaluate
 from smelib.mechanisms import DecisionRule
 
@@ -312,6 +313,23 @@ def test_time_estimate_carries_a_speed_factor_measured_on_other_models() -> None
     # a record from this very machine is used as it is
     est = X.time_estimate(recs, "a", 6, host=slow)
     assert est is not None and est.same_host and est.host_factor is None and est.minutes == pytest.approx(42.0)
+
+
+def test_a_run_resumed_on_another_kind_of_machine_times_nothing() -> None:
+    fast = {"cpu": "Xeon", "cpu_flags": ["avx2", "avx512f"], "cpu_cores": 2}
+    slow = {"cpu": "EPYC", "cpu_flags": ["avx2"], "cpu_cores": 2}
+    one = {"model": "m", "status": "completed", "wall_seconds": 600.0, "epochs_done": 6, "run_id": "one",
+           "finished_utc": "2026-01-01T00:00:00Z", "host": slow,
+           "segments": [{"host": slow, "steps_start": 0, "steps_end": 10}, {"host": slow, "steps_start": 10}]}
+    mixed = {**one, "run_id": "mixed", "wall_seconds": 60.0, "finished_utc": "2026-02-01T00:00:00Z",
+             "segments": [{"host": fast, "steps_start": 0, "steps_end": 10}, {"host": slow, "steps_start": 10}]}
+    assert R.timed_on_one_host(one) and not R.timed_on_one_host(mixed)
+    assert R.timed_on_one_host({"host": slow})  # records from before segments
+    # the newer record would be scaled were it not resumed across machines
+    assert _est(X.time_estimate([one, mixed], "m", 6, host=slow)) == (pytest.approx(10.0), "one", True)
+    assert X.time_estimate([mixed], "m", 6) is None
+    assert X.host_speed_factor([mixed, {**one, "host": fast, "segments": []}], "EPYC [avx2] x2",
+                               "Xeon [avx512] x2") is None
 
 
 def _curve_record(epochs: int, miou: float, run_id: str, seed: int = 0, config: str = "cpu_budget",
