@@ -413,18 +413,28 @@ def _cmd_results(args: argparse.Namespace) -> int:
     if args.csv:
         write_csv(rows, args.csv)
     if args.missing:
-        from smelib.experiments import missing_option_runs, missing_runs, protocol_epochs, time_estimate
+        from smelib.experiments import (missing_option_runs, missing_runs, protocol_epochs, resumable_runs,
+                                        time_estimate)
         from smelib.records import host_info
 
         here = host_info()
+        stopped = resumable_runs(runs)
         # commands on stdout (a queue file: `smelib results --missing > queue.txt`), the time guesses on stderr
         for m in [*missing_runs(rows), *missing_option_runs(rows)]:
-            print(m.command)
+            part = next((r for r in stopped if r.matches(m)), None)
+            if part is not None and part.live:
+                print(f"  {m.split} {m.model} seed {m.seed}: training now in {part.run_dir} "
+                      f"(step {part.steps_done} of {part.steps_total}); not queued", file=sys.stderr)
+                continue
+            print(m.command if part is None else part.command)
             est = time_estimate(records, m.model, protocol_epochs(m.config) or 1, host=here)
+            resumed = "" if part is None else (f"resumes {part.run_dir.name} at step {part.steps_done} of "
+                                               f"{part.steps_total}; ")
             if est is None:
-                guess = "no earlier run of this model to time"
+                guess = resumed + "no earlier run of this model to time"
             else:
-                guess = f"about {est.minutes:.0f} min, scaled from {est.run_id}"
+                left, what = (1.0, "min") if part is None else (part.fraction_left, "min left")
+                guess = resumed + f"about {est.minutes * left:.0f} {what}, scaled from {est.run_id}"
                 if est.host_factor is not None:
                     guess += (f" and by {est.host_factor:.2f} for this machine (from {', '.join(est.factor_models)},"
                               " timed on both)")

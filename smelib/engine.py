@@ -439,7 +439,7 @@ def _train(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: 
 
     # A resumed run may continue on another machine or commit: each process's share of the run is kept as a
     # segment (where it ran and how much of the run it did), since the record's host and git are the last one's.
-    segment = {"started_utc": R.utc_iso(), "steps_start": state["global_step"],
+    segment = {"started_utc": R.utc_iso(), "steps_start": state["global_step"], "pid": os.getpid(),
                "host": {k: v for k, v in R.host_info(device).items()
                         if k in ("hostname", "cpu", "cpu_flags", "cpu_cores", "gpu")},
                "git": R.git_info() if ctx.is_main else {}}
@@ -468,6 +468,8 @@ def _train(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: 
     def save(kind: str) -> None:
         if ctx.is_main:
             atomic_save(checkpoint(kind), best_path if kind == "best" else last_path)
+            if kind == "last":
+                write_record("running")  # the record says how far the resumable state has come
 
     base_record = {
         "run_id": run_id, "config_name": cfg["name"], "config": cfg, "model": cfg["model"]["name"],

@@ -122,10 +122,89 @@ class MissingRun:
     overrides: tuple[str, ...] = ()
 
     @property
+    def config_name(self) -> str:
+        """The protocol name its run record will carry: a ``name=`` override's, else ``config``."""
+        return next((o.split("=", 1)[1] for o in self.overrides if o.startswith("name=")), self.config)
+
+    @property
     def command(self) -> str:
         """The ``smelib train`` command line for this run (``KEY=VALUE`` overrides last)."""
         return (f"smelib train --config configs/{self.config}.yaml --model {self.model} "
                 f"--split {self.split} --seed {self.seed}" + "".join(f" {o}" for o in self.overrides))
+
+
+@dataclass(frozen=True)
+class ResumableRun:
+    """A run record still marked ``running`` whose resumable state ``checkpoints/last.pt`` exists: a run that was
+    stopped (or is training now, ``live``).
+
+    Attributes:
+        run_dir: its run directory.
+        model, split, seed, config: what it trains (``config`` is the record's ``config_name``).
+        steps_done: steps of its last checkpoint, as the record last said (0: not said).
+        steps_total: steps of the whole run (epochs x steps per epoch, or ``train.max_steps`` when smaller).
+        live: its last training process is still running on this machine: do not resume it.
+    """
+
+    run_dir: Path
+    model: str
+    split: str
+    seed: int
+    config: str
+    steps_done: int
+    steps_total: int
+    live: bool
+
+    @property
+    def command(self) -> str:
+        """The ``smelib train`` command line that continues it."""
+        return f"smelib train --out {self.run_dir} --resume"
+
+    @property
+    def fraction_left(self) -> float:
+        """The share of its steps still to train, in [0, 1]."""
+        return 1.0 - min(self.steps_done, self.steps_total) / self.steps_total if self.steps_total else 1.0
+
+    def matches(self, m: MissingRun) -> bool:
+        """Whether it is the run ``m`` asks for (same protocol name, model, split and seed)."""
+        return (self.config, self.model, self.split, self.seed) == (m.config_name, m.model, m.split, m.seed)
+
+
+def _process_alive(segment: Mapping[str, Any]) -> bool:
+    """Whether a record segment's process still trains on this machine (same host name, a live ``smelib`` process
+    under its pid); a pid reused by another program does not count."""
+    import socket
+
+    pid = segment.get("pid")
+    if not isinstance(pid, int) or segment.get("host", {}).get("hostname") != socket.gethostname():
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return False
+    return b"smelib" in cmdline and b"train" in cmdline
+
+
+def resumable_runs(runs_dir: str | os.PathLike) -> list[ResumableRun]:
+    """Every run under ``runs_dir`` that stopped before its end and can be continued with ``--resume`` (records
+    with status ``running`` and a ``checkpoints/last.pt``), sorted by run id; :func:`missing_runs` items that one of
+    them matches should resume it rather than start again (``smelib results --missing`` does)."""
+    from smelib.results import _read_object
+
+    out = []
+    for path in sorted(Path(runs_dir).glob("*/record.json")):
+        rec, run_dir = _read_object(path, "run record"), path.parent
+        if rec.get("status") != "running" or not (run_dir / "checkpoints" / "last.pt").is_file():
+            continue
+        total = int(rec.get("epochs") or 0) * int(rec.get("steps_per_epoch") or 0)
+        max_steps = (rec.get("config") or {}).get("train", {}).get("max_steps")
+        if max_steps:
+            total = min(total, int(max_steps)) if total else int(max_steps)
+        segs = rec.get("segments") or []
+        out.append(ResumableRun(run_dir, str(rec.get("model")), str((rec.get("split") or {}).get("kind")),
+                                int(rec.get("seed", 0)), str(rec.get("config_name")), int(rec.get("steps_done") or 0),
+                                total, bool(segs) and _process_alive(segs[-1])))
+    return out
 
 
 def seeds_of(row: Mapping[str, Any]) -> list[int]:

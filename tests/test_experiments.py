@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -394,3 +400,66 @@ def test_split_gap_means_the_models_gaps_and_checks_them_against_seed_noise() ->
     # one pair: a mean, but no scatter to read
     g = X.split_gap([grouped[0], official[0]])
     assert g.mean == pytest.approx(0.012) and g.se is None and g.chi2 is None and g.p_common is None and g.dof == 0
+
+
+def _stopped_run(runs: Path, name: str, status: str = "running", checkpoint: bool = True, seed: int = 0,
+                 segments: list[dict[str, object]] | None = None) -> Path:
+    run = runs / name
+    (run / "checkpoints").mkdir(parents=True)
+    rec = {"run_id": name, "status": status, "config_name": "cpu_budget", "model": "sme_deeplabv3plus",
+           "split": {"kind": "grouped"}, "seed": seed, "epochs": 6, "steps_per_epoch": 100, "steps_done": 150,
+           "config": {"train": {"max_steps": None}}, "run_dir": f"/elsewhere/{name}", "segments": segments or []}
+    (run / "record.json").write_text(json.dumps(rec))
+    if checkpoint:
+        (run / "checkpoints" / "last.pt").write_bytes(b"state")
+    return run
+
+
+def test_a_stopped_run_is_resumed_not_started_again(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from smelib.cli import main
+
+    runs = tmp_path / "runs"
+    stopped = _stopped_run(runs, "a_stopped")
+    _stopped_run(runs, "b_no_checkpoint", checkpoint=False, seed=1)  # killed before its first checkpoint
+    _stopped_run(runs, "c_diverged", status="diverged", seed=2)
+    [found] = X.resumable_runs(runs)
+    assert found.run_dir == stopped and not found.live  # the folder it sits in, not the one it was written in
+    assert (found.steps_done, found.steps_total, found.fraction_left) == (150, 600, pytest.approx(0.75))
+    assert found.command == f"smelib train --out {stopped} --resume"
+    want = X.MissingRun("sme_deeplabv3plus", "grouped", 0, "cpu_budget", 0, 3)
+    assert found.matches(want) and not found.matches(dataclasses.replace(want, seed=1))
+    assert not found.matches(dataclasses.replace(want, split="official"))
+    assert not found.matches(dataclasses.replace(want, overrides=("name=cpu_budget_prior",)))  # another protocol
+
+    assert main(["results", "--runs", str(runs), "--missing"]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    fresh = "smelib train --config configs/cpu_budget.yaml --model sme_deeplabv3plus --split grouped --seed {}"
+    assert lines.count(found.command) == 1 and fresh.format(0) not in lines
+    assert fresh.format(1) in lines  # nothing to resume: started afresh
+    assert fresh.format(0) + " name=cpu_budget_prior model_init.classifier_prior=true" in lines  # another protocol
+    assert "grouped sme_deeplabv3plus seed 0: resumes a_stopped at step 150 of 600" in err
+
+
+def test_a_run_training_now_is_neither_resumed_nor_queued(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from smelib.cli import main
+
+    # a stand-in for the training process: its command line names smelib train, as a real one does
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "smelib", "train"])
+    try:
+        live = {"pid": proc.pid, "host": {"hostname": socket.gethostname()}}
+        _stopped_run(tmp_path, "live", segments=[live])
+        _stopped_run(tmp_path, "elsewhere", seed=1, segments=[{**live, "host": {"hostname": "another-machine"}}])
+        other, live_run = X.resumable_runs(tmp_path)  # sorted by run id
+        assert live_run.live and not other.live
+        assert main(["results", "--runs", str(tmp_path), "--missing"]) == 0
+        out, err = capsys.readouterr()
+        fresh = "smelib train --config configs/cpu_budget.yaml --model sme_deeplabv3plus --split grouped --seed 0"
+        assert f"--out {tmp_path / 'live'} " not in out and fresh not in out.splitlines()
+        assert f"smelib train --out {tmp_path / 'elsewhere'} --resume" in out.splitlines()
+        assert "grouped sme_deeplabv3plus seed 0: training now in" in err
+    finally:
+        proc.kill()
+        proc.wait()
+    [_, again] = X.resumable_runs(tmp_path)
+    assert not again.live  # the process ended: the run can be resumed
