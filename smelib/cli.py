@@ -429,7 +429,8 @@ def _cmd_results(args: argparse.Namespace) -> int:
             print(m.command if part is None else part.command)
             est = time_estimate(records, m.model, protocol_epochs(m.config) or 1, host=here)
             resumed = "" if part is None else (f"resumes {part.run_dir.name} at step {part.steps_done} of "
-                                               f"{part.steps_total}; ")
+                                               f"{part.steps_total}" + (" (an older record that cannot say whether "
+                                               "it still trains: check first)" if part.live is None else "") + "; ")
             if est is None:
                 guess = resumed + "no earlier run of this model to time"
             else:

@@ -143,7 +143,8 @@ class ResumableRun:
         model, split, seed, config: what it trains (``config`` is the record's ``config_name``).
         steps_done: steps of its last checkpoint, as the record last said (0: not said).
         steps_total: steps of the whole run (epochs x steps per epoch, or ``train.max_steps`` when smaller).
-        live: its last training process is still running on this machine: do not resume it.
+        live: its last training process is still running on this machine: do not resume it. None: the record
+            predates process information (``segments``), so whether it still trains is unknown.
     """
 
     run_dir: Path
@@ -153,7 +154,7 @@ class ResumableRun:
     config: str
     steps_done: int
     steps_total: int
-    live: bool
+    live: bool | None
 
     @property
     def command(self) -> str:
@@ -203,7 +204,7 @@ def resumable_runs(runs_dir: str | os.PathLike) -> list[ResumableRun]:
         segs = rec.get("segments") or []
         out.append(ResumableRun(run_dir, str(rec.get("model")), str((rec.get("split") or {}).get("kind")),
                                 int(rec.get("seed", 0)), str(rec.get("config_name")), int(rec.get("steps_done") or 0),
-                                total, bool(segs) and _process_alive(segs[-1])))
+                                total, _process_alive(segs[-1]) if segs else None))
     return out
 
 

@@ -423,7 +423,8 @@ def test_a_stopped_run_is_resumed_not_started_again(tmp_path: Path, capsys: pyte
     _stopped_run(runs, "b_no_checkpoint", checkpoint=False, seed=1)  # killed before its first checkpoint
     _stopped_run(runs, "c_diverged", status="diverged", seed=2)
     [found] = X.resumable_runs(runs)
-    assert found.run_dir == stopped and not found.live  # the folder it sits in, not the one it was written in
+    # the folder it sits in, not the one it was written in; no segments (an older record): liveness unknown
+    assert found.run_dir == stopped and found.live is None
     assert (found.steps_done, found.steps_total, found.fraction_left) == (150, 600, pytest.approx(0.75))
     assert found.command == f"smelib train --out {stopped} --resume"
     want = X.MissingRun("sme_deeplabv3plus", "grouped", 0, "cpu_budget", 0, 3)
@@ -438,7 +439,7 @@ def test_a_stopped_run_is_resumed_not_started_again(tmp_path: Path, capsys: pyte
     assert lines.count(found.command) == 1 and fresh.format(0) not in lines
     assert fresh.format(1) in lines  # nothing to resume: started afresh
     assert fresh.format(0) + " name=cpu_budget_prior model_init.classifier_prior=true" in lines  # another protocol
-    assert "grouped sme_deeplabv3plus seed 0: resumes a_stopped at step 150 of 600" in err
+    assert "grouped sme_deeplabv3plus seed 0: resumes a_stopped at step 150 of 600 (an older record" in err
 
 
 def test_a_run_training_now_is_neither_resumed_nor_queued(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -451,7 +452,7 @@ def test_a_run_training_now_is_neither_resumed_nor_queued(tmp_path: Path, capsys
         _stopped_run(tmp_path, "live", segments=[live])
         _stopped_run(tmp_path, "elsewhere", seed=1, segments=[{**live, "host": {"hostname": "another-machine"}}])
         other, live_run = X.resumable_runs(tmp_path)  # sorted by run id
-        assert live_run.live and not other.live
+        assert live_run.live is True and other.live is False
         assert main(["results", "--runs", str(tmp_path), "--missing"]) == 0
         out, err = capsys.readouterr()
         fresh = "smelib train --config configs/cpu_budget.yaml --model sme_deeplabv3plus --split grouped --seed 0"
@@ -462,4 +463,4 @@ def test_a_run_training_now_is_neither_resumed_nor_queued(tmp_path: Path, capsys
         proc.kill()
         proc.wait()
     [_, again] = X.resumable_runs(tmp_path)
-    assert not again.live  # the process ended: the run can be resumed
+    assert again.live is False  # the process ended: the run can be resumed
