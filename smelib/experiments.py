@@ -188,23 +188,27 @@ def _process_alive(segment: Mapping[str, Any]) -> bool:
 
 def resumable_runs(runs_dir: str | os.PathLike) -> list[ResumableRun]:
     """Every run under ``runs_dir`` that stopped before its end and can be continued with ``--resume`` (records
-    with status ``running`` and a ``checkpoints/last.pt``), sorted by run id; :func:`missing_runs` items that one of
+    with status ``running`` and a ``checkpoints/last.pt``), or that trains now (``live``, checkpoint or not), sorted
+    by run id; :func:`missing_runs` items that one of
     them matches should resume it rather than start again (``smelib results --missing`` does)."""
     from smelib.results import _read_object
 
     out = []
     for path in sorted(Path(runs_dir).glob("*/record.json")):
         rec, run_dir = _read_object(path, "run record"), path.parent
-        if rec.get("status") != "running" or not (run_dir / "checkpoints" / "last.pt").is_file():
+        if rec.get("status") != "running":
             continue
+        segs = rec.get("segments") or []
+        live = _process_alive(segs[-1]) if segs else None
+        if not live and not (run_dir / "checkpoints" / "last.pt").is_file():
+            continue  # stopped before its first checkpoint: nothing to resume
         total = int(rec.get("epochs") or 0) * int(rec.get("steps_per_epoch") or 0)
         max_steps = (rec.get("config") or {}).get("train", {}).get("max_steps")
         if max_steps:
             total = min(total, int(max_steps)) if total else int(max_steps)
-        segs = rec.get("segments") or []
         out.append(ResumableRun(run_dir, str(rec.get("model")), str((rec.get("split") or {}).get("kind")),
                                 int(rec.get("seed", 0)), str(rec.get("config_name")), int(rec.get("steps_done") or 0),
-                                total, _process_alive(segs[-1]) if segs else None))
+                                total, live))
     return out
 
 

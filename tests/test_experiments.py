@@ -449,7 +449,7 @@ def test_a_run_training_now_is_neither_resumed_nor_queued(tmp_path: Path, capsys
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "smelib", "train"])
     try:
         live = {"pid": proc.pid, "host": {"hostname": socket.gethostname()}}
-        _stopped_run(tmp_path, "live", segments=[live])
+        _stopped_run(tmp_path, "live", segments=[live], checkpoint=False)  # before its first checkpoint
         _stopped_run(tmp_path, "elsewhere", seed=1, segments=[{**live, "host": {"hostname": "another-machine"}}])
         other, live_run = X.resumable_runs(tmp_path)  # sorted by run id
         assert live_run.live is True and other.live is False
@@ -462,5 +462,8 @@ def test_a_run_training_now_is_neither_resumed_nor_queued(tmp_path: Path, capsys
     finally:
         proc.kill()
         proc.wait()
+    # the process ended before its first checkpoint: nothing to resume; once it has one, it can be resumed
+    assert [r.run_dir.name for r in X.resumable_runs(tmp_path)] == ["elsewhere"]
+    (tmp_path / "live" / "checkpoints" / "last.pt").write_bytes(b"state")
     [_, again] = X.resumable_runs(tmp_path)
-    assert again.live is False  # the process ended: the run can be resumed
+    assert again.run_dir.name == "live" and again.live is False
