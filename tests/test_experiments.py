@@ -446,8 +446,10 @@ def test_a_run_training_now_is_neither_resumed_nor_queued(tmp_path: Path, capsys
     from smelib.cli import main
 
     # a stand-in for the training process: its command line names smelib train, as a real one does
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "smelib", "train"])
+    proc = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(120)", "smelib",
+                             "train"], stdout=subprocess.PIPE, text=True)
     try:
+        assert proc.stdout is not None and proc.stdout.readline() == "up\n"  # exec'd: /proc shows its command line
         live = {"pid": proc.pid, "host": {"hostname": socket.gethostname()}}
         _stopped_run(tmp_path, "live", segments=[live], checkpoint=False)  # before its first checkpoint
         _stopped_run(tmp_path, "elsewhere", seed=1, segments=[{**live, "host": {"hostname": "another-machine"}}])
