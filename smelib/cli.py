@@ -428,14 +428,16 @@ def _cmd_results(args: argparse.Namespace) -> int:
                 continue
             print(m.command if part is None else part.command)
             est = time_estimate(records, m.model, protocol_epochs(m.config) or 1, host=here)
-            resumed = "" if part is None else (f"resumes {part.run_dir.name} at step {part.steps_done} of "
-                                               f"{part.steps_total}" + (" (an older record that cannot say whether "
-                                               "it still trains: check first)" if part.live is None else "") + "; ")
+            guess, left, what = "", 1.0, "min"
+            if part is not None:
+                guess = f"resumes {part.run_dir.name} at step {part.steps_done} of {part.steps_total}"
+                if part.live is None:
+                    guess += " (an older record that cannot say whether it still trains: check first)"
+                guess, left, what = guess + "; ", part.fraction_left, "min left"
             if est is None:
-                guess = resumed + "no earlier run of this model to time"
+                guess += "no earlier run of this model to time"
             else:
-                left, what = (1.0, "min") if part is None else (part.fraction_left, "min left")
-                guess = resumed + f"about {est.minutes * left:.0f} {what}, scaled from {est.run_id}"
+                guess += f"about {est.minutes * left:.0f} {what}, scaled from {est.run_id}"
                 if est.host_factor is not None:
                     guess += (f" and by {est.host_factor:.2f} for this machine (from {', '.join(est.factor_models)},"
                               " timed on both)")

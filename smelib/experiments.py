@@ -135,8 +135,8 @@ class MissingRun:
 
 @dataclass(frozen=True)
 class ResumableRun:
-    """A run record still marked ``running`` whose resumable state ``checkpoints/last.pt`` exists: a run that was
-    stopped (or is training now, ``live``).
+    """A run record still marked ``running``: a run that was stopped after writing its resumable state
+    ``checkpoints/last.pt``, or one that is training now (``live``).
 
     Attributes:
         run_dir: its run directory.
@@ -189,8 +189,8 @@ def _process_alive(segment: Mapping[str, Any]) -> bool:
 def resumable_runs(runs_dir: str | os.PathLike) -> list[ResumableRun]:
     """Every run under ``runs_dir`` that stopped before its end and can be continued with ``--resume`` (records
     with status ``running`` and a ``checkpoints/last.pt``), or that trains now (``live``, checkpoint or not), sorted
-    by run id; :func:`missing_runs` items that one of
-    them matches should resume it rather than start again (``smelib results --missing`` does)."""
+    by run id. A :func:`missing_runs` item that one of them matches should resume it, or wait for it, rather than
+    start again (``smelib results --missing`` does)."""
     from smelib.results import _read_object
 
     out = []
