@@ -413,12 +413,12 @@ def _cmd_results(args: argparse.Namespace) -> int:
     if args.csv:
         write_csv(rows, args.csv)
     if args.missing:
-        from smelib.experiments import (missing_option_runs, missing_runs, protocol_epochs, resumable_runs,
-                                        time_estimate)
+        from smelib.experiments import (abandoned_runs, missing_option_runs, missing_runs, protocol_epochs,
+                                        resumable_runs, time_estimate)
         from smelib.records import host_info
 
         here = host_info()
-        stopped = resumable_runs(runs)
+        stopped, lost = resumable_runs(runs), abandoned_runs(runs)
         # commands on stdout (a queue file: `smelib results --missing > queue.txt`), the time guesses on stderr
         for m in [*missing_runs(rows), *missing_option_runs(rows)]:
             part = next((r for r in stopped if r.matches(m)), None)
@@ -434,6 +434,11 @@ def _cmd_results(args: argparse.Namespace) -> int:
                 if part.live is None:
                     guess += " (an older record that cannot say whether it still trains: check first)"
                 guess, left, what = guess + "; ", part.fraction_left, "min left"
+            else:
+                # a record whose checkpoint did not come along (never committed): say so rather than skip it quietly
+                for gone in (r for r in lost if r.matches(m)):
+                    guess += (f"{gone.run_dir.name} stopped at step {gone.steps_done} of {gone.steps_total} with "
+                              "no checkpoint to resume from: started afresh (remove that folder); ")
             if est is None:
                 guess += "no earlier run of this model to time"
             else:

@@ -186,11 +186,9 @@ def _process_alive(segment: Mapping[str, Any]) -> bool:
     return b"smelib" in cmdline and b"train" in cmdline
 
 
-def resumable_runs(runs_dir: str | os.PathLike) -> list[ResumableRun]:
-    """Every run under ``runs_dir`` that stopped before its end and can be continued with ``--resume`` (records
-    with status ``running`` and a ``checkpoints/last.pt``), or that trains now (``live``, checkpoint or not), sorted
-    by run id. A :func:`missing_runs` item that one of them matches should resume it, or wait for it, rather than
-    start again (``smelib results --missing`` does)."""
+def _running_runs(runs_dir: str | os.PathLike) -> list[tuple[ResumableRun, bool]]:
+    """Every record under ``runs_dir`` still marked ``running``, sorted by run id, with whether its
+    ``checkpoints/last.pt`` exists."""
     from smelib.results import _read_object
 
     out = []
@@ -200,16 +198,31 @@ def resumable_runs(runs_dir: str | os.PathLike) -> list[ResumableRun]:
             continue
         segs = rec.get("segments") or []
         live = _process_alive(segs[-1]) if segs else None
-        if not live and not (run_dir / "checkpoints" / "last.pt").is_file():
-            continue  # stopped before its first checkpoint: nothing to resume
         total = int(rec.get("epochs") or 0) * int(rec.get("steps_per_epoch") or 0)
         max_steps = (rec.get("config") or {}).get("train", {}).get("max_steps")
         if max_steps:
             total = min(total, int(max_steps)) if total else int(max_steps)
-        out.append(ResumableRun(run_dir, str(rec.get("model")), str((rec.get("split") or {}).get("kind")),
-                                int(rec.get("seed", 0)), str(rec.get("config_name")), int(rec.get("steps_done") or 0),
-                                total, live))
+        run = ResumableRun(run_dir, str(rec.get("model")), str((rec.get("split") or {}).get("kind")),
+                           int(rec.get("seed", 0)), str(rec.get("config_name")), int(rec.get("steps_done") or 0),
+                           total, live)
+        out.append((run, (run_dir / "checkpoints" / "last.pt").is_file()))
     return out
+
+
+def resumable_runs(runs_dir: str | os.PathLike) -> list[ResumableRun]:
+    """Every run under ``runs_dir`` that stopped before its end and can be continued with ``--resume`` (records
+    with status ``running`` and a ``checkpoints/last.pt``), or that trains now (``live``, checkpoint or not), sorted
+    by run id. A :func:`missing_runs` item that one of them matches should resume it, or wait for it, rather than
+    start again (``smelib results --missing`` does)."""
+    return [run for run, checkpoint in _running_runs(runs_dir) if run.live or checkpoint]
+
+
+def abandoned_runs(runs_dir: str | os.PathLike) -> list[ResumableRun]:
+    """Every run under ``runs_dir`` still marked ``running`` that neither trains now nor has a checkpoint to resume
+    from, sorted by run id: it stopped before its first checkpoint, or its checkpoint is gone. Checkpoints are not
+    committed (git ignores ``checkpoints/``), so a record left behind by a run that a clone or a fresh machine
+    carries over is one of these: ``steps_done`` says how far it had come, and the run must start again."""
+    return [run for run, checkpoint in _running_runs(runs_dir) if not run.live and not checkpoint]
 
 
 def seeds_of(row: Mapping[str, Any]) -> list[int]:

@@ -420,13 +420,15 @@ def test_a_stopped_run_is_resumed_not_started_again(tmp_path: Path, capsys: pyte
 
     runs = tmp_path / "runs"
     stopped = _stopped_run(runs, "a_stopped")
-    _stopped_run(runs, "b_no_checkpoint", checkpoint=False, seed=1)  # killed before its first checkpoint
+    lost = _stopped_run(runs, "b_no_checkpoint", checkpoint=False, seed=1)  # killed before its first checkpoint
     _stopped_run(runs, "c_diverged", status="diverged", seed=2)
     [found] = X.resumable_runs(runs)
     # the folder it sits in, not the one it was written in; no segments (an older record): liveness unknown
     assert found.run_dir == stopped and found.live is None
     assert (found.steps_done, found.steps_total, found.fraction_left) == (150, 600, pytest.approx(0.75))
     assert found.command == f"smelib train --out {stopped} --resume"
+    [gone] = X.abandoned_runs(runs)  # nothing to resume from, not training: left behind, not resumable
+    assert gone.run_dir == lost and (gone.seed, gone.steps_done, gone.steps_total) == (1, 150, 600)
     want = X.MissingRun("sme_deeplabv3plus", "grouped", 0, "cpu_budget", 0, 3)
     assert found.matches(want) and not found.matches(dataclasses.replace(want, seed=1))
     assert not found.matches(dataclasses.replace(want, split="official"))
@@ -437,7 +439,8 @@ def test_a_stopped_run_is_resumed_not_started_again(tmp_path: Path, capsys: pyte
     lines = out.splitlines()
     fresh = "smelib train --config configs/cpu_budget.yaml --model sme_deeplabv3plus --split grouped --seed {}"
     assert lines.count(found.command) == 1 and fresh.format(0) not in lines
-    assert fresh.format(1) in lines  # nothing to resume: started afresh
+    assert fresh.format(1) in lines  # nothing to resume: started afresh, and the stale record is named
+    assert "seed 1: b_no_checkpoint stopped at step 150 of 600 with no checkpoint to resume from" in err
     assert fresh.format(0) + " name=cpu_budget_prior model_init.classifier_prior=true" in lines  # another protocol
     assert "grouped sme_deeplabv3plus seed 0: resumes a_stopped at step 150 of 600 (an older record" in err
 
@@ -466,6 +469,7 @@ def test_a_run_training_now_is_neither_resumed_nor_queued(tmp_path: Path, capsys
         proc.wait()
     # the process ended before its first checkpoint: nothing to resume; once it has one, it can be resumed
     assert [r.run_dir.name for r in X.resumable_runs(tmp_path)] == ["elsewhere"]
+    assert [r.run_dir.name for r in X.abandoned_runs(tmp_path)] == ["live"]
     (tmp_path / "live" / "checkpoints" / "last.pt").write_bytes(b"state")
     [_, again] = X.resumable_runs(tmp_path)
     assert again.run_dir.name == "live" and again.live is False
