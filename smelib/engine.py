@@ -446,7 +446,8 @@ def _train(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: 
 
     def segments() -> list[dict[str, Any]]:
         return [*state["segments"], {**segment, "steps_end": state["global_step"],
-                                     "wall_seconds": time.time() - started}]
+                                     "wall_seconds": time.time() - started,
+                                     "cpu_others_fraction": R.others_fraction(cpu_at_start, R.cpu_times())}]
 
     def checkpoint(kind: str) -> dict[str, Any]:
         return {
@@ -489,12 +490,16 @@ def _train(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: 
     def write_record(status: str, **extra: Any) -> dict[str, Any]:
         wall = state["stats"]["wall_seconds_before"] + time.time() - started
         train_s = state["stats"]["train_seconds"]
+        now = R.cpu_times()
         rec = {**base_record, "status": status, "finished_utc": R.utc_iso(), "wall_seconds": wall,
                "train_seconds": train_s,
                "images_per_s": state["stats"]["train_images"] / train_s if train_s > 0 else None,
                # A shared VM's stolen CPU time explains wall-time differences between runs on different days
                # (resumed runs: this process's part only).
-               "cpu_steal_fraction": R.steal_fraction(cpu_at_start, R.cpu_times()),
+               "cpu_steal_fraction": R.steal_fraction(cpu_at_start, now),
+               # other processes on this machine (a test suite, a second run) slow a run as much: such a record
+               # times the machine badly (smelib.experiments.time_estimate passes over it)
+               "cpu_others_fraction": R.others_fraction(cpu_at_start, now),
                "epochs_done": len(state["history"]), "steps_done": state["global_step"], "best": state["best"],
                "history": state["history"], "segments": segments(), "run_dir": str(run_dir), **extra}
         if ctx.is_main:

@@ -333,17 +333,18 @@ def host_speed_factor(records: Sequence[Mapping[str, Any]], here: str,
                       there: str) -> tuple[float, tuple[str, ...]] | None:
     """How many times longer an epoch takes on machine ``here`` than on machine ``there`` (two
     :func:`smelib.results.host_label` labels), from the models with completed records on both: per model the ratio
-    of the median minutes per epoch on each, then the median over models.
+    of the median minutes per epoch on each, then the median over models. Runs with other work beside them
+    (:func:`smelib.results.timed_alone`) are left out.
 
     Returns:
         ``(factor, models used)``, or None when no model was timed on both machines.
     """
-    from smelib.results import host_label, timed_on_one_host
+    from smelib.results import host_label, timed_alone, timed_on_one_host
 
     per: dict[tuple[str, str], list[float]] = {}
     for r in records:
         if (r.get("status") == "completed" and r.get("wall_seconds") and r.get("epochs_done")
-                and timed_on_one_host(r)):
+                and timed_on_one_host(r) and timed_alone(r)):
             per.setdefault((str(r.get("model")), host_label(r)), []).append(_minutes_per_epoch(r))
     models = sorted({m for m, lab in per if lab == here} & {m for m, lab in per if lab == there})
     if not models or here == there:
@@ -357,7 +358,8 @@ def time_estimate(
 ) -> TimeEstimate | None:
     """Wall minutes a run of ``model`` for ``epochs`` epochs may take, scaled from one completed run record of that
     model (any split or protocol): ``wall_seconds * epochs / epochs_done``. Runs resumed on another kind of machine
-    are skipped (their wall time mixes two speeds).
+    are skipped (their wall time mixes two speeds), and so are runs that shared the machine with other work
+    (:func:`smelib.results.timed_alone`) while a record of the model trained alone exists.
 
     With ``host`` (:func:`smelib.records.host_info` of this machine), the latest record from a machine with the same
     :func:`smelib.results.host_label` is used when there is one, because the same model trains about twice as fast
@@ -369,12 +371,13 @@ def time_estimate(
     Returns:
         The estimate, or None when no completed record of ``model`` exists.
     """
-    from smelib.results import host_label, timed_on_one_host
+    from smelib.results import host_label, timed_alone, timed_on_one_host
 
     done = [r for r in records if r.get("model") == model and r.get("status") == "completed"
             and r.get("wall_seconds") and r.get("epochs_done") and timed_on_one_host(r)]
     if not done:
         return None
+    done = [r for r in done if timed_alone(r)] or done
     same: bool | None = None
     label = None
     if host is not None:

@@ -165,8 +165,10 @@ def cpu_flags() -> list[str]:
 
 
 def cpu_times() -> dict[str, int] | None:
-    """The machine's cumulative CPU time in clock ticks from ``/proc/stat``: ``{"total", "steal"}``, or None where
-    there is no ``/proc/stat``. Two readings give :func:`steal_fraction`."""
+    """The machine's cumulative CPU time in clock ticks from ``/proc/stat``, with this process's own:
+    ``{"total", "steal", "busy", "own"}``, or None where there is no ``/proc/stat``. ``busy`` is the ticks any
+    process ran (user, nice, system, irq, softirq), ``own`` this process's user and system ticks, its waited-for
+    children's included. Two readings give :func:`steal_fraction` and :func:`others_fraction`."""
     try:
         with open("/proc/stat", encoding="utf-8") as fh:
             fields = fh.readline().split()
@@ -176,7 +178,10 @@ def cpu_times() -> dict[str, int] | None:
         return None
     ticks = [int(v) for v in fields[1:]]
     # user nice system idle iowait irq softirq steal [guest guest_nice]; guest time is already inside user/nice.
-    return {"total": sum(ticks[:8]), "steal": ticks[7] if len(ticks) > 7 else 0}
+    busy = sum(ticks[:3]) + sum(ticks[5:7])
+    t = os.times()
+    own = round((t.user + t.system + t.children_user + t.children_system) * os.sysconf("SC_CLK_TCK"))
+    return {"total": sum(ticks[:8]), "steal": ticks[7] if len(ticks) > 7 else 0, "busy": busy, "own": own}
 
 
 def steal_fraction(before: Mapping[str, int] | None, after: Mapping[str, int] | None) -> float | None:
@@ -188,6 +193,22 @@ def steal_fraction(before: Mapping[str, int] | None, after: Mapping[str, int] | 
         return None
     total = after["total"] - before["total"]
     return (after["steal"] - before["steal"]) / total if total > 0 else None
+
+
+def others_fraction(before: Mapping[str, int] | None, after: Mapping[str, int] | None) -> float | None:
+    """The share of the machine's CPU time that processes other than this one ran between two :func:`cpu_times`
+    readings (0: this process had the machine to itself).
+
+    A training run's wall time says how fast a model trains on a kind of machine only when nothing else ran
+    beside it: a test suite or a second run on the same two cores makes it slower by a factor no record of the
+    machine explains. None when either reading is missing (or predates ``busy``) or no time passed."""
+    if before is None or after is None or "busy" not in before or "busy" not in after:
+        return None
+    total = after["total"] - before["total"]
+    if total <= 0:
+        return None
+    other = (after["busy"] - before["busy"]) - (after["own"] - before["own"])
+    return min(max(other / total, 0.0), 1.0)  # the two counters tick apart: clip the rounding
 
 
 _THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_PROC_BIND",

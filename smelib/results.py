@@ -102,6 +102,19 @@ def timed_on_one_host(rec: Mapping[str, Any]) -> bool:
     return all(host_label(seg) == label for seg in rec.get("segments") or [])
 
 
+#: Above this share of the machine's CPU time spent by other processes (``cpu_others_fraction``) a run's wall
+#: time is not the machine's speed: a second job on two cores can make a run half again as long.
+CONTENDED = 0.10
+
+
+def timed_alone(rec: Mapping[str, Any]) -> bool:
+    """Whether a record's wall time was spent without other work beside it: no ``cpu_others_fraction`` above
+    :data:`CONTENDED`, the record's or any of its training processes' (``segments``). Records written before the
+    field existed say nothing and count as alone."""
+    shares = [rec.get("cpu_others_fraction"), *(seg.get("cpu_others_fraction") for seg in rec.get("segments") or [])]
+    return all(s is None or s <= CONTENDED for s in shares)
+
+
 def _mean(values: Sequence[float | None]) -> float | None:
     vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     return statistics.fmean(vals) if vals else None

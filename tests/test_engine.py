@@ -61,8 +61,10 @@ def test_record_has_every_key_and_consistent_values(run: engine.RunResult) -> No
                                              "avx512_vnni"}
     if Path("/proc/stat").exists():
         assert 0.0 <= rec["cpu_steal_fraction"] <= 1.0
+        assert 0.0 <= rec["cpu_others_fraction"] <= 1.0
+        assert 0.0 <= rec["segments"][-1]["cpu_others_fraction"] <= 1.0
     else:
-        assert rec["cpu_steal_fraction"] is None
+        assert rec["cpu_steal_fraction"] is None and rec["cpu_others_fraction"] is None
     # Final metrics on val and test, both conventions (background included, defects only).
     for part in ("val", "test"):
         m = rec["final"][part]

@@ -338,6 +338,24 @@ def test_a_run_resumed_on_another_kind_of_machine_times_nothing() -> None:
                                "Xeon [avx512] x2") is None
 
 
+def test_a_run_with_other_work_beside_it_times_nothing_while_one_trained_alone() -> None:
+    epyc = {"cpu": "EPYC", "cpu_flags": ["avx2"], "cpu_cores": 2}
+    xeon = {"cpu": "Xeon", "cpu_flags": ["avx2", "avx512f"], "cpu_cores": 2}
+    alone = {"model": "m", "status": "completed", "wall_seconds": 600.0, "epochs_done": 6, "run_id": "alone",
+             "finished_utc": "2026-01-01T00:00:00Z", "host": epyc, "cpu_others_fraction": 0.02}
+    # newer, but a test suite ran beside it for one of its two training processes
+    busy = {**alone, "run_id": "busy", "wall_seconds": 900.0, "finished_utc": "2026-02-01T00:00:00Z",
+            "cpu_others_fraction": 0.05, "segments": [{"host": epyc, "cpu_others_fraction": 0.4}, {"host": epyc}]}
+    assert R.timed_alone(alone) and not R.timed_alone(busy) and R.timed_alone({"host": epyc})  # older: unknown
+    assert not R.timed_alone({**alone, "cpu_others_fraction": R.CONTENDED + 0.01})
+    assert _est(X.time_estimate([alone, busy], "m", 6, host=epyc)) == (pytest.approx(10.0), "alone", True)
+    assert _est(X.time_estimate([busy], "m", 6, host=epyc)) == (pytest.approx(15.0), "busy", True)  # all there is
+    # the speed factor between two machines reads only runs that had their machine to themselves
+    fast = {**alone, "host": xeon, "wall_seconds": 300.0, "run_id": "fast"}
+    assert X.host_speed_factor([alone, fast], "EPYC [avx2] x2", "Xeon [avx512] x2")[0] == pytest.approx(2.0)
+    assert X.host_speed_factor([busy, fast], "EPYC [avx2] x2", "Xeon [avx512] x2") is None
+
+
 def _curve_record(epochs: int, miou: float, run_id: str, seed: int = 0, config: str = "cpu_budget",
                   status: str = "completed") -> dict[str, object]:
     return {"run_id": run_id, "status": status, "model": "sme_deeplabv3plus", "config_name": config,

@@ -19,6 +19,17 @@ def test_steal_fraction_is_the_share_of_ticks_stolen_between_two_readings() -> N
     assert R.steal_fraction(None, after) is None and R.steal_fraction(before, None) is None
 
 
+def test_others_fraction_is_the_machines_busy_share_less_this_process() -> None:
+    before = {"total": 1_000, "steal": 0, "busy": 300, "own": 200}
+    after = {"total": 3_000, "steal": 0, "busy": 2_300, "own": 1_700}  # 2000 busy ticks, 1500 of them ours
+    assert R.others_fraction(before, after) == pytest.approx(0.25)
+    alone = {**after, "busy": 1_800}  # every busy tick ours
+    assert R.others_fraction(before, alone) == 0.0
+    assert R.others_fraction(before, {**alone, "busy": 1_790}) == 0.0  # the counters' rounding, clipped
+    assert R.others_fraction(before, before) is None and R.others_fraction(None, after) is None
+    assert R.others_fraction({"total": 1_000, "steal": 0}, after) is None  # a reading from before the field
+
+
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="no /proc/stat on this OS")
 def test_cpu_times_reads_proc_stat_and_grows() -> None:
     first = R.cpu_times()
@@ -28,6 +39,9 @@ def test_cpu_times_reads_proc_stat_and_grows() -> None:
     assert second is not None and second["total"] >= first["total"] and second["steal"] >= first["steal"]
     frac = R.steal_fraction(first, second)
     assert frac is None or 0.0 <= frac <= 1.0
+    assert second["own"] > first["own"] and second["busy"] >= first["busy"]  # the loop ran on this process
+    others = R.others_fraction(first, second)
+    assert others is not None and 0.0 <= others <= 1.0
 
 
 def test_cpu_times_parses_the_first_line_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -40,7 +54,10 @@ def test_cpu_times_parses_the_first_line_only(tmp_path: Path, monkeypatch: pytes
 
     monkeypatch.setattr("builtins.open", fake_open)
     # guest (99) is already counted inside user time, so it is not added to the total again.
-    assert R.cpu_times() == {"total": 10 + 2 + 3 + 40 + 5 + 0 + 1 + 7, "steal": 7}
+    got = R.cpu_times()
+    assert got is not None and got.pop("own") >= 0  # this process's own ticks, read elsewhere
+    # busy: user, nice, system, irq, softirq (not idle 40, iowait 5 or steal 7)
+    assert got == {"total": 10 + 2 + 3 + 40 + 5 + 0 + 1 + 7, "steal": 7, "busy": 10 + 2 + 3 + 0 + 1}
 
 
 def test_stored_predictions_round_trip_maps_of_any_size(tmp_path: Path) -> None:
