@@ -53,7 +53,7 @@ def test_tta_pairs_match_one_checkpoint_subset_and_rule() -> None:
 
 def test_headroom_table_reads_rows_and_records() -> None:
     rows = [{"config": "cpu_budget", "model": "sme_deeplabv3plus", "split": "official", "epochs": "6",
-             "miou_mean": "0.78", "n_seeds": "1", "run_ids": "proto_run"},
+             "miou_mean": "0.78", "miou_std": "0.003", "n_seeds": "2", "run_ids": "proto_run"},
             {"config": "headroom_e27", "model": "sme_deeplabv3plus", "split": "official", "epochs": "27",
              "miou_mean": "0.81", "n_seeds": "1", "run_ids": "long_run"},
             {"config": "headroom_e27", "model": "sme_deeplabv3plus", "split": "grouped", "epochs": "27",
@@ -61,8 +61,10 @@ def test_headroom_table_reads_rows_and_records() -> None:
     recs = [_eval("lite_official_plain", False, 0.75), _eval("lite_official_tta", True, 0.76)]
     t = H.headroom_table(rows, recs)
     by_key = {r[0]: r for r in t.rows}
-    assert by_key["protocol"][2:5] == ["78.00", "–", "-10.87"]
-    assert by_key["schedule"][2:6] == ["81.00", "+3.00", "-7.87", "long_run"]
-    assert by_key["tta"][2:4] == ["76.00", "+1.00"] and "lite_official_tta.json" in by_key["tta"][5]
-    assert by_key["full_width"][2] == "not yet run" and "context_width=256" in by_key["full_width"][5]
+    assert by_key["protocol"][2:6] == ["78.00", "–", "–", "-10.87"]
+    # a training step is read against the protocol's seed mean and spread
+    assert by_key["schedule"][2:7] == ["81.00", "78.00 ± 0.30 (2 seeds)", "+3.00", "-7.87", "long_run"]
+    assert by_key["tta"][2:5] == ["76.00", "75.00 (same weights)", "+1.00"]
+    assert "lite_official_tta.json" in by_key["tta"][6]
+    assert by_key["full_width"][2] == "not yet run" and "context_width=256" in by_key["full_width"][6]
     assert H.step_result(H.HEADROOM_STEPS[1], rows, recs[:1]) is None  # half a pair is no result
