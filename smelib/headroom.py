@@ -77,6 +77,8 @@ HEADROOM_STEPS: tuple[HeadroomStep, ...] = (
                  eval_files=("lite_official_plain", "lite_official_tta")),
     HeadroomStep("schedule", "27 epochs instead of 6 (the whole budget on the protocol's model)",
                  config="headroom_e27", epochs=27),
+    HeadroomStep("schedule_tta", "the tta step's inference on the schedule step's weights", kind="eval",
+                 eval_files=("e27_official_plain", "e27_official_tta")),
     HeadroomStep("full_width", "the paper's width-256 context module and decoder, 12 epochs in the budget",
                  config="headroom_full", epochs=12,
                  overrides=("model.deeplab_overrides.decoder_width=256", "model.deeplab_overrides.context_width=256")),

@@ -68,3 +68,5 @@ def test_headroom_table_reads_rows_and_records() -> None:
     assert "lite_official_tta.json" in by_key["tta"][6]
     assert by_key["full_width"][2] == "not yet run" and "context_width=256" in by_key["full_width"][6]
     assert H.step_result(H.HEADROOM_STEPS[1], rows, recs[:1]) is None  # half a pair is no result
+    # an inference step on another step's weights reads only its own pair of records
+    assert by_key["schedule_tta"][2] == "not yet run" and "e27_official_tta.json" in by_key["schedule_tta"][6]
