@@ -21,8 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BUDGET_MINUTES", "HEADROOM_STEPS", "HeadroomStep", "budget_epochs", "headroom_table", "step_result",
-           "tta_pairs"]
+__all__ = ["BUDGET_MINUTES", "HEADROOM_STEPS", "HeadroomStep", "budget_epochs", "headroom_table",
+           "plot_step_curves", "step_curve", "step_result", "step_run", "tta_pairs"]
 
 #: The CPU budget of one headroom run (wall minutes on a 2-core AVX-512 host without steal).
 BUDGET_MINUTES = 120
@@ -184,3 +184,56 @@ def headroom_table(rows: Sequence[Mapping[str, Any]], eval_records: Sequence[Map
                   "records / command"], out,
                  title=f"Recipe headroom on the official split (budget {BUDGET_MINUTES} min per run; steps on seed 0, "
                        "the protocol row over its seeds)")
+
+
+def step_run(step: HeadroomStep, records: Sequence[Mapping[str, Any]], seed: int = 0) -> Mapping[str, Any] | None:
+    """The latest completed run record of a training step (its config name, model, split and epochs) at ``seed``,
+    or None (also for an ``"eval"`` step, which trains nothing)."""
+    if step.kind != "train":
+        return None
+    found = [r for r in records if r.get("status") == "completed" and r.get("config_name") == step.config
+             and r.get("model") == step.model and (r.get("split") or {}).get("kind") == step.split
+             and r.get("epochs") == step.epochs and r.get("seed") == seed]
+    return max(found, key=lambda r: str(r.get("finished_utc", ""))) if found else None
+
+
+def step_curve(record: Mapping[str, Any]) -> list[tuple[float, float]]:
+    """A run's validation mIoU against the wall minutes spent so far: ``[(minutes, val_miou fraction)]``, one point
+    per epoch that validated, from the record's ``history`` (each epoch's seconds include its validation)."""
+    out, seconds = [], 0.0
+    for h in record.get("history") or []:
+        seconds += float(h.get("seconds") or 0.0)
+        if h.get("val_miou") is not None:
+            out.append((seconds / 60, float(h["val_miou"])))
+    return out
+
+
+def plot_step_curves(records: Sequence[Mapping[str, Any]], steps: Sequence[HeadroomStep] = HEADROOM_STEPS,
+                     seed: int = 0, ax: Any = None) -> Any:
+    """Validation mIoU (%) against wall minutes for every training step that has a run at ``seed``, with the
+    budget as a vertical line: does a longer recipe still climb when its time is up, and where does it pass the
+    protocol? Each run has its own cosine schedule, so a curve's early part is not the protocol's run.
+
+    Returns:
+        the matplotlib Axes.
+
+    Raises:
+        ValueError: no training step has a run at ``seed`` (an empty figure would look like a result).
+    """
+    import matplotlib.pyplot as plt
+
+    curves = [(s, step_curve(r)) for s in steps if (r := step_run(s, records, seed)) is not None]
+    curves = [(s, c) for s, c in curves if c]
+    if not curves:
+        raise ValueError(f"no headroom training step has a completed run with validation at seed {seed}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.6))
+    for s, c in curves:
+        ax.plot([m for m, _ in c], [100 * v for _, v in c], marker="o", markersize=3,
+                label=f"{s.key} ({s.epochs} epochs)")
+    ax.axvline(BUDGET_MINUTES, color="0.5", linestyle="--", linewidth=1, label=f"budget ({BUDGET_MINUTES} min)")
+    ax.set(xlabel="wall minutes (training + validation)", ylabel="validation mIoU (%)",
+           title=f"Headroom training steps, official split, seed {seed}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax

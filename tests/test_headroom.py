@@ -70,3 +70,31 @@ def test_headroom_table_reads_rows_and_records() -> None:
     assert H.step_result(H.HEADROOM_STEPS[1], rows, recs[:1]) is None  # half a pair is no result
     # an inference step on another step's weights reads only its own pair of records
     assert by_key["schedule_tta"][2] == "not yet run" and "e27_official_tta.json" in by_key["schedule_tta"][6]
+
+
+def _run(config: str, epochs: int, seed: int = 0, finished: str = "2026-01-01", val=(0.5, 0.6)) -> dict:
+    return {"status": "completed", "config_name": config, "model": "sme_deeplabv3plus", "split": {"kind": "official"},
+            "epochs": epochs, "seed": seed, "finished_utc": finished, "run_id": f"{config}_{seed}_{finished}",
+            "history": [{"epoch": i + 1, "seconds": 60.0, "val_miou": v} for i, v in enumerate(val)]}
+
+
+def test_step_run_picks_the_latest_matching_seed_and_curve_accumulates_minutes() -> None:
+    steps = {s.key: s for s in H.HEADROOM_STEPS}
+    recs = [_run("cpu_budget", 6), _run("cpu_budget", 6, finished="2026-02-01"), _run("cpu_budget", 6, seed=1),
+            _run("headroom_e27", 26)]  # wrong epoch count: not the schedule step
+    assert H.step_run(steps["protocol"], recs)["finished_utc"] == "2026-02-01"
+    assert H.step_run(steps["protocol"], recs, seed=1)["seed"] == 1
+    assert H.step_run(steps["schedule"], recs) is None and H.step_run(steps["tta"], recs) is None
+    rec = _run("x", 3, val=(0.5, None, 0.7))  # an epoch without validation adds time, not a point
+    assert H.step_curve(rec) == [(1.0, 0.5), (3.0, 0.7)]
+
+
+def test_plot_step_curves_draws_one_line_per_run_and_refuses_an_empty_figure() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = H.plot_step_curves([_run("cpu_budget", 6), _run("headroom_e27", 27, val=(0.5, 0.6, 0.7))])
+    assert [ln.get_label() for ln in ax.get_lines()][:2] == ["protocol (6 epochs)", "schedule (27 epochs)"]
+    assert list(ax.get_lines()[1].get_ydata()) == [50.0, 60.0, 70.0]
+    with pytest.raises(ValueError, match="seed 3"):
+        H.plot_step_curves([_run("cpu_budget", 6)], seed=3)
