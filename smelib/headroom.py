@@ -137,7 +137,8 @@ def step_result(step: HeadroomStep, rows: Sequence[Mapping[str, Any]],
             return None
         base, changed = (by_file[f] for f in step.eval_files)
         return {"miou": changed["metrics"]["miou"], "baseline_miou": base["metrics"]["miou"],
-                "baseline_std": None, "baseline_n": None, "source": f"{base['file']}.json, {changed['file']}.json ({changed.get('model')}, "
+                "baseline_std": None, "baseline_n": None,
+                "source": f"{base['file']}.json, {changed['file']}.json ({changed.get('model')}, "
                           f"{changed.get('subset')} subset, {changed.get('images')} images)", "n": 1}
     row = row_of(step.config, step.model, step.epochs)
     if row is None:
