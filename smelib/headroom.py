@@ -120,9 +120,10 @@ def step_result(step: HeadroomStep, rows: Sequence[Mapping[str, Any]],
 
     Returns:
         ``{"miou": fraction, "baseline_miou": fraction or None, "baseline_std": fraction or None,
-        "baseline_n": seeds or None, "source": run ids or record files, "n": seeds}``; for a train step the
-        baseline is the protocol row of the same split (its seed mean and standard deviation; None for the
-        protocol itself), for an eval step it is the evaluation without the change, on the same checkpoint.
+        "baseline_row": summary row or None, "source": run ids or record files, "n": seeds}``; for a train step
+        the baseline is the protocol row of the same split (its seed mean and standard deviation; None for the
+        protocol itself), for an eval step it is the evaluation without the change, on the same checkpoint
+        (no row, no spread).
     """
     from smelib.experiments import summary_value
 
@@ -137,7 +138,7 @@ def step_result(step: HeadroomStep, rows: Sequence[Mapping[str, Any]],
             return None
         base, changed = (by_file[f] for f in step.eval_files)
         return {"miou": changed["metrics"]["miou"], "baseline_miou": base["metrics"]["miou"],
-                "baseline_std": None, "baseline_n": None,
+                "baseline_std": None, "baseline_row": None,
                 "source": f"{base['file']}.json, {changed['file']}.json ({changed.get('model')}, "
                           f"{changed.get('subset')} subset, {changed.get('images')} images)", "n": 1}
     row = row_of(step.config, step.model, step.epochs)
@@ -148,7 +149,7 @@ def step_result(step: HeadroomStep, rows: Sequence[Mapping[str, Any]],
     return {"miou": summary_value(row, "miou_mean"),
             "baseline_miou": None if base is None else summary_value(base, "miou_mean"),
             "baseline_std": None if base is None else summary_value(base, "miou_std"),
-            "baseline_n": None if base is None else int(summary_value(base, "n_seeds") or 0),
+            "baseline_row": base,
             "source": str(row.get("run_ids", "")), "n": int(summary_value(row, "n_seeds") or 0)}
 
 
@@ -158,7 +159,7 @@ def headroom_table(rows: Sequence[Mapping[str, Any]], eval_records: Sequence[Map
     deviation for a training step, so a difference can be read against the seed spread; the same checkpoint
     without the change for an inference step), the difference from it (points), the gap to the paper's 88.87 %,
     and the records it comes from or the command that would produce them."""
-    from smelib.experiments import PAPER_MIOU
+    from smelib.experiments import PAPER_MIOU, mean_std_text
     from smelib.viz import Table
 
     paper = PAPER_MIOU["sme_deeplabv3plus"]
@@ -173,13 +174,9 @@ def headroom_table(rows: Sequence[Mapping[str, Any]], eval_records: Sequence[Map
             base, delta = "–", "–"
         else:
             delta = f"{miou - 100 * res['baseline_miou']:+.2f}"
-            base = f"{100 * res['baseline_miou']:.2f}"
-            if res.get("baseline_n"):  # a training step's baseline is a seed mean; one seed has no spread
-                sd = res.get("baseline_std")
-                spread = f" ± {100 * sd:.2f}" if sd is not None and res["baseline_n"] > 1 else ""
-                base += f"{spread} ({res['baseline_n']} seed{'s' if res['baseline_n'] > 1 else ''})"
-            else:
-                base += " (same weights)"
+            row = res["baseline_row"]  # a training step's baseline is the protocol's seed mean
+            base = (f"{mean_std_text(row)} (n={row.get('n_seeds')})" if row is not None
+                    else f"{100 * res['baseline_miou']:.2f} (same weights)")
         out.append([step.key, step.change, f"{miou:.2f}", base, delta, f"{miou - paper:+.2f}", res["source"]])
     return Table(["step", "change", "test mIoU %", "baseline mIoU %", "Δ vs its baseline", "vs paper's 88.87",
                   "records / command"], out,

@@ -63,7 +63,7 @@ def test_headroom_table_reads_rows_and_records() -> None:
     by_key = {r[0]: r for r in t.rows}
     assert by_key["protocol"][2:6] == ["78.00", "–", "–", "-10.87"]
     # a training step is read against the protocol's seed mean and spread
-    assert by_key["schedule"][2:7] == ["81.00", "78.00 ± 0.30 (2 seeds)", "+3.00", "-7.87", "long_run"]
+    assert by_key["schedule"][2:7] == ["81.00", "78.00 ± 0.30 (n=2)", "+3.00", "-7.87", "long_run"]
     assert by_key["tta"][2:5] == ["76.00", "75.00 (same weights)", "+1.00"]
     assert "lite_official_tta.json" in by_key["tta"][6]
     assert by_key["full_width"][2] == "not yet run" and "context_width=256" in by_key["full_width"][6]
