@@ -82,6 +82,8 @@ HEADROOM_STEPS: tuple[HeadroomStep, ...] = (
     HeadroomStep("full_width", "the paper's width-256 context module and decoder, 12 epochs in the budget",
                  config="headroom_full", epochs=12,
                  overrides=("model.deeplab_overrides.decoder_width=256", "model.deeplab_overrides.context_width=256")),
+    HeadroomStep("full_width_tta", "the tta step's inference on the full_width step's weights", kind="eval",
+                 eval_files=("full_official_plain", "full_official_tta")),
     HeadroomStep("loss_ce", "plain cross-entropy instead of focal + Dice, at 27 epochs", config="headroom_e27_ce",
                  epochs=27, overrides=("loss=ce",)),
     HeadroomStep("lite", "the lite model (StarNet-s1 backbone), 34 epochs in the budget",
