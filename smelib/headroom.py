@@ -21,7 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BUDGET_MINUTES", "HEADROOM_STEPS", "HeadroomStep", "budget_epochs", "headroom_table",
+__all__ = ["BUDGET_MINUTES", "HEADROOM_STEPS", "HeadroomStep", "budget_epochs", "budget_pair", "budget_pair_table",
+           "headroom_table",
            "plot_step_curves", "step_curve", "step_result", "step_run", "tta_pairs"]
 
 #: The CPU budget of one headroom run (wall minutes on a 2-core AVX-512 host without steal).
@@ -42,6 +43,9 @@ class HeadroomStep:
         epochs: training epochs, chosen to fill :data:`BUDGET_MINUTES` at the speed the chapter measures.
         overrides: further ``KEY=VALUE`` overrides.
         eval_files: ``(baseline stem, changed stem)`` for an ``"eval"`` step.
+        against: for a training step that changes more than one thing against the protocol (its epochs are set to
+            fill the budget), the key of the training step that fills the same budget and differs from it only in
+            :attr:`change`: :func:`budget_pair` compares the two runs per class.
     """
 
     key: str
@@ -53,6 +57,7 @@ class HeadroomStep:
     overrides: tuple[str, ...] = ()
     eval_files: tuple[str, str] | None = None
     split: str = "official"
+    against: str | None = None
 
     @property
     def command(self) -> str:
@@ -81,13 +86,14 @@ HEADROOM_STEPS: tuple[HeadroomStep, ...] = (
                  eval_files=("e27_official_plain", "e27_official_tta")),
     HeadroomStep("full_width", "the paper's width-256 context module and decoder, 12 epochs in the budget",
                  config="headroom_full", epochs=12,
-                 overrides=("model.deeplab_overrides.decoder_width=256", "model.deeplab_overrides.context_width=256")),
+                 overrides=("model.deeplab_overrides.decoder_width=256", "model.deeplab_overrides.context_width=256"),
+                 against="schedule"),
     HeadroomStep("full_width_tta", "the tta step's inference on the full_width step's weights", kind="eval",
                  eval_files=("full_official_plain", "full_official_tta")),
     HeadroomStep("loss_ce", "plain cross-entropy instead of focal + Dice, at 27 epochs", config="headroom_e27_ce",
-                 epochs=27, overrides=("loss=ce",)),
+                 epochs=27, overrides=("loss=ce",), against="schedule"),
     HeadroomStep("lite", "the lite model (StarNet-s1 backbone), 34 epochs in the budget",
-                 config="headroom_lite", model="sme_deeplabv3plus_lite", epochs=34),
+                 config="headroom_lite", model="sme_deeplabv3plus_lite", epochs=34, against="schedule"),
 )
 
 
@@ -195,6 +201,57 @@ def step_run(step: HeadroomStep, records: Sequence[Mapping[str, Any]], seed: int
              and r.get("model") == step.model and (r.get("split") or {}).get("kind") == step.split
              and r.get("epochs") == step.epochs and r.get("seed") == seed]
     return max(found, key=lambda r: str(r.get("finished_utc", ""))) if found else None
+
+
+def budget_pair(step: HeadroomStep, records: Sequence[Mapping[str, Any]],
+                steps: Sequence[HeadroomStep] = HEADROOM_STEPS, seed: int = 0) -> dict[str, Any] | None:
+    """The equal-budget comparison of a training step with its :attr:`~HeadroomStep.against` step: both runs fill
+    the budget, and they differ only in the step's change, so the per-class difference has that one cause (on one
+    seed).
+
+    Returns:
+        None when the step has no ``against`` step or either run is missing; otherwise ``{"baseline": step,
+        "step": step, "baseline_run": record, "run": record, "classes": names, "iou": [(baseline, step)] per class
+        (fractions), "miou": (baseline, step), "seconds_per_epoch": (baseline, step), "classes_lower": count of
+        classes where the step is lower}``.
+
+    Raises:
+        ValueError: ``against`` names no step in ``steps``, or the two runs score different classes.
+    """
+    if step.against is None:
+        return None
+    base_step = next((s for s in steps if s.key == step.against), None)
+    if base_step is None:
+        raise ValueError(f"headroom step {step.key!r} is compared against {step.against!r}, which is not a step")
+    base, run = step_run(base_step, records, seed), step_run(step, records, seed)
+    if base is None or run is None:
+        return None
+    if list(base["class_names"]) != list(run["class_names"]):
+        raise ValueError(f"runs {base['run_id']} and {run['run_id']} score different classes: "
+                         f"{base['class_names']} against {run['class_names']}")
+    iou = list(zip(base["final"]["test"]["iou"], run["final"]["test"]["iou"]))
+    return {"baseline": base_step, "step": step, "baseline_run": base, "run": run, "classes": list(base["class_names"]),
+            "iou": iou, "miou": (base["final"]["test"]["miou"], run["final"]["test"]["miou"]),
+            "seconds_per_epoch": tuple(r["wall_seconds"] / r["epochs_done"] for r in (base, run)),
+            "classes_lower": sum(y < x for x, y in iou)}
+
+
+def budget_pair_table(pair: Mapping[str, Any]) -> Any:
+    """A :func:`budget_pair` as a table: test IoU % per class and mIoU for both runs and their difference, then
+    each run's epochs and seconds per epoch, parameters and GMACs."""
+    from smelib.viz import Table
+
+    a, b = pair["baseline_run"], pair["run"]
+    rows: list[list[Any]] = [[n, 100 * x, 100 * y, 100 * (y - x)] for n, (x, y) in zip(pair["classes"], pair["iou"])]
+    x, y = pair["miou"]
+    rows.append(["mIoU", 100 * x, 100 * y, 100 * (y - x)])
+    rows.append(["epochs / s per epoch", *(f"{r['epochs_done']} / {s:.0f}" for r, s in
+                                           zip((a, b), pair["seconds_per_epoch"])), ""])
+    rows.append(["parameters (M) / GMACs", *(f"{r['params_m']:.2f} / {r['gmacs']:.2f}" for r in (a, b)), ""])
+    base_key, key = pair["baseline"].key, pair["step"].key
+    return Table(["", f"{base_key} ({a['model']}, {a['epochs_done']} epochs)",
+                  f"{key} ({b['model']}, {b['epochs_done']} epochs)", f"Δ ({key} − {base_key})"], rows, decimals=2,
+                 title=f"Test IoU % at one budget: {key} ({pair['step'].change}) against {base_key}")
 
 
 def step_curve(record: Mapping[str, Any]) -> list[tuple[float, float]]:

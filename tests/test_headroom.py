@@ -98,3 +98,32 @@ def test_plot_step_curves_draws_one_line_per_run_and_refuses_an_empty_figure() -
     assert list(ax.get_lines()[1].get_ydata()) == [50.0, 60.0, 70.0]
     with pytest.raises(ValueError, match="seed 3"):
         H.plot_step_curves([_run("cpu_budget", 6)], seed=3)
+
+
+def _scored(config: str, epochs: int, iou: tuple[float, ...], wall: float, model: str = "sme_deeplabv3plus",
+            names: tuple[str, ...] = ("bg", "a", "b")) -> dict:
+    rec = _run(config, epochs)
+    rec.update(model=model, class_names=list(names), epochs_done=epochs, wall_seconds=wall, params_m=1.0, gmacs=2.0,
+               final={"test": {"iou": list(iou), "miou": sum(iou) / len(iou)}})
+    return rec
+
+
+def test_budget_pair_compares_a_step_with_its_equal_budget_step_per_class() -> None:
+    steps = {s.key: s for s in H.HEADROOM_STEPS}
+    # every step that changes its epoch count to fill the budget names the run that fills the same budget
+    assert all(s.against == "schedule" for s in H.HEADROOM_STEPS if s.kind == "train" and s.epochs not in (6, 27))
+    narrow = _scored("headroom_e27", 27, (0.9, 0.8, 0.7), wall=27 * 270.0)
+    ce = _scored("headroom_e27_ce", 27, (0.92, 0.75, 0.6), wall=27 * 300.0)
+    assert H.budget_pair(steps["schedule"], [narrow, ce]) is None  # no step to compare against
+    assert H.budget_pair(steps["loss_ce"], [ce]) is None  # the equal-budget run is missing
+    pair = H.budget_pair(steps["loss_ce"], [narrow, ce])
+    assert pair["classes_lower"] == 2 and pair["seconds_per_epoch"] == (270.0, 300.0)
+    assert pair["miou"] == pytest.approx((0.8, 0.7566666))
+    t = H.budget_pair_table(pair)
+    assert t.rows[0][0] == "bg" and t.rows[0][3] == pytest.approx(2.0) and t.rows[3][0] == "mIoU"
+    assert t.rows[4][1:3] == ["27 / 270", "27 / 300"] and "Δ (loss_ce − schedule)" in t.columns
+    with pytest.raises(ValueError, match="different classes"):
+        H.budget_pair(steps["loss_ce"], [narrow, _scored("headroom_e27_ce", 27, (0.9, 0.8), 1.0, names=("bg", "a"))])
+    orphan = H.HeadroomStep("x", "y", config="c", epochs=3, against="nowhere")
+    with pytest.raises(ValueError, match="nowhere"):
+        H.budget_pair(orphan, [narrow])
