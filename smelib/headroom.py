@@ -2,8 +2,9 @@
 
 The tables (:mod:`smelib.experiments`) hold every model to one short protocol so rows can be compared. This module
 is the other question: with the protocol's SME run as the starting point, which single changes (training length,
-full-width heads, loss, test-time augmentation, the lite model) buy how much test mIoU, each step a run record (or,
-for inference-only steps, an evaluation record written by ``smelib eval --record``), each within a stated budget::
+full-width heads, loss, augmentation, test-time augmentation, the lite model) buy how much test mIoU, each step a
+run record (or, for inference-only steps, an evaluation record written by ``smelib eval --record``), each within a
+stated budget::
 
     >>> from smelib.headroom import HEADROOM_STEPS
     >>> [s.key for s in HEADROOM_STEPS][:3]
@@ -92,6 +93,9 @@ HEADROOM_STEPS: tuple[HeadroomStep, ...] = (
                  eval_files=("full_official_plain", "full_official_tta")),
     HeadroomStep("loss_ce", "plain cross-entropy instead of focal + Dice, at 27 epochs", config="headroom_e27_ce",
                  epochs=27, overrides=("loss=ce",), against="schedule"),
+    HeadroomStep("augment", "random rescale by 0.75-1.25 and a 200 px crop (padding ignored by the loss), at 27 epochs",
+                 config="headroom_e27_scale", epochs=27,
+                 overrides=("data.augment.scale=[0.75,1.25]", "data.augment.crop=200"), against="schedule"),
     HeadroomStep("lite", "the lite model (StarNet-s1 backbone), 34 epochs in the budget",
                  config="headroom_lite", model="sme_deeplabv3plus_lite", epochs=34, against="schedule"),
 )

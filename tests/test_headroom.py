@@ -25,6 +25,9 @@ def test_train_step_commands_resolve_to_the_stated_change(step: H.HeadroomStep) 
     width = 256 if step.key == "full_width" else 64
     assert model.config["decoder_width"] == width and model.config["context_width"] == width
     assert cfg["loss"] == ("ce" if step.key == "loss_ce" else "focal+dice")
+    augment = cfg["data"]["augment"]
+    scale_crop = ([0.75, 1.25], 200) if step.key == "augment" else (None, None)
+    assert (augment.get("scale"), augment.get("crop")) == scale_crop
 
 
 def test_step_keys_and_config_names_are_unique() -> None:
