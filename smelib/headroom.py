@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["BUDGET_MINUTES", "HEADROOM_STEPS", "HeadroomStep", "budget_epochs", "budget_pair", "budget_pair_table",
-           "headroom_table",
-           "plot_step_curves", "step_curve", "step_result", "step_run", "tta_pairs"]
+           "headroom_table", "plot_step_curves", "step_curve", "step_result", "step_run", "tta_pairs"]
 
 #: The CPU budget of one headroom run (wall minutes on a 2-core AVX-512 host without steal).
 BUDGET_MINUTES = 120
