@@ -14,13 +14,14 @@ from smelib.engine import build_model
 
 @pytest.mark.parametrize("step", [s for s in H.HEADROOM_STEPS if s.kind == "train"], ids=lambda s: s.key)
 def test_train_step_commands_resolve_to_the_stated_change(step: H.HeadroomStep) -> None:
-    argv = shlex.split(step.command)[1:]
+    argv = shlex.split(step.train_command(step.seeds[-1]))[1:]
     args = build_parser().parse_args(argv)
     overrides = [f"model.name={args.model}", f"data.split={args.split}", *args.overrides]
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
     cfg = load_config(args.config, overrides)
     assert (cfg["name"], cfg["model"]["name"], cfg["train"]["epochs"]) == (step.config, step.model, step.epochs)
+    assert (cfg["data"]["split"], args.seed) == (step.split, step.seeds[-1])
     model = build_model(cfg, num_classes=4)
     width = 256 if step.key == "full_width" else 64
     assert model.config["decoder_width"] == width and model.config["context_width"] == width
@@ -32,8 +33,15 @@ def test_train_step_commands_resolve_to_the_stated_change(step: H.HeadroomStep) 
 
 def test_step_keys_and_config_names_are_unique() -> None:
     keys = [s.key for s in H.HEADROOM_STEPS]
-    configs = [(s.config, s.model, s.epochs) for s in H.HEADROOM_STEPS if s.kind == "train"]
+    configs = [(s.config, s.model, s.epochs, s.split) for s in H.HEADROOM_STEPS if s.kind == "train"]
     assert len(set(keys)) == len(keys) and len(set(configs)) == len(configs) and keys[0] == "protocol"
+
+
+def test_a_step_over_several_seeds_loops_over_them_in_one_command() -> None:
+    step = H.HeadroomStep("g", "grouped", config="headroom_e27", epochs=27, split="grouped", seeds=(0, 1, 2))
+    assert step.command == f"for S in 0 1 2; do {step.train_command('$S')}; done"
+    assert "--split grouped --seed $S --epochs 27 name=headroom_e27" in step.command
+    assert H.HeadroomStep("p", "x").command == H.HeadroomStep("p", "x").train_command(0)
 
 
 def test_budget_epochs() -> None:
@@ -59,24 +67,34 @@ def test_headroom_table_reads_rows_and_records() -> None:
              "miou_mean": "0.78", "miou_std": "0.003", "n_seeds": "2", "run_ids": "proto_run"},
             {"config": "headroom_e27", "model": "sme_deeplabv3plus", "split": "official", "epochs": "27",
              "miou_mean": "0.81", "n_seeds": "1", "run_ids": "long_run"},
+            {"config": "cpu_budget", "model": "sme_deeplabv3plus", "split": "grouped", "epochs": "6",
+             "miou_mean": "0.70", "miou_std": "0.01", "n_seeds": "3", "run_ids": "proto_grouped"},
             {"config": "headroom_e27", "model": "sme_deeplabv3plus", "split": "grouped", "epochs": "27",
-             "miou_mean": "0.99", "n_seeds": "1", "run_ids": "wrong_split"}]
+             "miou_mean": "0.74", "miou_std": "0.02", "n_seeds": "2", "run_ids": "g0 g1"}]
     recs = [_eval("lite_official_plain", False, 0.75), _eval("lite_official_tta", True, 0.76)]
     t = H.headroom_table(rows, recs)
     by_key = {r[0]: r for r in t.rows}
-    assert by_key["protocol"][2:6] == ["78.00", "–", "–", "-10.87"]
-    # a training step is read against the protocol's seed mean and spread
-    assert by_key["schedule"][2:7] == ["81.00", "78.00 ± 0.30 (n=2)", "+3.00", "-7.87", "long_run"]
-    assert by_key["tta"][2:5] == ["76.00", "75.00 (same weights)", "+1.00"]
-    assert "lite_official_tta.json" in by_key["tta"][6]
-    assert by_key["full_width"][2] == "not yet run" and "context_width=256" in by_key["full_width"][6]
+    assert by_key["protocol"][2:7] == ["official, 2", "78.00", "–", "–", "-10.87"]
+    # a training step is read against the protocol's seed mean and spread on its own split
+    assert by_key["schedule"][2:8] == ["official, 1 of 1", "81.00", "78.00 ± 0.30 (n=2)", "+3.00", "-7.87", "long_run"]
+    assert by_key["grouped"][2:8] == ["grouped, 2 of 3", "74.00", "70.00 ± 1.00 (n=3)", "+4.00", "-14.87", "g0 g1"]
+    assert by_key["tta"][3:6] == ["76.00", "75.00 (same weights)", "+1.00"]
+    assert "lite_official_tta.json" in by_key["tta"][7]
+    assert by_key["full_width"][2:4] == ["official, 0 of 1", "not yet run"]
+    assert "context_width=256" in by_key["full_width"][7]
     assert H.step_result(H.HEADROOM_STEPS[1], rows, recs[:1]) is None  # half a pair is no result
     # an inference step on another step's weights reads only its own pair of records
-    assert by_key["schedule_tta"][2] == "not yet run" and "e27_official_tta.json" in by_key["schedule_tta"][6]
+    assert by_key["schedule_tta"][3] == "not yet run" and "e27_official_tta.json" in by_key["schedule_tta"][7]
+    # a step is pending until it has every seed it asks for
+    pending = [s.key for s in H.pending_steps(rows, recs)]
+    assert "grouped" in pending and "schedule" not in pending and "tta" not in pending and "full_width" in pending
+    rows[-1]["n_seeds"] = "3"
+    assert "grouped" not in [s.key for s in H.pending_steps(rows, recs)]
 
 
-def _run(config: str, epochs: int, seed: int = 0, finished: str = "2026-01-01", val=(0.5, 0.6)) -> dict:
-    return {"status": "completed", "config_name": config, "model": "sme_deeplabv3plus", "split": {"kind": "official"},
+def _run(config: str, epochs: int, seed: int = 0, finished: str = "2026-01-01", val=(0.5, 0.6),
+         split: str = "official") -> dict:
+    return {"status": "completed", "config_name": config, "model": "sme_deeplabv3plus", "split": {"kind": split},
             "epochs": epochs, "seed": seed, "finished_utc": finished, "run_id": f"{config}_{seed}_{finished}",
             "history": [{"epoch": i + 1, "seconds": 60.0, "val_miou": v} for i, v in enumerate(val)]}
 
@@ -101,11 +119,16 @@ def test_plot_step_curves_draws_one_line_per_run_and_refuses_an_empty_figure() -
     assert list(ax.get_lines()[1].get_ydata()) == [50.0, 60.0, 70.0]
     with pytest.raises(ValueError, match="seed 3"):
         H.plot_step_curves([_run("cpu_budget", 6)], seed=3)
+    # a grouped-split run is drawn only on a grouped figure: its validation images are other images
+    grouped = _run("headroom_e27", 27, split="grouped", val=(0.4, 0.5))
+    assert len(H.plot_step_curves([_run("cpu_budget", 6), grouped]).get_lines()) == 2  # protocol + budget line
+    ax = H.plot_step_curves([grouped], split="grouped")
+    assert ax.get_lines()[0].get_label() == "grouped (27 epochs)" and "grouped split" in ax.get_title()
 
 
 def _scored(config: str, epochs: int, iou: tuple[float, ...], wall: float, model: str = "sme_deeplabv3plus",
-            names: tuple[str, ...] = ("bg", "a", "b")) -> dict:
-    rec = _run(config, epochs)
+            names: tuple[str, ...] = ("bg", "a", "b"), split: str = "official", seed: int = 0) -> dict:
+    rec = _run(config, epochs, seed=seed, split=split)
     rec.update(model=model, class_names=list(names), epochs_done=epochs, wall_seconds=wall, params_m=1.0, gmacs=2.0,
                final={"test": {"iou": list(iou), "miou": sum(iou) / len(iou)}})
     return rec
@@ -130,3 +153,18 @@ def test_budget_pair_compares_a_step_with_its_equal_budget_step_per_class() -> N
     orphan = H.HeadroomStep("x", "y", config="c", epochs=3, against="nowhere")
     with pytest.raises(ValueError, match="nowhere"):
         H.budget_pair(orphan, [narrow])
+
+
+def test_seed_table_has_one_row_per_asked_seed_and_the_command_of_a_missing_one() -> None:
+    step = H.HeadroomStep("g", "grouped", config="headroom_e27", epochs=27, split="grouped", seeds=(0, 1, 2))
+    runs = [_scored("headroom_e27", 27, (0.9, 0.6, 0.3), wall=600.0, split="grouped"),
+            _scored("headroom_e27", 27, (0.9, 0.8, 0.7), wall=1200.0, split="grouped", seed=2),
+            _scored("headroom_e27", 27, (0.1, 0.1, 0.1), wall=60.0)]  # the official split's run is not this step's
+    t = H.seed_table(step, runs)
+    assert t.columns[:4] == ["seed", "IoU bg", "IoU a", "IoU b"]
+    assert [r[0] for r in t.rows] == [0, 1, 2]
+    assert t.rows[0][1:6] == pytest.approx([90.0, 60.0, 30.0, 60.0, 10.0])
+    assert t.rows[1][1] == "–" and "--split grouped --seed 1" in t.rows[1][-1]
+    assert t.rows[2][4] == pytest.approx(80.0) and t.rows[2][5] == pytest.approx(20.0)
+    with pytest.raises(ValueError, match="inference"):
+        H.seed_table(H.HEADROOM_STEPS[1], runs)
