@@ -101,7 +101,7 @@ def reproduction_table() -> Table:
             sd = "" if res.get("std") is None else f" ± {100 * res['std']:.2f}"  # one seed has no spread
             ours = (f"{100 * res['miou']:.2f}{sd} ({res['n']} of {len(step.seeds)} seeds; the protocol's "
                     f"{100 * res['baseline_miou']:.2f} on this split)")
-        rows.append([f"Recipe headroom on the {step.split} split: {step.change}", "– (no such split in the paper)",
+        rows.append([f"Recipe headroom, step '{step.key}': {step.change}", f"– (no {step.split} split in the paper)",
                      ours])
     rows.append(leak_row(summary))
     from smelib.experiments import CONCLUSIONS, conclusion_verdict, paper_difference, pooled_seed_std

@@ -21,14 +21,17 @@ def test_status_reports_percent_and_no_false_spread(monkeypatch) -> None:
     assert "StarNet beats MobileNetV2" in text and "not yet measured" in text  # no baseline row given
     # the protocol's official row is the headroom's first step, so it is the best one measured here
     assert "80.00 (step 'protocol'; " in text and "steps measured" in text
-    assert "Recipe headroom on the grouped split" in text and "not run yet: for S in 0 1 2" in text
+    assert "Recipe headroom, step 'grouped'" in text and "not run yet: for S in 0 1 2" in text
 
 
 def test_status_reads_the_grouped_headroom_step_with_its_spread_and_never_as_the_official_best(monkeypatch) -> None:
+    from smelib.headroom import HEADROOM_STEPS
+
+    grouped = next(s for s in HEADROOM_STEPS if s.split == "grouped")
     proto = {"model": "sme_deeplabv3plus", "config": "cpu_budget", "epochs": "6", "seeds": "0 1 2"}
     rows = [{**proto, "split": "official", "n_seeds": "2", "miou_mean": "0.78", "miou_std": "0.002"},
             {**proto, "split": "grouped", "n_seeds": "3", "miou_mean": "0.76", "miou_std": "0.003"},
-            {"model": "sme_deeplabv3plus", "config": "headroom_e27", "epochs": "27", "split": "grouped",
+            {"model": grouped.model, "config": grouped.config, "epochs": str(grouped.epochs), "split": "grouped",
              "n_seeds": "2", "miou_mean": "0.9", "miou_std": "0.01", "seeds": "0 1"}]
     monkeypatch.setattr(status, "read_summary", lambda path=None: rows)
     monkeypatch.setattr(status, "table2_matches", lambda: [("starnet_msaa", True)])
@@ -36,7 +39,7 @@ def test_status_reads_the_grouped_headroom_step_with_its_spread_and_never_as_the
     text = str(status.reproduction_table())
     assert "90.00 ± 1.00 (2 of 3 seeds; the protocol's 76.00 on this split)" in text
     # the grouped step outscores the official protocol here, but the official row names only official steps
-    assert "78.00 (step 'protocol'; 1 of 10 steps measured" in text
+    assert f"78.00 (step 'protocol'; 1 of {len(HEADROOM_STEPS)} steps measured" in text
 
 
 def test_status_falls_back_to_another_budget_and_names_its_epochs(monkeypatch) -> None:
