@@ -62,8 +62,8 @@ def reproduction_table() -> Table:
     summary = read_summary()
     for model, split in [(m, s) for m in ("sme_deeplabv3plus", "sme_deeplabv3plus_lite")
                          for s in ("official", "grouped")]:
-        # the protocol's row; else the longest-trained row of another budget (the shipped checkpoint's run),
-        # whose epoch count the cell states
+        # the protocol's row; else the longest-trained row of another budget (for the lite model, the headroom's
+        # run, or the shipped checkpoint's), whose config and epoch count the cell states
         r = pick_row(summary, model, split) or _longest_row(summary, model, split)
         if r is None:
             ours = "not run yet"
@@ -73,7 +73,7 @@ def reproduction_table() -> Table:
             spread = f" ± {100 * float(std):.2f}" if std not in (None, "") else ""
             ep = f", {r['epochs']} epochs" if r.get("epochs") not in (None, "") else ""
             ours = f"{100 * float(r['miou_mean']):.2f}{spread} (n={r['n_seeds']}, {r['config']}{ep})"
-        label = "SME-DeepLabV3+" if model == "sme_deeplabv3plus" else "SME-DeepLabV3+ lite (the shipped checkpoint)"
+        label = "SME-DeepLabV3+" if model == "sme_deeplabv3plus" else "SME-DeepLabV3+ lite (StarNet-s1)"
         rows.append([f"{label} test mIoU, {split} split", f"{PAPER_SME['miou']:.2f} (full model, official split)",
                      ours])
     from smelib.headroom import HEADROOM_STEPS, pending_steps, step_result
