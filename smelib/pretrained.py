@@ -24,8 +24,9 @@ MANIFEST = RELEASE_DIR / "manifest.json"
 #: The release the chapters and ``smelib predict`` use by default.
 DEFAULT_RELEASE = "sme_deeplabv3plus_lite_neuseg"
 
+# train_stats: the training subset's class and defect-area statistics, which the dynamic decision rule needs
 _KEEP = ("format", "version", "smelib_version", "torch_version", "run_id", "model_name", "model_config", "num_classes",
-         "in_channels", "class_names", "normalization", "config", "epoch", "global_step", "best")
+         "in_channels", "class_names", "normalization", "config", "epoch", "global_step", "best", "train_stats")
 
 
 def manifest(path: Path | None = None) -> dict[str, dict[str, Any]]:

@@ -18,6 +18,8 @@ def training_checkpoint(tmp_path):
             "model_config": dict(model.config), "num_classes": 4, "in_channels": 3,
             "class_names": ["background", "inclusion", "patches", "scratches"],
             "normalization": {"mean": [0.4455], "std": [0.2057]}, "model": model.state_dict(),
+            "train_stats": {"class_pixel_fraction": [0.9, 0.03, 0.05, 0.02], "defect_area_q1": 0.04,
+                            "defect_area_median": 0.1, "defect_area_q3": 0.16},
             "optimizer": {"state": {}, "param_groups": []}}
     path = atomic_save(ckpt, tmp_path / "best.pt")
     return path, model
@@ -39,6 +41,8 @@ def test_release_is_fp16_listed_and_loads_by_name(training_checkpoint, release_d
     assert all(v.dtype == torch.float16 for v in stored["model"].values() if v.is_floating_point())
     loaded, meta = load_checkpoint("unit_release")
     assert meta["class_names"][3] == "scratches"
+    # the dynamic decision rule reads the training statistics: a release keeps them
+    assert meta["train_stats"]["defect_area_q3"] == 0.16
     assert next(loaded.parameters()).dtype == torch.float32
     x = torch.randn(1, 3, 48, 48)
     with torch.no_grad():
