@@ -98,9 +98,10 @@ def reproduction_table() -> Table:
         if res is None or res["miou"] is None:
             ours = f"not run yet: {step.command}"
         else:
-            sd = "" if res.get("std") is None else f" ± {100 * res['std']:.2f}"  # one seed has no spread
-            ours = (f"{100 * res['miou']:.2f}{sd} ({res['n']} of {len(step.seeds)} seeds; the protocol's "
-                    f"{100 * res['baseline_miou']:.2f} on this split)")
+            sd = "" if res["std"] is None else f" ± {100 * res['std']:.2f}"  # one seed has no spread
+            base = ("no protocol row on this split" if res["baseline_miou"] is None
+                    else f"the protocol's {100 * res['baseline_miou']:.2f} on this split")
+            ours = f"{100 * res['miou']:.2f}{sd} ({res['n']} of {len(step.seeds)} seeds; {base})"
         rows.append([f"Recipe headroom, step '{step.key}': {step.change}", f"– (no {step.split} split in the paper)",
                      ours])
     rows.append(leak_row(summary))

@@ -82,6 +82,8 @@ def test_headroom_table_reads_rows_and_records() -> None:
     # a training step is read against the protocol's seed mean and spread on its own split
     assert by_key["schedule"][2:8] == ["official, 1 of 1", "81.00", "78.00 ± 0.30 (n=2)", "+3.00", "-7.87", "long_run"]
     assert by_key["grouped"][2:8] == ["grouped, 2 of 3", "74.00", "70.00 ± 1.00 (n=3)", "+4.00", "-14.87", "g0 g1"]
+    # the grouped step's row has the lite step's config, model and epochs: the lite step (official) never reads it
+    assert by_key["lite"][2:4] == ["official, 0 of 1", "not yet run"]
     assert by_key["tta"][3:6] == ["76.00", "75.00 (same weights)", "+1.00"]
     assert "lite_official_tta.json" in by_key["tta"][7]
     assert by_key["full_width"][2:4] == ["official, 0 of 1", "not yet run"]

@@ -40,6 +40,9 @@ def test_status_reads_the_grouped_headroom_step_with_its_spread_and_never_as_the
     assert "90.00 ± 1.00 (2 of 3 seeds; the protocol's 76.00 on this split)" in text
     # the grouped step outscores the official protocol here, but the official row names only official steps
     assert f"78.00 (step 'protocol'; 1 of {len(HEADROOM_STEPS)} steps measured" in text
+    # without a protocol row on its split the step still reads, and says what it lacks
+    del rows[1]
+    assert "90.00 ± 1.00 (2 of 3 seeds; no protocol row on this split)" in str(status.reproduction_table())
 
 
 def test_status_falls_back_to_another_budget_and_names_its_epochs(monkeypatch) -> None:
