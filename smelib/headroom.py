@@ -4,7 +4,8 @@ The tables (:mod:`smelib.experiments`) hold every model to one short protocol so
 is the other question: with the protocol's SME run as the starting point, which single changes (training length,
 full-width heads, loss, augmentation, test-time augmentation, the lite model) buy how much test mIoU, each step a
 run record (or, for inference-only steps, an evaluation record written by ``smelib eval --record``), each within a
-stated budget; the best training recipe is then re-run on the grouped split over three seeds::
+stated budget; the best training recipe is then re-run on the grouped split over three seeds, and test-time
+augmentation measured on its weights::
 
     >>> from smelib.headroom import HEADROOM_STEPS
     >>> [s.key for s in HEADROOM_STEPS][:3]
@@ -115,6 +116,9 @@ HEADROOM_STEPS: tuple[HeadroomStep, ...] = (
     HeadroomStep("grouped", "the lite step's recipe (StarNet-s1, width 64, 34 epochs, focal + Dice) on the grouped "
                  "split, 3 seeds", config="headroom_lite", model="sme_deeplabv3plus_lite", epochs=34,
                  split="grouped", seeds=(0, 1, 2)),
+    # the best grouped-split figure: the grouped step's seed-0 weights with the tta step's inference
+    HeadroomStep("grouped_tta", "the tta step's inference on the grouped step's seed-0 weights", kind="eval",
+                 eval_files=("lite34_grouped_s0_plain", "lite34_grouped_s0_tta"), split="grouped"),
 )
 
 

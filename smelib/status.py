@@ -97,6 +97,9 @@ def reproduction_table() -> Table:
         res = step_result(step, summary, evals)  # its summary row: the seed mean and spread so far
         if res is None or res["miou"] is None:
             ours = f"not run yet: {step.command}"
+        elif step.kind == "eval":  # its baseline is the same weights without the change, not the protocol
+            ours = (f"{100 * res['miou']:.2f} ({100 * (res['miou'] - res['baseline_miou']):+.2f} against "
+                    f"{100 * res['baseline_miou']:.2f} on the same weights without it)")
         else:
             sd = "" if res["std"] is None else f" ± {100 * res['std']:.2f}"  # one seed has no spread
             base = ("no protocol row on this split" if res["baseline_miou"] is None

@@ -45,6 +45,24 @@ def test_status_reads_the_grouped_headroom_step_with_its_spread_and_never_as_the
     assert "90.00 ± 1.00 (2 of 3 seeds; no protocol row on this split)" in str(status.reproduction_table())
 
 
+def test_status_reads_an_inference_step_on_the_grouped_split_against_its_own_weights(monkeypatch) -> None:
+    from smelib.headroom import HEADROOM_STEPS
+
+    step = next(s for s in HEADROOM_STEPS if s.split == "grouped" and s.kind == "eval")
+    monkeypatch.setattr(status, "read_summary", lambda path=None: [])
+    monkeypatch.setattr(status, "table2_matches", lambda: [("starnet_msaa", True)])
+    monkeypatch.setattr("smelib.results.load_eval_records", lambda path: [])
+    assert f"Recipe headroom, step '{step.key}'" in (text := str(status.reproduction_table()))
+    assert "not run yet: smelib eval" in text
+    base, changed = ({"file": f, "model": "m", "subset": "test", "images": 10, "metrics": {"miou": v}}
+                     for f, v in zip(step.eval_files, (0.75, 0.7725)))
+    monkeypatch.setattr("smelib.results.load_eval_records", lambda path: [base, changed])
+    text = str(status.reproduction_table())
+    # the baseline is the same weights without TTA, never the protocol row (there is none here)
+    assert "77.25 (+2.25 against 75.00 on the same weights without it)" in text
+    assert "77.25 (step" not in text  # a grouped step is never the official best
+
+
 def test_status_falls_back_to_another_budget_and_names_its_epochs(monkeypatch) -> None:
     # the shipped lite checkpoint's run (4 epochs) is not at the protocol's epochs: shown, with its epoch count
     rows = [{"model": "sme_deeplabv3plus_lite", "split": "official", "config": "cpu_budget", "n_seeds": "1",
