@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["BUDGET_MINUTES", "HEADROOM_STEPS", "HeadroomStep", "budget_epochs", "budget_pair", "budget_pair_table",
-           "headroom_table", "pending_steps", "plot_step_curves", "seed_table", "step_curve", "step_result", "step_run",
-           "tta_pairs"]
+           "headroom_table", "pending_steps", "plot_step_curves", "seed_table", "seed_tta_pairs", "step_curve",
+           "step_result", "step_run", "tta_pairs"]
 
 #: The CPU budget of one headroom run (wall minutes on a 2-core AVX-512 host without steal).
 BUDGET_MINUTES = 120
@@ -269,6 +269,20 @@ def seed_table(step: HeadroomStep, records: Sequence[Mapping[str, Any]]) -> Any:
         out.append([seed, *(100 * v for v in test["iou"]), 100 * test["miou"], r["wall_seconds"] / 60, r["run_id"]])
     return Table(["seed", *[f"IoU {n}" for n in names], "mIoU", "wall min", "run"], out, decimals=2,
                  title=f"{step.key}: test IoU % per seed ({step.split} split, {step.model}, {step.epochs} epochs)")
+
+
+def seed_tta_pairs(step: HeadroomStep, records: Sequence[Mapping[str, Any]],
+                   eval_records: Sequence[Mapping[str, Any]]) -> list[tuple[int, Mapping[str, Any], Mapping[str, Any]]]:
+    """``(seed, without TTA, with TTA)`` for each seed of a training step whose latest run's checkpoint was evaluated
+    both ways (:func:`tta_pairs`, matched by the evaluation records' ``run_id``), in the step's seed order: TTA's
+    paired gain seed by seed, where an inference step such as ``grouped_tta`` names one seed's files only."""
+    pairs = tta_pairs(eval_records)
+    out = []
+    for seed in step.seeds:
+        run = step_run(step, records, seed)
+        if run is not None:
+            out += [(seed, a, b) for a, b in pairs if b.get("run_id") == run["run_id"]]
+    return out
 
 
 def budget_pair(step: HeadroomStep, records: Sequence[Mapping[str, Any]],

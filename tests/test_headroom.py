@@ -176,3 +176,18 @@ def test_seed_table_has_one_row_per_asked_seed_and_the_command_of_a_missing_one(
     assert t.rows[2][4] == pytest.approx(80.0) and t.rows[2][5] == pytest.approx(20.0)
     with pytest.raises(ValueError, match="inference"):
         H.seed_table(H.HEADROOM_STEPS[1], runs)
+
+
+def test_seed_tta_pairs_follow_each_seeds_latest_run() -> None:
+    step = H.HeadroomStep("g", "grouped", config="c", epochs=3, split="grouped", seeds=(0, 1, 2))
+    runs = [_run("c", 3, split="grouped"), _run("c", 3, seed=1, split="grouped"),
+            _run("c", 3, seed=1, split="grouped", finished="2026-03-01")]  # seed 1 was re-run: its latest counts
+    evals = [dict(_eval("s0_p", False, 0.70), run_id=runs[0]["run_id"]),
+             dict(_eval("s0_t", True, 0.71), run_id=runs[0]["run_id"]),
+             dict(_eval("old_p", False, 0.60, sha="b"), run_id=runs[1]["run_id"]),
+             dict(_eval("old_t", True, 0.62, sha="b"), run_id=runs[1]["run_id"]),
+             dict(_eval("s1_p", False, 0.80, sha="c"), run_id=runs[2]["run_id"]),
+             dict(_eval("s1_t", True, 0.83, sha="c"), run_id=runs[2]["run_id"])]
+    got = H.seed_tta_pairs(step, runs, evals)
+    assert [(seed, a["file"], b["file"]) for seed, a, b in got] == [(0, "s0_p", "s0_t"), (1, "s1_p", "s1_t")]
+    assert H.seed_tta_pairs(step, runs, evals[:1]) == []  # no TTA record, no pair
