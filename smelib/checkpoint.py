@@ -19,6 +19,7 @@ loads with ``torch.load(path, weights_only=True)`` (no pickled code runs). Keys:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import tempfile
@@ -31,12 +32,18 @@ from torch import nn
 
 __all__ = [
     "CHECKPOINT_VERSION",
+    "DEFAULT_RELEASE",
     "CheckpointError",
     "atomic_save",
     "build_model_from_checkpoint",
     "capture_rng",
+    "is_release",
     "load_checkpoint",
+    "load_release",
+    "manifest",
     "read_checkpoint",
+    "release_path",
+    "resolve_checkpoint",
     "restore_rng",
     "sha256_file",
 ]
@@ -134,9 +141,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     Raises:
         CheckpointError: missing file, unreadable or unsafe content, or not an smelib checkpoint.
     """
-    from smelib.pretrained import resolve
-
-    path = resolve(path)  # a release name (e.g. "sme_deeplabv3plus_lite_neuseg") is verified and located
+    path = resolve_checkpoint(path)  # a release name (e.g. "sme_deeplabv3plus_lite_neuseg") is verified and located
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
@@ -223,3 +228,64 @@ def load_checkpoint(
     meta = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scaler", "rng")}
     meta["path"] = str(path)
     return model, meta
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Released checkpoints: shipped inside the package, found by name, verified by SHA256 before they are loaded
+# ---------------------------------------------------------------------------------------------------------------
+
+RELEASE_DIR = Path(__file__).resolve().parent / "checkpoints"
+MANIFEST = RELEASE_DIR / "manifest.json"
+
+#: The release the chapters and ``smelib predict`` use by default.
+DEFAULT_RELEASE = "sme_deeplabv3plus_lite_neuseg"
+
+
+def manifest(path: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The releases listed in the manifest: ``{name: {"file", "sha256", "bytes", "model_name", ...}}``."""
+    path = MANIFEST if path is None else path
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())
+
+
+def release_path(name: str, manifest_path: Path | None = None) -> Path:
+    """The verified file of release ``name``.
+
+    Raises:
+        CheckpointError: unknown name, missing file, or a file whose SHA256 differs from the manifest's.
+    """
+    manifest_path = MANIFEST if manifest_path is None else manifest_path
+    entries = manifest(manifest_path)
+    if name not in entries:
+        known = ", ".join(sorted(entries)) or "none"
+        raise CheckpointError(f"no released checkpoint named {name!r} (released: {known})")
+    entry = entries[name]
+    path = manifest_path.parent / entry["file"]
+    if not path.is_file():
+        raise CheckpointError(f"released checkpoint {name!r}: file {str(path)!r} is missing")
+    digest = sha256_file(path)
+    if digest != entry["sha256"]:
+        raise CheckpointError(
+            f"released checkpoint {str(path)!r} has SHA256 {digest}, but the manifest says {entry['sha256']}: "
+            "the file is corrupt or was replaced; reinstall smelib or retrain"
+        )
+    return path
+
+
+def resolve_checkpoint(spec: str | os.PathLike) -> Path:
+    """A checkpoint path from a path or a release name (a release is verified against its SHA256)."""
+    path = Path(spec)
+    if path.exists() or os.sep in str(spec) or str(spec).endswith(".pt"):
+        return path
+    return release_path(str(spec))
+
+
+def is_release(ckpt: dict[str, Any]) -> bool:
+    """Whether a loaded checkpoint dict is an inference release (fp16 weights, no optimiser state)."""
+    return ckpt.get("format") == FORMAT and ckpt.get("kind") == "release"
+
+
+def load_release(name: str = DEFAULT_RELEASE, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """Build the model of release ``name`` in float32 eval mode: ``(model, meta)`` as ``load_checkpoint``."""
+    return load_checkpoint(release_path(name), device=device)

@@ -18,12 +18,12 @@ Keys (the defaults are in :data:`DEFAULTS`; ``null`` means "decided at run time"
     data:
       root: str | null             # dataset folder; null: smelib.settings.data_root() (sample in quick mode)
       split: official | grouped | leaky  # NEU-Seg's own train/test split, the near-duplicate-aware one, or that
-                                   # one with the official leak put back (smelib.splits.make_split)
+                                   # one with the official leak put back (smelib.data.splits.make_split)
       seed: int                    # seed of the split (the validation carve-out), kept fixed across training seeds
       groups: str | null           # duplicate-groups JSON, grouped/leaky splits (`smelib data groups`); null: detect
       val_fraction: float          # part of the training images held out for validation, in [0, 1)
       size: null | int | [h, w]    # training/inference resolution; null = native (NEU-Seg: 200 x 200, no resize)
-      augment: {…} | null          # smelib.augment.Augment.from_config: hflip, vflip (probabilities), rot90 (bool),
+      augment: {…} | null          # smelib.data.augment.Augment.from_config: hflip, vflip (probabilities), rot90 (bool),
                                    # rotate_deg, scale [lo, hi], crop; applied after normalisation; null = none
       batch_size: int              # GLOBAL training batch (split evenly over processes under torchrun)
       eval_batch_size: int         # batch of validation/test inference (per process)
@@ -64,7 +64,6 @@ Keys (the defaults are in :data:`DEFAULTS`; ``null`` means "decided at run time"
       test_at_end: bool            # evaluate the best checkpoint on the test subset after training
       save_predictions: bool       # also store that checkpoint's argmax test predictions in the run folder
                                    # (predictions_test.npz, ~0.4 MB for NEU-Seg): figures without checkpoints
-      nan_at_step: int | null      # testing aid: make the loss NaN at this global step (1-based)
     model_init:                    # dataset-adaptive initialisation (smelib.mechanisms; off by default)
       classifier_prior: bool       # classifier bias = log of the training split's class pixel frequencies
       class_weights: none | inverse_sqrt   # loss class weights w_k ∝ freq_k^(-1/2), pixel-weighted mean 1
@@ -101,7 +100,11 @@ from typing import Any
 
 import yaml
 
+from smelib.errors import ConfigError
+
 __all__ = [
+    "CLASS_WEIGHT_SCHEMES",
+    "DECISIONS",
     "DEFAULTS",
     "MECHANISM_KEYS",
     "ConfigError",
@@ -109,13 +112,20 @@ __all__ = [
     "deep_merge",
     "load_config",
     "parse_override",
+    "SCOPES",
     "resolve",
     "dump_yaml",
 ]
 
 
-class ConfigError(ValueError):
-    """An invalid configuration or override; the message names the key and what is allowed."""
+#: Values of ``eval.decision`` (and ``smelib eval --threshold``); the rules are in :mod:`smelib.mechanisms`.
+DECISIONS: tuple[str, ...] = ("argmax", "static", "dynamic")
+
+#: Values of ``eval.threshold.scope``: over which images the dynamic rule measures defect sizes.
+SCOPES: tuple[str, ...] = ("image", "batch")
+
+#: Values of ``model_init.class_weights``.
+CLASS_WEIGHT_SCHEMES: tuple[str, ...] = ("none", "inverse_sqrt")
 
 
 # Keys whose value is a free-form mapping (or spec) checked by its consumer, not by this module.
@@ -167,7 +177,6 @@ DEFAULTS: dict[str, Any] = {
         "freeze_bn": False,
         "test_at_end": True,
         "save_predictions": False,
-        "nan_at_step": None,
     },
     "model_init": {"classifier_prior": False, "class_weights": "none"},
     "eval": {"tta": False, "split": "test", "decision": "argmax",
@@ -351,13 +360,30 @@ def _find_file(path: Path) -> Path:
     raise ConfigError(f"config file {str(path)!r} not found (looked in the working directory and {repo_root()})")
 
 
+#: Keys that configs of earlier versions carry and this version no longer has; accepted when unset (null), so that
+#: stored run configs still resolve and resume.
+RETIRED_KEYS: tuple[tuple[str, str], ...] = (("train", "nan_at_step"),)
+
+
+def _drop_retired(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
+    if not any(isinstance(cfg.get(s), Mapping) and k in cfg[s] for s, k in RETIRED_KEYS):
+        return cfg
+    out = copy.deepcopy(dict(cfg))
+    for section, key in RETIRED_KEYS:
+        if isinstance(out.get(section), Mapping) and key in out[section]:
+            if out[section][key] is not None:
+                raise ConfigError(f"{section}.{key}: this key was removed from smelib; leave it out")
+            out[section] = {k: v for k, v in out[section].items() if k != key}
+    return out
+
+
 def resolve(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Lay ``cfg`` over :data:`DEFAULTS` and validate; the result is a complete, independent dict.
 
     Raises:
         ConfigError: unknown keys or invalid values.
     """
-    out = deep_merge(DEFAULTS, cfg or {})
+    out = deep_merge(DEFAULTS, _drop_retired(cfg or {}))
     if out["name"] is None:
         out["name"] = "custom"
     validate(out)
@@ -455,7 +481,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
         if not isinstance(data["augment"], Mapping):
             raise _err("data.augment", f"must be a mapping or null, got {data['augment']!r}")
         try:
-            from smelib.augment import Augment
+            from smelib.data.augment import Augment
 
             Augment.from_config(data["augment"])
         except (TypeError, ValueError) as err:
@@ -515,7 +541,6 @@ def validate(cfg: Mapping[str, Any]) -> None:
     _bool(cfg, "train", "freeze_bn")
     _bool(cfg, "train", "test_at_end")
     _bool(cfg, "train", "save_predictions")
-    _int(cfg, "train", "nan_at_step", 1, optional=True)
 
     _bool(cfg, "eval", "tta")
     _choice(cfg, "eval", "split", ("test", "val"))
@@ -524,7 +549,6 @@ def validate(cfg: Mapping[str, Any]) -> None:
 
 def _validate_mechanisms(cfg: Mapping[str, Any]) -> None:
     """``model_init`` and ``eval.decision``/``eval.threshold`` (see :mod:`smelib.mechanisms`)."""
-    from smelib.mechanisms import CLASS_WEIGHT_SCHEMES, DECISIONS, SCOPES
 
     _bool(cfg, "model_init", "classifier_prior")
     _choice(cfg, "model_init", "class_weights", CLASS_WEIGHT_SCHEMES)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from smelib import distributed as D
 from smelib.checkpoint import load_checkpoint
-from smelib.loading import normalize_image, size_tuple, unpack
+from smelib.data.loading import normalize_image, size_tuple, unpack
 from smelib.metrics import ConfusionMatrix, SegMetrics
 
 if TYPE_CHECKING:

@@ -82,11 +82,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from smelib.config import CLASS_WEIGHT_SCHEMES, DECISIONS, SCOPES
+
 __all__ = [
-    "CLASS_WEIGHT_SCHEMES",
-    "DECISIONS",
     "PRIOR_EPS",
-    "SCOPES",
     "DecisionRule",
     "TrainStats",
     "apply_model_init",
@@ -101,15 +100,6 @@ __all__ = [
     "rule_from_config",
     "training_stats",
 ]
-
-DECISIONS: tuple[str, ...] = ("argmax", "static", "dynamic")
-"""Values of ``eval.decision`` (and ``smelib eval --threshold``)."""
-
-SCOPES: tuple[str, ...] = ("image", "batch")
-"""Values of ``eval.threshold.scope``: over which images the dynamic rule measures defect sizes."""
-
-CLASS_WEIGHT_SCHEMES: tuple[str, ...] = ("none", "inverse_sqrt")
-"""Values of ``model_init.class_weights``."""
 
 PRIOR_EPS = 1e-6
 """Floor of the class frequencies before the log (a class absent from the training split gets log 1e-6)."""
@@ -178,7 +168,7 @@ def _masks(dataset: Any) -> Any:
         if raw is not None:  # the datasets of smelib.data: undecorated (image, mask)
             yield raw(i)[1]
         else:
-            from smelib.loading import unpack
+            from smelib.data.loading import unpack
 
             yield unpack(dataset[i])[1]
 

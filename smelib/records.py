@@ -319,7 +319,7 @@ def write_predictions(path: str | os.PathLike, ids: Sequence[str], masks: Sequen
     """Store label maps with their sample ids in a new compressed ``.npz`` (a few hundred kB for NEU-Seg's test set).
 
     Label maps compress well, so a run can keep its predictions where its checkpoint (tens of MB, not committed)
-    cannot be kept: figures such as :mod:`smelib.qualitative`'s are then drawn from the run folder alone. Maps may
+    cannot be kept: figures such as :mod:`smelib.study.qualitative`'s are then drawn from the run folder alone. Maps may
     differ in size; they are stored flat with their shapes.
 
     Args:

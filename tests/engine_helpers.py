@@ -101,7 +101,7 @@ def write_yaml(path: Path, cfg: dict[str, Any]) -> Path:
 
 def train_tiny_runs(root: Path, seeds: tuple[int, ...] = (0, 1)) -> list[Path]:
     """Run folders of :func:`tiny_config` trained once per seed on a :func:`make_neu` dataset under ``root``."""
-    from smelib import engine
+    from smelib import training as engine
 
     neu = make_neu(root / "neu")
     out = []

@@ -1,4 +1,4 @@
-"""Fast tests of smelib.attention on an untrained lite SME-DeepLabV3+, and of its book helpers (figures on the
+"""Fast tests of smelib.study.attention on an untrained lite SME-DeepLabV3+, and of its book helpers (figures on the
 bundled sample, statistics on hand-made masks)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from smelib.attention import (  # noqa: E402
+from smelib.study.attention import (  # noqa: E402
     STAT_KEYS, attention_figure, attention_maps, channel_attention_figure, collect_attention_stats,
     defect_attention_stats, defect_class, ela_map, iter_batches, load_batch, mass_vs_area_figure, pearson_spearman,
     pick_by_class, size_correlation_table, spatial_mass, to_gray, upsample_map,
@@ -19,7 +19,8 @@ from smelib.attention import (  # noqa: E402
 from smelib.data import open_dataset  # noqa: E402
 from smelib.models.registry import build  # noqa: E402
 from smelib.settings import sample_root  # noqa: E402
-from smelib.viz import CLASS_COLORS, NEU_SEG_CLASSES  # noqa: E402
+from smelib.palette import CLASS_COLORS
+from smelib.data import NEU_SEG_CLASSES  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def test_rejects_models_without_modules() -> None:
         attention_maps(torch.nn.Conv2d(3, 4, 1), torch.randn(1, 3, 8, 8))
 
 
-# ---- book helpers (the second half of smelib/attention.py) ----------------------------------------
+# ---- book helpers (the second half of smelib/study/attention.py) ----------------------------------------
 
 
 def _masks() -> torch.Tensor:

@@ -1,11 +1,11 @@
-"""Tests of smelib.augment: geometry of each operation, mask handling, seeding, batching, devices."""
+"""Tests of smelib.data.augment: geometry of each operation, mask handling, seeding, batching, devices."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from smelib import augment as A
+from smelib.data import augment as A
 
 
 def _pair(h: int = 32, w: int = 32, c: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

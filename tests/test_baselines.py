@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from smelib.models import build, names
-from smelib.models.hrnet import HRNet
-from smelib.models.pspnet import PSPNet
+from smelib.models.baselines.hrnet import HRNet
+from smelib.models.baselines.pspnet import PSPNet
 from smelib.models.registry import _REGISTRY
-from smelib.models.resunet import ResUNet
+from smelib.models.baselines.resunet import ResUNet
 
 BASELINES = ("resunet", "pspnet", "hrnet")
 

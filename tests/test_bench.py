@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from smelib import bench
+from smelib.tools import bench
 from smelib.cli import main
-from smelib.optimize import OptimizeOptions
+from smelib.tools.optimize_inference import OptimizeOptions
 
 MODE_KEYS = {"images_per_s", "gmacs_per_s", "peak_gmacs_per_s", "percent_of_peak", "mode", "device", "torch",
              "latency_ms_p50", "latency_ms_p95", "images_per_s_best", "percent_of_peak_best"}
@@ -174,7 +174,7 @@ def test_profile_rates_count_every_convolution_once() -> None:
     # The profiled kernels' multiply-adds must add up to fvcore's count of the same eager model (fvcore also counts
     # the few non-convolution multiply-adds: the upsampling), so no kernel is missed and no wrapper op is counted
     # twice; the rate of a class is its multiply-adds over its self time.
-    from smelib.flops import fvcore_macs
+    from smelib.models.complexity import fvcore_macs
     from smelib.models import build
 
     prof = bench.profile_ops("sme_deeplabv3plus_lite", (48, 48), batch=2, steps=1, top=200, optimised=False)

@@ -1,4 +1,4 @@
-"""Paired bootstrap over test images (smelib.bootstrap, `smelib bootstrap`): per-image confusions add up to the
+"""Paired bootstrap over test images (smelib.study.bootstrap, `smelib bootstrap`): per-image confusions add up to the
 dataset's, the resampled mIoU is the metric module's, the interval behaves (zero for identical runs, one-sided for
 a run better on every image, narrower for a larger test set), the per-class intervals single out the class that
 differs, and the command works on two tiny trained runs."""
@@ -13,7 +13,7 @@ import pytest
 import torch
 from engine_helpers import train_tiny_runs
 
-from smelib.bootstrap import (
+from smelib.study.bootstrap import (
     BootstrapError,
     bootstrap_class_table,
     bootstrap_record,
@@ -199,8 +199,8 @@ def test_runs_of_different_splits_are_scored_on_their_shared_test_images(tmp_pat
     hold count, and the grouped run's side is its own mIoU recomputed on exactly those images."""
     from engine_helpers import tiny_config
 
-    from smelib import engine
-    from smelib.qualitative import ComparisonError, load_run_predictions
+    from smelib import training as engine
+    from smelib.study.qualitative import ComparisonError, load_run_predictions
 
     from _data_helpers import SAMPLE
 

@@ -105,7 +105,7 @@ def test_eval_record_states_what_was_evaluated_and_is_never_overwritten(
     assert code == 2 and "exists" in err and path.read_text() == before
     code, _, err = _run(capsys, "eval", "--checkpoint", ckpt, "--record", tmp_path / "tta.txt")
     assert code == 2 and ".json" in err and not (tmp_path / "tta.txt").exists()
-    from smelib.results import load_eval_records
+    from smelib.study.results import load_eval_records
 
     assert [(r["file"], r["tta"]) for r in load_eval_records(path.parent)] == [("tta", True)]
     (path.parent / "stray.json").write_text('{"kind": "run"}')
@@ -146,7 +146,7 @@ def test_results_command(trained: Path, tmp_path: Path, capsys: pytest.CaptureFi
                 "recall_mean", "iou_scratches_mean", "miou_defects_mean", "gmacs", "params_m", "train_minutes"):
         assert key in header
     # --missing: a queue of train commands on stdout (the tiny run is no protocol of the plan, so all are missing)
-    from smelib.experiments import OPTION_RUNS, REQUIRED_RUNS
+    from smelib.study.plan import OPTION_RUNS, REQUIRED_RUNS
 
     code, out, err = _run(capsys, "results", "--runs", trained.parent, "--missing")
     lines = out.splitlines()
@@ -264,7 +264,8 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path: Path) -> None:
 
 def _initial_state(cfg: dict) -> dict[str, torch.Tensor]:
     from smelib.config import resolve
-    from smelib.engine import build_model, seed_everything
+    from smelib.runtime import seed_everything
+    from smelib.training import build_model
 
     seed_everything(0)
     return build_model(resolve(cfg), 4).state_dict()

@@ -14,9 +14,12 @@ from PIL import Image
 
 from _data_helpers import FULL, FULL_REASON, SAMPLE, http_server, texture, write_native, write_voc, zip_of
 from smelib import data as sd
-from smelib.augment import Augment
+from smelib.data.augment import Augment
 from smelib.cli import main
-from smelib.splits import make_split
+from smelib.config import resolve
+from smelib.data.convert import convert_to_voc, native_to_voc_id
+from smelib.data.download import NEU_SEG_COMMIT, download_neu_seg, read_sha256_list
+from smelib.data.splits import make_split
 
 
 @pytest.fixture(scope="module")
@@ -58,18 +61,18 @@ def test_native_sample_is_found_with_ids_splits_and_names(sample_info: sd.Datase
 
 
 def test_sample_files_match_their_sha256_list() -> None:
-    sums = sd.read_sha256_list(SAMPLE / "SHA256SUMS")
+    sums = read_sha256_list(SAMPLE / "SHA256SUMS")
     assert len(sums) == 144
     for rel, digest in sums.items():
         assert hashlib.sha256((SAMPLE / rel).read_bytes()).hexdigest() == digest, rel
 
 
 def test_packaged_sha_list_covers_full_dataset_and_agrees_with_sample() -> None:
-    packaged = sd.read_sha256_list(Path(sd.__file__).with_name("neu_seg_sha256.txt"))
+    packaged = read_sha256_list(Path(sd.dataset.__file__).with_name("neu_seg_sha256.txt"))
     data_entries = [k for k in packaged if k.startswith(("images/", "annotations/"))]
     assert len(data_entries) == 2 * 4470
     # The sample is a byte-identical subset of the full dataset.
-    for rel, digest in sd.read_sha256_list(SAMPLE / "SHA256SUMS").items():
+    for rel, digest in read_sha256_list(SAMPLE / "SHA256SUMS").items():
         assert packaged[rel] == digest, rel
 
 
@@ -120,10 +123,10 @@ def test_neu_seg_mean_std_constants_match_full_training_images() -> None:
 
 
 def test_convert_to_voc_copies_bytes_and_keeps_the_official_split(tmp_path: Path, sample_info: sd.DatasetInfo) -> None:
-    voc = sd.convert_to_voc(SAMPLE, tmp_path / "voc", seed=3)
+    voc = convert_to_voc(SAMPLE, tmp_path / "voc", seed=3)
     assert voc == tmp_path / "voc" / "VOCdevkit" / "VOC2007"
     for sid in ("training/000231", "test/000001"):
-        vid = sd.native_to_voc_id(sid)
+        vid = native_to_voc_id(sid)
         assert (voc / "JPEGImages" / f"{vid}.jpg").read_bytes() == sample_info.image_paths[sid].read_bytes()
         assert (voc / "SegmentationClass" / f"{vid}.png").read_bytes() == sample_info.mask_paths[sid].read_bytes()
     info = sd.open_dataset(tmp_path / "voc")
@@ -131,7 +134,7 @@ def test_convert_to_voc_copies_bytes_and_keeps_the_official_split(tmp_path: Path
     native = make_split(sample_info, "official", seed=3)
     converted = make_split(info, "official", seed=3)
     for side in ("train", "val", "test"):
-        assert converted[side] == sorted(sd.native_to_voc_id(i) for i in native[side])
+        assert converted[side] == sorted(native_to_voc_id(i) for i in native[side])
     assert len(converted["test"]) == 24 and len(converted["val"]) == 5 and len(converted["train"]) == 43
     # Also accepted: a root that directly holds JPEGImages/.
     assert sd.open_dataset(voc).ids == info.ids
@@ -142,7 +145,7 @@ def test_convert_refuses_a_non_empty_destination(tmp_path: Path) -> None:
     out.mkdir()
     (out / "keep.txt").write_text("x")
     with pytest.raises(sd.DatasetError, match="not an empty folder"):
-        sd.convert_to_voc(SAMPLE, out)
+        convert_to_voc(SAMPLE, out)
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
 
 
@@ -159,9 +162,9 @@ def test_user_voc_with_sizes_colours_palette_masks_and_ignore(tmp_path: Path) ->
     x, y, sid = ds[1]
     assert sid == "img1" and x.shape == (3, 52, 30) and y.shape == (52, 30) and y.dtype == torch.int64
     assert set(torch.unique(y).tolist()) <= {0, 1, 2, 255}
-    loader = sd.make_loader(ds, batch_size=4)
-    images, masks, ids = next(iter(loader))
-    assert images.shape == (4, 3, 52, 60) and masks.shape == (4, 52, 60) and ids == ["img0", "img1", "img2", "img3"]
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=sd.pad_collate)
+    images, masks = next(iter(loader))
+    assert images.shape == (4, 3, 52, 60) and masks.shape == (4, 52, 60) and ds.ids == ["img0", "img1", "img2", "img3"]
     # Padding: image 0 (40 x 60) is padded below with 0 in the image and 255 in the mask.
     assert bool((masks[0, 40:] == 255).all()) and bool((images[0, :, 40:] == 0).all())
     assert torch.equal(masks[1, :52, :30], ds[1][1]) and bool((masks[1, :, 30:] == 255).all())
@@ -177,7 +180,7 @@ def test_voc_without_names_uses_num_classes_or_infers_it(tmp_path: Path) -> None
     assert r["num_classes"] == 5 and r["num_classes_inferred"]
     assert sd.open_dataset(root, num_classes=5).class_names == tuple(f"class_{i}" for i in range(5))
     with pytest.raises(sd.DatasetError, match="number of classes unknown"):
-        sd.load_dataset(root, "official", "all")
+        sd.load_data(_config(root))
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -344,31 +347,40 @@ def test_transform_is_seeded_per_sample_and_epoch(sample_info: sd.DatasetInfo) -
     assert any(not torch.equal(p, q) for p, q in zip(first, later))
 
 
-def test_loader_with_a_worker_matches_the_main_process(sample_info: sd.DatasetInfo) -> None:
-    ds = sd.InMemorySegDataset(sample_info, list(sample_info.ids[:6]), transform=Augment(hflip=0.5, rot90=True))
-    a = [b for b in sd.make_loader(ds, 4, shuffle=True, seed=1)]
-    b = [b for b in sd.make_loader(ds, 4, shuffle=True, seed=1, num_workers=1)]
-    assert [x[2] for x in a] == [x[2] for x in b] and len(a[0][2]) == 4 and len(a[1][2]) == 2
-    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b))
-    c = [b for b in sd.make_loader(ds, 4, shuffle=True, seed=2)]
-    assert [x[2] for x in a] != [x[2] for x in c]
+def _config(root: Path, split: str = "official", **data: object) -> dict:
+    return resolve({"data": {"root": str(root), "split": split, "augment": None, **data}})
 
 
-def test_load_dataset_official_and_grouped(sample_info: sd.DatasetInfo) -> None:
-    test = sd.load_dataset(SAMPLE, "official", "test")
-    assert isinstance(test, sd.InMemorySegDataset) and len(test) == 24
-    assert set(test.ids) == set(sample_info.split_lists["test"])
-    stream = sd.load_dataset(SAMPLE, "official", "val", in_memory=False)
-    assert isinstance(stream, sd.StreamingSegDataset) and len(stream) == 5
-    train = sd.load_dataset(SAMPLE, "grouped", "train")
-    gtest = sd.load_dataset(SAMPLE, "grouped", "test")
+def test_loader_with_a_worker_matches_the_main_process() -> None:
+    # The training path: the seeded view, the epoch's batch order, padding collation, with and without a worker.
+    cfg = _config(SAMPLE, augment={"hflip": 0.5, "rot90": True}, limit=6)
+    bundle = sd.load_data(cfg, seed=1)
+    view = sd.TrainView(bundle.train, None, seed=1, size=None)
+    batches = [[(0, i) for i in b] for b in sd.epoch_batches(len(view), 3, seed=1, epoch=0)]
+
+    def run(workers: int) -> list:
+        return list(torch.utils.data.DataLoader(view, batch_sampler=batches, num_workers=workers,
+                                                collate_fn=sd.pad_collate))
+
+    a, b = run(0), run(1)
+    assert len(a) == 2 and all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b))
+    assert sd.epoch_batches(6, 3, seed=1, epoch=0) != sd.epoch_batches(6, 3, seed=2, epoch=0)
+
+
+def test_load_data_official_and_grouped(sample_info: sd.DatasetInfo) -> None:
+    official = sd.load_data(_config(SAMPLE))
+    assert isinstance(official.test, sd.InMemorySegDataset) and len(official.test) == 24
+    assert set(official.test.ids) == set(sample_info.split_lists["test"])
+    assert len(official.val) == 5 and official.class_names == list(sample_info.class_names)
+    grouped = sd.load_data(_config(SAMPLE, "grouped"))
+    train, gtest = grouped.train, grouped.test
     assert not set(train.ids) & set(gtest.ids)
     # The exact-duplicate copies of test/000301 all sit on one side of the grouped split.
     side = "train" if "test/000301" in train.ids else "test" if "test/000301" in gtest.ids else "val"
     other = {"train": train.ids, "test": gtest.ids}.get(side)
     if other is not None:
         assert {"test/000305", "training/001281", "training/003025"} <= set(other)
-    assert len(sd.load_dataset(SAMPLE, subset="all")) == 72
+    assert sum(len(d) for d in (grouped.train, grouped.val, grouped.test)) == 72
 
 
 # ---------------------------------------------------------------------------------------------- download
@@ -377,7 +389,7 @@ def test_load_dataset_official_and_grouped(sample_info: sd.DatasetInfo) -> None:
 def _sample_zip_server(tmp_path: Path, **kw: str) -> Path:
     site = tmp_path / "site"
     site.mkdir(parents=True, exist_ok=True)
-    (site / "neu.zip").write_bytes(zip_of(SAMPLE, f"NEU_Seg-{sd.NEU_SEG_COMMIT}", **kw))
+    (site / "neu.zip").write_bytes(zip_of(SAMPLE, f"NEU_Seg-{NEU_SEG_COMMIT}", **kw))
     return site
 
 
@@ -385,9 +397,9 @@ def test_download_verifies_and_unpacks(tmp_path: Path) -> None:
     site = _sample_zip_server(tmp_path)
     dest = tmp_path / "dest"
     with http_server(site) as base:
-        out = sd.download_neu_seg(dest, url=f"{base}/neu.zip", sha_list=SAMPLE / "SHA256SUMS")
+        out = download_neu_seg(dest, url=f"{base}/neu.zip", sha_list=SAMPLE / "SHA256SUMS")
     assert out == dest
-    for rel in sd.read_sha256_list(SAMPLE / "SHA256SUMS"):
+    for rel in read_sha256_list(SAMPLE / "SHA256SUMS"):
         assert (dest / rel).read_bytes() == (SAMPLE / rel).read_bytes()
     assert not (dest / "README.md").exists() and (dest / "SHA256SUMS").is_file()
     assert len(sd.open_dataset(dest)) == 72
@@ -398,7 +410,7 @@ def test_download_refuses_a_tampered_archive(tmp_path: Path) -> None:
     site = _sample_zip_server(tmp_path, tamper="images/test/000050.jpg")
     dest = tmp_path / "dest"
     with http_server(site) as base, pytest.raises(sd.DatasetError) as err:
-        sd.download_neu_seg(dest, url=f"{base}/neu.zip", sha_list=SAMPLE / "SHA256SUMS")
+        download_neu_seg(dest, url=f"{base}/neu.zip", sha_list=SAMPLE / "SHA256SUMS")
     assert "images/test/000050.jpg: SHA-256 mismatch" in str(err.value) and "nothing written" in str(err.value)
     assert not dest.exists() or not any(dest.iterdir())
 
@@ -408,19 +420,19 @@ def test_download_refuses_missing_files_bad_zips_and_full_destinations(tmp_path:
     (site / "notzip.zip").write_bytes(b"<html>rate limited</html>")
     with http_server(site) as base:
         with pytest.raises(sd.DatasetError, match="annotations/training/000231.png: listed .* but missing"):
-            sd.download_neu_seg(tmp_path / "d1", url=f"{base}/neu.zip", sha_list=SAMPLE / "SHA256SUMS")
+            download_neu_seg(tmp_path / "d1", url=f"{base}/neu.zip", sha_list=SAMPLE / "SHA256SUMS")
         with pytest.raises(sd.DatasetError, match="not a zip archive"):
-            sd.download_neu_seg(tmp_path / "d2", url=f"{base}/notzip.zip", sha_list=SAMPLE / "SHA256SUMS")
+            download_neu_seg(tmp_path / "d2", url=f"{base}/notzip.zip", sha_list=SAMPLE / "SHA256SUMS")
         with pytest.raises(sd.DatasetError, match="download failed"):
-            sd.download_neu_seg(tmp_path / "d3", url=f"{base}/absent.zip", sha_list=SAMPLE / "SHA256SUMS")
+            download_neu_seg(tmp_path / "d3", url=f"{base}/absent.zip", sha_list=SAMPLE / "SHA256SUMS")
         full = tmp_path / "full"
         full.mkdir()
         (full / "x").write_text("x")
         with pytest.raises(sd.DatasetError, match="not an empty folder"):
-            sd.download_neu_seg(full, url=f"{base}/neu.zip", sha_list=SAMPLE / "SHA256SUMS")
+            download_neu_seg(full, url=f"{base}/neu.zip", sha_list=SAMPLE / "SHA256SUMS")
         # The packaged list is for the full dataset: the sample archive lacks thousands of its files.
         with pytest.raises(sd.DatasetError, match="missing from the archive"):
-            sd.download_neu_seg(tmp_path / "d4", url=f"{base}/neu.zip")
+            download_neu_seg(tmp_path / "d4", url=f"{base}/neu.zip")
 
 
 def test_cli_download_against_local_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

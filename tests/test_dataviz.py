@@ -1,4 +1,4 @@
-"""Tests of smelib.dataviz: per-image class counts and kinds, example picking, copy alignment and mask
+"""Tests of smelib.study.data_figures: per-image class counts and kinds, example picking, copy alignment and mask
 disagreement, shared halves of composites, group bookkeeping, and that the figures draw."""
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import torch  # noqa: E402
 
 from _data_helpers import AUDIT_DIR, SAMPLE, texture, write_native  # noqa: E402
 from smelib import data as sd  # noqa: E402
-from smelib import dataviz as dv  # noqa: E402
-from smelib.splits import dihedral, dihedral_inverse  # noqa: E402
-from smelib.viz import CLASS_COLORS, NEU_SEG_CLASSES  # noqa: E402
+from smelib.study import data_figures as dv  # noqa: E402
+from smelib.data.splits import dihedral, dihedral_inverse  # noqa: E402
+from smelib.palette import CLASS_COLORS
+from smelib.data import NEU_SEG_CLASSES  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Decision records (smelib.experiments.decision_record, `smelib decisions`): one trained run's test subset under
+"""Decision records (smelib.study.decisions.decision_record, `smelib decisions`): one trained run's test subset under
 the argmax, static and dynamic rules, written as a committed record and summarised over seeds for the book."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from engine_helpers import train_tiny_runs
 
 from smelib.cli import main
-from smelib.experiments import (
+from smelib.study.plan import (
     DecisionRecordError,
     decision_differences,
     decision_record,
@@ -111,7 +111,7 @@ def test_cli_writes_the_record_and_reports_errors(two_runs: list[Path], tmp_path
 def test_select_keeps_only_the_protocol_epochs() -> None:
     # a record of another training length is never pooled with the protocol's seeds; records from before the
     # ``epochs`` field fall back to their checkpoint's epochs_trained
-    from smelib.experiments import protocol_epochs
+    from smelib.study.plan import protocol_epochs
 
     e = protocol_epochs("cpu_budget")
     base = {"model": "sme_deeplabv3plus", "split": {"kind": "grouped"}, "config_name": "cpu_budget"}

@@ -28,7 +28,8 @@ import pytest
 import torch
 from engine_helpers import make_neu, tiny_config, write_yaml
 
-from smelib import engine
+from smelib import runtime
+from smelib import training as engine
 from smelib.checkpoint import read_checkpoint
 from smelib.config import resolve
 
@@ -69,7 +70,7 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     worst = max(diffs, key=diffs.get)
     assert diffs[worst] < 1e-5, (worst, diffs[worst])
     # Not vacuous: the weights moved by far more than the tolerance.
-    engine.seed_everything(0)
+    runtime.seed_everything(0)
     init = engine.build_model(resolve(cfg), 4).state_dict()
     moved = max((a["model"][k] - init[k]).abs().max().item() for k in init if init[k].is_floating_point())
     assert moved > 1e-3

@@ -15,14 +15,14 @@ import torch
 from engine_helpers import make_neu, tiny_config
 from torch import nn
 
-from smelib import engine
+from smelib import training as engine
 from smelib.checkpoint import CheckpointError, atomic_save, load_checkpoint, read_checkpoint
 from smelib.config import ConfigError, resolve
 from smelib.distributed import DistContext, shard
-from smelib.loading import epoch_batches, load_data
+from smelib.data.loading import epoch_batches, load_data
 from smelib.optim import LRSchedule
 from smelib.records import LOG_COLUMNS, RECORD_KEYS, RunDirError, create_run_dir
-from smelib.results import format_summary, load_records, summarize, write_csv
+from smelib.study.results import format_summary, load_records, summarize, write_csv
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""smelib.experiments: the missing-runs list from summary rows, and several decision rules scored in one pass."""
+"""smelib.study.plan: the missing-runs list from summary rows, and several decision rules scored in one pass."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from smelib import experiments as X
-from smelib import results as R
+from smelib.study import plan as X
+from smelib.study import conclusions as XC
+from smelib.study import decisions as XD
+from smelib.study import results as R
 from smelib.inference import evaluate
 from smelib.mechanisms import DecisionRule
 
@@ -107,7 +109,7 @@ def test_pick_row_prefers_more_seeds_then_config_order() -> None:
 
 
 def test_tau_counts() -> None:
-    assert X.tau_counts([0.5, float("nan"), 0.3, 0.5000001, 0.7]) == {0.3: 1, 0.5: 2, 0.7: 1}
+    assert XD.tau_counts([0.5, float("nan"), 0.3, 0.5000001, 0.7]) == {0.3: 1, 0.5: 2, 0.7: 1}
 
 
 class _Tiny(nn.Module):
@@ -144,7 +146,7 @@ def test_evaluate_decisions_equals_evaluate_per_rule() -> None:
         "dynamic": DecisionRule(mode="dynamic", small=0.2, large=0.6),
         "dynamic batch": DecisionRule(mode="dynamic", small=0.2, large=0.6, scope="batch"),
     }
-    out = X.evaluate_decisions(model, data, rules, batch_size=3)
+    out = XD.evaluate_decisions(model, data, rules, batch_size=3)
     assert list(out) == list(rules)
     for name, rule in rules.items():
         ref = evaluate(model, data, batch_size=3, decision=rule)
@@ -152,18 +154,18 @@ def test_evaluate_decisions_equals_evaluate_per_rule() -> None:
         assert len(out[name].taus) == len(data)
     assert all(math.isnan(t) for t in out["argmax"].taus) and out["argmax"].rule == {"mode": "argmax"}
     assert out["static"].taus == [0.5] * len(data)
-    assert set(X.tau_counts(out["dynamic"].taus)) <= {0.3, 0.5, 0.7}
+    assert set(XD.tau_counts(out["dynamic"].taus)) <= {0.3, 0.5, 0.7}
     assert out["dynamic"].rule["small"] == 0.2
 
 
 def test_summary_value_and_mean_std_text() -> None:
     row = {"miou_mean": "0.7533", "miou_std": "", "precision_mean": 0.5, "mpa_std": "0.01"}
-    assert X.summary_value(row, "miou_mean") == pytest.approx(0.7533)
-    assert X.summary_value(row, "miou_std") is None and X.summary_value(None, "miou_mean") is None
-    assert X.mean_std_text(row) == "75.33 ± –"
-    assert X.mean_std_text({"miou_mean": 0.7, "miou_std": 0.0123}) == "70.00 ± 1.23"
-    assert X.mean_std_text(row, "mpa") == "not yet measured"
-    assert X.mean_std_text(None) == "not yet measured"
+    assert XC.summary_value(row, "miou_mean") == pytest.approx(0.7533)
+    assert XC.summary_value(row, "miou_std") is None and XC.summary_value(None, "miou_mean") is None
+    assert XC.mean_std_text(row) == "75.33 ± –"
+    assert XC.mean_std_text({"miou_mean": 0.7, "miou_std": 0.0123}) == "70.00 ± 1.23"
+    assert XC.mean_std_text(row, "mpa") == "not yet measured"
+    assert XC.mean_std_text(None) == "not yet measured"
 
 
 def test_summary_table_rows() -> None:
@@ -172,18 +174,18 @@ def test_summary_table_rows() -> None:
          "miou_mean": "0.74", "miou_std": "0.01", "miou_defects_mean": "0.6719", "miou_defects_std": "",
          "precision_mean": "0.8348", "mpa_mean": "0.8471"},
     ]
-    t = X.summary_table(rows)
+    t = XC.summary_table(rows)
     assert t.columns[6] == "mIoU %" and len(t.rows) == 1
     assert t.rows[0] == ["cpu_budget", "sme_deeplabv3plus", "grouped", "–", 2, "0 1", "74.00 ± 1.00", "67.19 ± –",
                          "83.48", "84.71", "–", "–"]
     rows[0].update(train_minutes="26.5", hosts="AMD EPYC [isa unknown] x2 | Intel(R) Xeon(R) Processor [avx512] x2")
-    assert X.summary_table(rows).rows[0][-2:] == ["26", "AMD ?, Intel avx512"]
-    assert X.short_hosts("unknown") == "?" and X.short_hosts("") == "–"
-    assert X.summary_table([]).rows == []
+    assert XC.summary_table(rows).rows[0][-2:] == ["26", "AMD ?, Intel avx512"]
+    assert XC.short_hosts("unknown") == "?" and XC.short_hosts("") == "–"
+    assert XC.summary_table([]).rows == []
 
 
 def test_conclusion_verdicts_use_the_standard_error() -> None:
-    from smelib.experiments import conclusion_verdict, conclusions_table
+    from smelib.study.conclusions import conclusion_verdict, conclusions_table
 
     def row(model: str, mean: float, std: str, n: int) -> dict:
         return {"model": model, "split": "grouped", "config": "cpu_budget", "n_seeds": str(n),
@@ -216,7 +218,7 @@ def test_conclusion_verdicts_use_the_standard_error() -> None:
 
 
 def test_single_runs_on_both_sides_are_read_against_the_pooled_seed_spread() -> None:
-    from smelib.experiments import conclusion_verdict, conclusions_table, pooled_seed_std
+    from smelib.study.conclusions import conclusion_verdict, conclusions_table, pooled_seed_std
 
     def row(model: str, mean: float, std: str, n: int, split: str = "grouped") -> dict:
         return {"model": model, "split": split, "config": "cpu_budget", "n_seeds": str(n),
@@ -258,7 +260,7 @@ def test_single_runs_on_both_sides_are_read_against_the_pooled_seed_spread() -> 
 
 
 def test_resolution_table_sets_the_papers_differences_against_the_pooled_spread() -> None:
-    from smelib.experiments import PAPER_MIOU, resolution_table
+    from smelib.study.conclusions import PAPER_MIOU, resolution_table
 
     def row(model: str, std: str, n: int) -> dict:
         return {"model": model, "split": "grouped", "config": "cpu_budget", "n_seeds": str(n),
@@ -368,7 +370,7 @@ def test_learning_curve_one_point_per_epoch_count() -> None:
     recs = [_curve_record(6, 0.76, "b"), _curve_record(3, 0.74, "a"), _curve_record(3, 0.745, "c"),
             _curve_record(9, 0.9, "d", seed=1), _curve_record(9, 0.9, "e", config="cpu_budget_prior"),
             _curve_record(12, 0.9, "f", status="running")]
-    curve = X.learning_curve(recs)
+    curve = XC.learning_curve(recs)
     assert [(p["epochs"], p["test_miou"], p["run_id"]) for p in curve] == [(3, 0.745, "c"), (6, 0.76, "b")]
     assert curve[1]["minutes"] == pytest.approx(30.0) and curve[1]["val_miou"] == pytest.approx(0.77)
     assert curve[0]["channels_last"] is True and curve[0]["test_miou_defects"] == pytest.approx(0.675)
@@ -381,12 +383,12 @@ def test_budget_table_compares_each_length_on_its_own_runs() -> None:
 
     rows = [row("a", 3, 0.70, "0 1 2", "0.01"), row("a", 6, 0.75, "0"), row("b", 3, 0.72, "0"),
             row("a", 6, 0.99, "0", "").copy() | {"split": "official"}]
-    t = X.budget_table(rows, (3, 6), models=("a", "b", "c"))
+    t = XC.budget_table(rows, (3, 6), models=("a", "b", "c"))
     assert [r[0] for r in t.rows] == ["a", "b"]  # c has no run at either length
     assert t.rows[0] == ["a", "70.00 ± 1.00", 3, "75.00 ± –", 1, "+5.00"]
     assert t.rows[1] == ["b", "72.00 ± –", 1, "not yet measured", "–", "–"]
     with pytest.raises(ValueError, match="at least 2"):
-        X.budget_table(rows, (3,))
+        XC.budget_table(rows, (3,))
 
 
 def test_split_gap_means_the_models_gaps_and_checks_them_against_seed_noise() -> None:
@@ -399,7 +401,7 @@ def test_split_gap_means_the_models_gaps_and_checks_them_against_seed_noise() ->
     # a and b gain 1.2 and 1.6 points; c's official row is of another protocol, so it is no pair
     official = [row("a", "official", "0", 0.772), row("b", "official", "0", 0.796),
                 row("c", "official", "0", 0.800, config="paper")]
-    g = X.split_gap(grouped + official)
+    g = XC.split_gap(grouped + official)
     assert [(m, round(100 * d, 2), no, ng) for m, d, no, ng in g.pairs] == [("a", 1.2, 1, 3), ("b", 1.6, 1, 3)]
     assert g.mean == pytest.approx(0.014) and g.se == pytest.approx(0.002)  # std of (1.2, 1.6) = 0.28; / sqrt 2
     assert g.seed_std == pytest.approx(0.005) and g.dof == 1
@@ -408,15 +410,15 @@ def test_split_gap_means_the_models_gaps_and_checks_them_against_seed_noise() ->
     assert g.p_common == pytest.approx(math.erfc(math.sqrt(g.chi2 / 2)))  # chi-squared, 1 dof: P(|Z| > sqrt(chi2))
     # a gap far beyond seed noise: the check says the models' gaps differ
     official[1]["miou_mean"] = 0.830
-    g = X.split_gap(grouped + official)
+    g = XC.split_gap(grouped + official)
     assert g.p_common is not None and g.p_common < 1e-3
     # another metric: its means pair the same way; without a std column there is no seed noise to check against
     for r, v in zip(grouped + official, (0.50, 0.60, 0.40, 0.52, 0.59, 0.45)):
         r["iou_x_mean"] = v
-    g = X.split_gap(grouped + official, key="iou_x")
+    g = XC.split_gap(grouped + official, key="iou_x")
     assert g.mean == pytest.approx((0.02 - 0.01) / 2) and g.seed_std is None and g.chi2 is None and g.dof == 1
     # one pair: a mean, but no scatter to read
-    g = X.split_gap([grouped[0], official[0]])
+    g = XC.split_gap([grouped[0], official[0]])
     assert g.mean == pytest.approx(0.012) and g.se is None and g.chi2 is None and g.p_common is None and g.dof == 0
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from smelib.cli import main
-from smelib.export import ExportError, export_onnx, load_source
+from smelib.tools.export import ExportError, export_onnx, load_source
 
 onnx = pytest.importorskip("onnx",
                            reason="onnx is not installed: `pip install onnx onnxruntime` to run the export tests")

@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from smelib.cli import main
-from smelib.flops import TABLE2, count_params, fvcore_macs, table2, thop_count
+from smelib.models.complexity import count_params, fvcore_macs
+from smelib.tools.flops import thop_count
+from smelib.study.table2 import TABLE2, table2
 from smelib.models import build
 from smelib.models.backbones.starnet import StarBlock
 

@@ -6,10 +6,10 @@ import shlex
 
 import pytest
 
-from smelib import headroom as H
+from smelib.study import headroom as H
 from smelib.cli import build_parser
 from smelib.config import load_config
-from smelib.engine import build_model
+from smelib.training import build_model
 
 
 @pytest.mark.parametrize("step", [s for s in H.HEADROOM_STEPS if s.kind == "train"], ids=lambda s: s.key)

@@ -14,11 +14,11 @@ import torch
 from engine_helpers import TINY_MODEL, make_neu, tiny_config
 from torch import nn
 
-from smelib import engine
+from smelib import training as engine
 from smelib import mechanisms as M
 from smelib.checkpoint import read_checkpoint
 from smelib.config import ConfigError, load_config
-from smelib.loading import load_data
+from smelib.data.loading import load_data
 from smelib.models import build
 
 PI = [0.88, 0.02, 0.07, 0.03]  # NEU-Seg-like class pixel frequencies

@@ -8,11 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from smelib import optimize
+from smelib import runtime
+from smelib.tools import optimize_inference as optimize
 from smelib.models import build
 from smelib.models.backbones.starnet import StarBlock
-from smelib.models.modules import MSAA
-from smelib.optimize import (
+from smelib.models.msaa_ela import MSAA
+from smelib.tools.optimize_inference import (
     FastMSAA,
     FastStarBlock,
     OptimizeOptions,
@@ -212,10 +213,10 @@ def test_verify_catches_a_wrong_rewrite(lite: nn.Module, x: torch.Tensor, monkey
 def test_set_threads() -> None:
     before = torch.get_num_threads()
     try:
-        assert optimize.set_threads(1) == 1
-        assert optimize.set_threads(None) == 1
+        assert runtime.set_threads(1) == 1
+        assert runtime.set_threads(None) == 1
         with pytest.raises(ValueError):
-            optimize.set_threads(0)
+            runtime.set_threads(0)
     finally:
         torch.set_num_threads(before)
 
@@ -265,7 +266,8 @@ def test_reuse_memory_is_applied_on_glibc_and_listed_by_the_cli(lite: nn.Module,
     import platform
 
     from smelib.cli import build_parser
-    from smelib.optimize import OPTIMISATIONS, reuse_freed_memory
+    from smelib.runtime import reuse_freed_memory
+    from smelib.tools.optimize_inference import OPTIMISATIONS
 
     glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert reuse_freed_memory() is glibc

@@ -2,7 +2,7 @@
 
 import pytest
 
-from smelib.paired_runs import paired_seed_table, paired_summary_table, paired_verdict, seed_pairs
+from smelib.study.paired_runs import paired_seed_table, paired_summary_table, paired_verdict, seed_pairs
 
 
 def record(config: str, seed: int, miou: float, *, epochs: int = 6, finished: str = "2026-12-03T10:00:00Z",
@@ -86,7 +86,7 @@ def test_cli_prints_both_tables_and_names_the_missing_option(tmp_path, capsys) -
 
 
 def test_curve_follows_the_pairs_through_training() -> None:
-    from smelib.paired_runs import paired_curve, paired_curve_table
+    from smelib.study.paired_runs import paired_curve, paired_curve_table
 
     base = [record("cpu_budget", s, 0.77) for s in (0, 1)]
     opt = [record("cpu_budget_prior", s, 0.77) for s in (0, 1)]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from smelib import pretrained
+from smelib import checkpoint as pretrained
+from smelib.tools.release import make_release
 from smelib.checkpoint import FORMAT, CheckpointError, atomic_save, load_checkpoint
 from smelib.models import build
 
@@ -34,7 +35,7 @@ def release_dir(tmp_path, monkeypatch):
 
 def test_release_is_fp16_listed_and_loads_by_name(training_checkpoint, release_dir) -> None:
     path, model = training_checkpoint
-    entry = pretrained.make_release(path, "unit_release", metrics={"test_miou": 0.5}, out_dir=release_dir)
+    entry = make_release(path, "unit_release", metrics={"test_miou": 0.5}, out_dir=release_dir)
     assert entry["bytes"] < path.stat().st_size  # no optimiser state, half-precision weights
     stored = torch.load(release_dir / "unit_release.pt", weights_only=True)
     assert stored["kind"] == "release" and "optimizer" not in stored
@@ -50,7 +51,7 @@ def test_release_is_fp16_listed_and_loads_by_name(training_checkpoint, release_d
 
 
 def test_a_tampered_release_is_refused(training_checkpoint, release_dir) -> None:
-    pretrained.make_release(training_checkpoint[0], "unit_release", out_dir=release_dir)
+    make_release(training_checkpoint[0], "unit_release", out_dir=release_dir)
     with (release_dir / "unit_release.pt").open("ab") as f:
         f.write(b"\0")
     with pytest.raises(CheckpointError, match="SHA256"):
@@ -58,9 +59,9 @@ def test_a_tampered_release_is_refused(training_checkpoint, release_dir) -> None
 
 
 def test_releases_are_never_overwritten_and_unknown_names_are_clear(training_checkpoint, release_dir) -> None:
-    pretrained.make_release(training_checkpoint[0], "unit_release", out_dir=release_dir)
+    make_release(training_checkpoint[0], "unit_release", out_dir=release_dir)
     with pytest.raises(CheckpointError, match="exists already"):
-        pretrained.make_release(training_checkpoint[0], "unit_release", out_dir=release_dir)
+        make_release(training_checkpoint[0], "unit_release", out_dir=release_dir)
     with pytest.raises(CheckpointError, match="unit_release"):
         pretrained.release_path("no_such_release")
 

@@ -1,4 +1,4 @@
-"""Qualitative comparison (smelib.qualitative, `smelib compare`): per-image scores, example picking, the saved
+"""Qualitative comparison (smelib.study.qualitative, `smelib compare`): per-image scores, example picking, the saved
 folder's round trip, and the build on two tiny trained runs (its mIoU must equal the run record's), also from a
 run's stored test predictions once its checkpoints are gone."""
 
@@ -14,7 +14,7 @@ import pytest
 from engine_helpers import make_neu, tiny_config, train_tiny_runs
 
 from smelib.cli import main
-from smelib.qualitative import (
+from smelib.study.qualitative import (
     Comparison,
     ComparisonError,
     Example,
@@ -154,7 +154,7 @@ def test_build_refuses_runs_of_different_splits(two_runs: list[Path], tmp_path: 
 
 
 def test_stored_predictions_stand_in_for_a_deleted_checkpoint(tmp_path: Path) -> None:
-    from smelib import engine
+    from smelib import training as engine
 
     cfg = tiny_config(make_neu(tmp_path / "neu"), train={"save_predictions": True})
     run = engine.train(cfg, runs_dir=tmp_path / "runs", quiet=True).run_dir

@@ -1,4 +1,4 @@
-"""Tests of smelib.splits: dihedral transforms, duplicate groups, official and grouped splits, the audit."""
+"""Tests of smelib.data.splits: dihedral transforms, duplicate groups, official and grouped splits, the audit."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from _data_helpers import (
     write_voc,
 )
 from smelib import data as sd
-from smelib import splits as sp
+from smelib.data import splits as sp
 from smelib.cli import main
 
 

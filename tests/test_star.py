@@ -1,5 +1,5 @@
-"""Tests for smelib.star (the star operation made explicit, toy networks, the official init's bug) and
-smelib.inspection (shape traces)."""
+"""Tests for smelib.study.star_theory (the star operation made explicit, toy networks, the official init's bug) and
+smelib.tools.inspection (shape traces)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from smelib.inspection import trace_shapes
+from smelib.tools.inspection import trace_shapes
 from smelib.models import starnet
-from smelib.star import (
+from smelib.study.star_theory import (
     StarLayer,
     ToyFusionNet,
     augment,

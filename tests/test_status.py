@@ -1,6 +1,6 @@
 """The reproduction-status table reads summary rows correctly (fractions shown as percent, one seed no spread)."""
 
-from smelib import status
+from smelib.study import status
 
 
 def test_status_reports_percent_and_no_false_spread(monkeypatch) -> None:
@@ -12,7 +12,7 @@ def test_status_reports_percent_and_no_false_spread(monkeypatch) -> None:
     monkeypatch.setattr(status, "table2_matches", lambda: [("starnet_msaa", True), ("starnet_aspp", False)])
     # no evaluation records either, so the headroom row reads only these rows (the repository's own records
     # include TTA pairs that would outrank them)
-    monkeypatch.setattr("smelib.results.load_eval_records", lambda path: [])
+    monkeypatch.setattr("smelib.study.results.load_eval_records", lambda path: [])
     text = str(status.reproduction_table())
     assert "1 of 2 rows equal" in text
     assert "75.33 (n=1, cpu_budget)" in text
@@ -25,7 +25,7 @@ def test_status_reports_percent_and_no_false_spread(monkeypatch) -> None:
 
 
 def test_status_reads_the_grouped_headroom_step_with_its_spread_and_never_as_the_official_best(monkeypatch) -> None:
-    from smelib.headroom import HEADROOM_STEPS
+    from smelib.study.headroom import HEADROOM_STEPS
 
     grouped = next(s for s in HEADROOM_STEPS if s.split == "grouped")
     proto = {"model": "sme_deeplabv3plus", "config": "cpu_budget", "epochs": "6", "seeds": "0 1 2"}
@@ -35,7 +35,7 @@ def test_status_reads_the_grouped_headroom_step_with_its_spread_and_never_as_the
              "n_seeds": "2", "miou_mean": "0.9", "miou_std": "0.01", "seeds": "0 1"}]
     monkeypatch.setattr(status, "read_summary", lambda path=None: rows)
     monkeypatch.setattr(status, "table2_matches", lambda: [("starnet_msaa", True)])
-    monkeypatch.setattr("smelib.results.load_eval_records", lambda path: [])
+    monkeypatch.setattr("smelib.study.results.load_eval_records", lambda path: [])
     text = str(status.reproduction_table())
     assert "90.00 ± 1.00 (2 of 3 seeds; the protocol's 76.00 on this split)" in text
     # the grouped step outscores the official protocol here, but the official row names only official steps
@@ -46,17 +46,17 @@ def test_status_reads_the_grouped_headroom_step_with_its_spread_and_never_as_the
 
 
 def test_status_reads_an_inference_step_on_the_grouped_split_against_its_own_weights(monkeypatch) -> None:
-    from smelib.headroom import HEADROOM_STEPS
+    from smelib.study.headroom import HEADROOM_STEPS
 
     step = next(s for s in HEADROOM_STEPS if s.split == "grouped" and s.kind == "eval")
     monkeypatch.setattr(status, "read_summary", lambda path=None: [])
     monkeypatch.setattr(status, "table2_matches", lambda: [("starnet_msaa", True)])
-    monkeypatch.setattr("smelib.results.load_eval_records", lambda path: [])
+    monkeypatch.setattr("smelib.study.results.load_eval_records", lambda path: [])
     assert f"Recipe headroom, step '{step.key}'" in (text := str(status.reproduction_table()))
     assert "not run yet: smelib eval" in text
     base, changed = ({"file": f, "model": "m", "subset": "test", "images": 10, "metrics": {"miou": v}}
                      for f, v in zip(step.eval_files, (0.75, 0.7725)))
-    monkeypatch.setattr("smelib.results.load_eval_records", lambda path: [base, changed])
+    monkeypatch.setattr("smelib.study.results.load_eval_records", lambda path: [base, changed])
     text = str(status.reproduction_table())
     # the baseline is the same weights without TTA, never the protocol row (there is none here)
     assert "77.25 (+2.25 against 75.00 on the same weights without it)" in text
@@ -127,7 +127,7 @@ def test_readme_status_numbers_come_from_the_run_records() -> None:
     import statistics
     from itertools import combinations
 
-    from smelib.experiments import PAPER_MIOU
+    from smelib.study.conclusions import PAPER_MIOU
     from smelib.settings import repo_root
 
     readme = (repo_root() / "README.md").read_text()
@@ -141,30 +141,30 @@ def test_readme_status_numbers_come_from_the_run_records() -> None:
     for a, b in combinations([r for r in rows if r.get("miou_mean")], 2):
         known.add(f"{abs(100 * (float(a['miou_mean']) - float(b['miou_mean']))):.2f}")
     # evaluation records (results/headroom): each one's mIoU, and paired differences of one checkpoint's records
-    from smelib.headroom import tta_pairs
-    from smelib.results import load_eval_records
+    from smelib.study.headroom import tta_pairs
+    from smelib.study.results import load_eval_records
 
     evals = load_eval_records(repo_root() / "results" / "headroom")
     known |= {f"{100 * e['metrics']['miou']:.2f}" for e in evals}
     known |= {f"{abs(100 * (b['metrics']['miou'] - a['metrics']['miou'])):.2f}" for a, b in tta_pairs(evals)}
     # paired-bootstrap records (results/bootstrap): both mIoUs, the difference, the interval's ends, its s.e., and
     # each class's IoU difference
-    from smelib.bootstrap import load_bootstrap_records
+    from smelib.study.bootstrap import load_bootstrap_records
 
     for rec in load_bootstrap_records(repo_root() / "results" / "bootstrap"):
         o = rec["outcome"]
         known |= {f"{abs(100 * o[k]):.2f}" for k in ("miou_better", "miou_worse", "difference", "low", "high", "std")}
         known |= {f"{abs(100 * v):.2f}" for v in o.get("class_difference") or () if v is not None}
     # decision records (results/mechanisms): the paired rule − argmax differences' mean and std over seeds
-    from smelib.experiments import decision_spread, load_decision_records, select_decision_records
+    from smelib.study.decisions import decision_spread, load_decision_records, select_decision_records
 
     seeds = select_decision_records(load_decision_records(repo_root() / "results" / "mechanisms"))
     for by in decision_spread(seeds).values():
         for mean, std, _n in by.values():
             known |= {f"{abs(mean):.2f}"} | ({f"{std:.2f}"} if std is not None else set())
-    # seed-paired training options (smelib.paired_runs): each metric's paired difference, mean and std over seeds
-    from smelib.paired_runs import PAIRED_METRICS, paired_curve, seed_pairs
-    from smelib.results import load_records
+    # seed-paired training options (smelib.study.paired_runs): each metric's paired difference, mean and std over seeds
+    from smelib.study.paired_runs import PAIRED_METRICS, paired_curve, seed_pairs
+    from smelib.study.results import load_records
 
     records = load_records(repo_root() / "results" / "runs")
     for option in {r["config"] for r in rows if str(r["config"]).startswith("cpu_budget_")}:
@@ -177,8 +177,8 @@ def test_readme_status_numbers_come_from_the_run_records() -> None:
                 known.add(f"{statistics.stdev(diffs):.2f}")
         for diffs in paired_curve(pairs).values():  # the paired validation curve, epoch by epoch
             known.add(f"{abs(statistics.fmean(diffs)):.2f}")
-    # the official − grouped gap over models (smelib.experiments.split_gap): its mean, standard error, chi2 and p
-    from smelib.experiments import split_gap
+    # the official − grouped gap over models (smelib.study.conclusions.split_gap): its mean, standard error, chi2 and p
+    from smelib.study.conclusions import split_gap
 
     classes = [k[: -len("_mean")] for k in rows[0] if k.startswith("iou_") and k.endswith("_mean")]
     for key in ("miou", "miou_defects", *classes):

@@ -1,16 +1,29 @@
-"""Models: backbones, context/attention modules, heads and a registry of named configurations.
+"""Models: backbones, the paper's modules, DeepLabV3+, the baselines and two registries of named factories.
+
+Where each piece lives:
+
+- ``backbones/starnet.py``: StarNet and its :class:`StarBlock` (the paper's backbone); ``backbones/mobilenetv2.py``
+  and ``backbones/xception.py``: the DeepLabV3+ baselines' backbones.
+- ``msaa_ela.py``: MSAA and ELA, the paper's two added modules; ``aspp.py``: ASPP, the template's context module.
+- ``heads.py``: the DeepLabV3+ decoder; ``deeplabv3plus.py``: the composed model and its named configurations.
+- ``baselines/``: the paper's Table 1 networks that are not DeepLabV3+ (HRNet, PSPNet, Res-UNet).
+- ``registry.py``: :func:`build` / :func:`names` for models, :func:`build_backbone` / :func:`backbone_names`.
 
 >>> from smelib.models import build, names
 >>> model = build("sme_deeplabv3plus", num_classes=4)
 """
 
+# Importing the model files registers their factories (order: backbones before the models that use them).
 from smelib.models.backbones import MobileNetV2Backbone, StarBlock, StarNet, XceptionBackbone, starnet
-from smelib.models.deeplabv3plus import DeepLabV3Plus, build_backbone
+from smelib.models.aspp import ASPP
+from smelib.models.msaa_ela import ELA, MSAA
 from smelib.models.heads import DeepLabV3PlusDecoder
-from smelib.models.modules import ASPP, ELA, MSAA
-from smelib.models.registry import build, names, register_model
+from smelib.models.deeplabv3plus import DeepLabV3Plus
+from smelib.models.baselines import HRNet, PSPNet, ResUNet
+from smelib.models.registry import backbone_names, build, build_backbone, names, register_backbone, register_model
 
 __all__ = [
-    "ASPP", "DeepLabV3Plus", "DeepLabV3PlusDecoder", "ELA", "MSAA", "MobileNetV2Backbone", "StarBlock", "StarNet",
-    "XceptionBackbone", "build", "build_backbone", "names", "register_model", "starnet",
+    "ASPP", "DeepLabV3Plus", "DeepLabV3PlusDecoder", "ELA", "HRNet", "MSAA", "MobileNetV2Backbone", "PSPNet",
+    "ResUNet", "StarBlock", "StarNet", "XceptionBackbone", "backbone_names", "build", "build_backbone", "names",
+    "register_backbone", "register_model", "starnet",
 ]

@@ -16,28 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smelib.models.backbones import MobileNetV2Backbone, XceptionBackbone, starnet
 from smelib.models.heads import DeepLabV3PlusDecoder
-from smelib.models.modules import ASPP, ELA, MSAA
-from smelib.models.registry import register_model
+from smelib.models.aspp import ASPP
+from smelib.models.msaa_ela import ELA, MSAA
+from smelib.models.registry import build_backbone, register_model
 
 CONTEXTS = ("aspp", "msaa", "aspp+msaa", "none")
 ATTENTIONS = ("ela", "none")
-
-
-def build_backbone(name: str, in_channels: int = 3, output_stride: int = 16, drop_path_rate: float = 0.0) -> nn.Module:
-    """A segmentation backbone by name: ``starnet_<variant>``, ``mobilenetv2`` or ``xception``.
-
-    ``output_stride`` applies to the dilated baselines; StarNet always reaches stride 32.
-    """
-    if name.startswith("starnet_"):
-        return starnet(name.removeprefix("starnet_"), in_channels=in_channels, features_only=True,
-                       drop_path_rate=drop_path_rate)
-    if name == "mobilenetv2":
-        return MobileNetV2Backbone(in_channels, output_stride)
-    if name == "xception":
-        return XceptionBackbone(in_channels, output_stride)
-    raise KeyError(f"unknown backbone {name!r}; use starnet_<s050|s100|s150|s1|s2|s3|s4>, mobilenetv2 or xception")
 
 
 class DeepLabV3Plus(nn.Module):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from smelib.models.registry import register_backbone
 from smelib.models.layers import ConvBNReLU, init_weights
 
 #: (expansion t, channels c, repeats n, stride s) of MobileNetV2's inverted residual stages.
@@ -77,3 +78,8 @@ class MobileNetV2Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.forward_features(x)
+
+
+@register_backbone("mobilenetv2")
+def _mobilenetv2(in_channels: int = 3, output_stride: int = 16, drop_path_rate: float = 0.0) -> MobileNetV2Backbone:
+    return MobileNetV2Backbone(in_channels, output_stride)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from smelib.models.layers import ConvBN, DropPath
+from smelib.models.registry import register_backbone
 
 STEM_WIDTH = 32  # every variant
 
@@ -166,6 +167,17 @@ def _starnet(variant: str) -> Callable[..., StarNet]:
 
 #: Backbone factories by name (``starnet_s1`` ... ); keyword arguments go to :class:`StarNet`.
 STARNETS: dict[str, Callable[..., StarNet]] = {f"starnet_{v}": _starnet(v) for v in STARNET_SPECS}
+
+
+def _register_features(variant: str) -> None:
+    # Segmentation backbones: the stage outputs (features_only), every variant under its registry name.
+    @register_backbone(f"starnet_{variant}")
+    def factory(in_channels: int = 3, output_stride: int = 16, drop_path_rate: float = 0.0) -> StarNet:
+        return starnet(variant, in_channels=in_channels, features_only=True, drop_path_rate=drop_path_rate)
+
+
+for _variant in STARNET_SPECS:
+    _register_features(_variant)
 
 
 def starnet(variant: str, **kwargs: object) -> StarNet:

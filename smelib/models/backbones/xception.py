@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from smelib.models.registry import register_backbone
 from smelib.models.layers import init_weights
 
 
@@ -110,3 +111,8 @@ class XceptionBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.forward_features(x)
+
+
+@register_backbone("xception")
+def _xception(in_channels: int = 3, output_stride: int = 16, drop_path_rate: float = 0.0) -> XceptionBackbone:
+    return XceptionBackbone(in_channels, output_stride)

@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from smelib.data.dataset import IGNORE_INDEX
 import torch.nn.functional as F
 
 __all__ = ["Augment", "crop", "hflip", "rescale", "rot90", "rotate", "vflip"]
 
-IGNORE_INDEX = 255
 
 
 def _check(image: torch.Tensor, mask: torch.Tensor) -> bool:

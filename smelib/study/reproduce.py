@@ -1,12 +1,12 @@
 """``smelib reproduce``: train → evaluate the saved checkpoint → tables and figures, in one call.
 
 >>> from smelib.config import load_config
->>> from smelib.reproduce import reproduce
+>>> from smelib.study.reproduce import reproduce
 >>> print(reproduce(load_config("configs/quick.yaml")))     # a few minutes on 2 cores
 
 Writes into the run directory: the usual ``record.json``/``log.csv``/checkpoints, ``eval_test.json`` (metrics of the
 final checkpoint re-loaded from disk), ``curves.png`` (loss and mIoU per epoch) and ``summary.csv`` (the run's row
-of :func:`smelib.results.summarize`).
+of :func:`smelib.study.results.summarize`).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def reproduce(config: Mapping[str, Any], runs_dir: str | os.PathLike | None = No
     """Train with ``config``, re-evaluate the saved checkpoint on the test subset, plot, summarise.
 
     Args:
-        reference: a shipped release name (:mod:`smelib.pretrained`); when given, it is scored on the same test
+        reference: a shipped release name (:mod:`smelib.checkpoint`); when given, it is scored on the same test
             images so the report shows what a fully trained model does there (for datasets with the release's
             class count).
 
@@ -65,11 +65,11 @@ def reproduce(config: Mapping[str, Any], runs_dir: str | os.PathLike | None = No
         A text report (run directory, per-class test table, the summary row, the reference's table, the files
         written).
     """
-    from smelib.engine import evaluate, load_checkpoint, train
-    from smelib.loading import load_data
+    from smelib.training import evaluate, load_checkpoint, train
+    from smelib.data.loading import load_data
     from smelib.metrics import format_table
     from smelib.records import write_json
-    from smelib.results import format_summary, summarize, write_csv
+    from smelib.study.results import format_summary, summarize, write_csv
 
     result = train(config, runs_dir=runs_dir, quiet=quiet)
     run_dir = result.run_dir
@@ -88,7 +88,7 @@ def reproduce(config: Mapping[str, Any], runs_dir: str | os.PathLike | None = No
                                                  "images": len(dataset), "tta": bool(cfg["eval"]["tta"])})
     ref_lines: list[str] = []
     if reference is not None:
-        from smelib.pretrained import load_release
+        from smelib.checkpoint import load_release
 
         ref_model, ref_meta = load_release(reference)
         if int(ref_meta["num_classes"]) == int(meta["num_classes"]):

@@ -1,7 +1,7 @@
 """Paired bootstrap over test images: is one run's mIoU above another's beyond the luck of the test set?
 
 Two runs scored on the same test images differ for two reasons: the models differ (seed, architecture) and the
-test set is a sample of images. Seed-to-seed spread (:func:`smelib.experiments.pooled_seed_std`) measures the
+test set is a sample of images. Seed-to-seed spread (:func:`smelib.study.conclusions.pooled_seed_std`) measures the
 first; this module measures the second. It resamples the test images with replacement, ``n_boot`` times, and
 recomputes both runs' dataset-level mIoU on each resample from per-image confusion matrices, *the same images for
 both runs* (paired), so that images that are hard for every model do not widen the interval.
@@ -216,7 +216,7 @@ def paired_bootstrap_runs(better: tuple[str, str | os.PathLike], worse: tuple[st
         better, worse: ``(label, run folder or checkpoint)``; both trained on the same split, unless
             ``shared_images``.
         shared_images: the runs may come from different splits (e.g. a ``leaky`` and a ``grouped`` run, see
-            :func:`smelib.splits.make_split`); both are scored on the test images their test sets share, in
+            :func:`smelib.data.splits.make_split`); both are scored on the test images their test sets share, in
             ``better``'s order. The record's split kind names both (``"leaky vs grouped"``) and ``shared_images``
             says how many there are.
 
@@ -227,7 +227,7 @@ def paired_bootstrap_runs(better: tuple[str, str | os.PathLike], worse: tuple[st
         BootstrapError: the same label twice; with ``shared_images``, no shared test image, or a shared image whose
             ground truth differs between the two runs' datasets.
     """
-    from smelib.qualitative import load_run_predictions
+    from smelib.study.qualitative import load_run_predictions
 
     if better[0] == worse[0]:
         raise BootstrapError(f"both runs are labelled {better[0]!r}")
@@ -331,9 +331,9 @@ def bootstrap_table(records: Sequence[Mapping[str, Any]], split: str | None = No
         split: keep only records of this split kind (None: all).
 
     Returns:
-        A :class:`smelib.viz.Table`.
+        A :class:`smelib.study.tables.Table`.
     """
-    from smelib.viz import Table
+    from smelib.study.tables import Table
 
     rows = []
     for rec in records:
@@ -357,9 +357,9 @@ def bootstrap_class_table(record: Mapping[str, Any]) -> Any:
         record: one of :func:`load_bootstrap_records`, written with per-class and joint figures.
 
     Returns:
-        A :class:`smelib.viz.Table` titled with the record's claim and split.
+        A :class:`smelib.study.tables.Table` titled with the record's claim and split.
     """
-    from smelib.viz import Table
+    from smelib.study.tables import Table
 
     o = record["outcome"]
     if not o.get("class_difference") or not o.get("class_low_joint"):

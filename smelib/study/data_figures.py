@@ -8,11 +8,11 @@ Three kinds of helpers:
   copies back into one frame and measure how their masks disagree (:func:`align_copies`,
   :func:`pair_disagreements`), find the half that a composite shares with another picture (:func:`shared_half`),
   and group bookkeeping for splits (:func:`restrict_groups`, :func:`groups_crossing`, :func:`with_copy_in`);
-* **figures** (matplotlib, class colours from :data:`smelib.viz.CLASS_COLORS`): :func:`sample_grid`,
+* **figures** (matplotlib, class colours from :data:`smelib.palette.CLASS_COLORS`): :func:`sample_grid`,
   :func:`class_fraction_figure`, :func:`defect_size_figure`, :func:`rotated_copies_figure`,
   :func:`composite_figure`.
 
-Transforms follow :func:`smelib.splits.dihedral`: ``k`` in ``0..7``; a copy found with transform ``k`` satisfies
+Transforms follow :func:`smelib.data.splits.dihedral`: ``k`` in ``0..7``; a copy found with transform ``k`` satisfies
 ``copy ~ dihedral(reference, k)``, and ``dihedral(copy, dihedral_inverse(k))`` brings it back to the reference.
 """
 
@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from smelib.data import DatasetInfo, read_image, read_mask
-from smelib.splits import DIHEDRAL_NAMES, dihedral, dihedral_inverse
-from smelib.viz import class_color, overlay
+from smelib.data.splits import DIHEDRAL_NAMES, dihedral, dihedral_inverse
+from smelib.palette import class_color, overlay
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -297,7 +297,7 @@ class AlignedCopy:
 
     @property
     def transform_name(self) -> str:
-        """``"rot90"``, ``"rot180"``... (:data:`smelib.splits.DIHEDRAL_NAMES`)."""
+        """``"rot90"``, ``"rot180"``... (:data:`smelib.data.splits.DIHEDRAL_NAMES`)."""
         return DIHEDRAL_NAMES[self.transform]
 
 
@@ -413,7 +413,7 @@ def with_copy_in(groups: Sequence[Sequence[str]], queries: Sequence[str], pool: 
 
 
 def rgb01(index: int) -> tuple[float, float, float]:
-    """Class ``index``'s colour (:func:`smelib.viz.class_color`) as matplotlib RGB in ``[0, 1]``."""
+    """Class ``index``'s colour (:func:`smelib.palette.class_color`) as matplotlib RGB in ``[0, 1]``."""
     r, g, b = class_color(index)
     return (r / 255, g / 255, b / 255)
 

@@ -262,7 +262,7 @@ def load_run_predictions(runs: Mapping[str, str | os.PathLike], data_root: str |
         ComparisonError: no runs, runs on different splits or classes, an empty subset, stored predictions of other
             images or with a changed hash, or a missing checkpoint.
     """
-    from smelib.loading import checkpoint_data
+    from smelib.data.loading import checkpoint_data
 
     if not runs:
         raise ComparisonError("no runs to compare")
@@ -441,7 +441,7 @@ def plot_comparison(comp: Comparison, examples: Sequence[Example] | None = None,
     """The Fig.-9-style grid: one row per example; columns image, ground truth, then each run's prediction.
 
     Each prediction's title carries its per-image score; the row's reason is on the left. Classes use the
-    book-wide palette (:data:`smelib.viz.CLASS_COLORS`).
+    book-wide palette (:data:`smelib.palette.CLASS_COLORS`).
 
     Returns:
         The matplotlib figure.
@@ -449,7 +449,7 @@ def plot_comparison(comp: Comparison, examples: Sequence[Example] | None = None,
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    from smelib.viz import class_color, colorize
+    from smelib.palette import class_color, colorize
 
     examples = list(comp.examples if examples is None else examples)
     if not examples:
@@ -486,7 +486,7 @@ def plot_score_scatter(comp: Comparison, other: str, reference: str | None = Non
     """
     import matplotlib.pyplot as plt
 
-    from smelib.viz import class_color
+    from smelib.palette import class_color
 
     reference = reference or comp.labels[0]
     for label in (reference, other):

@@ -2,7 +2,7 @@
 
 What one run measures (``smelib bench MODEL`` or :func:`benchmark`):
 
-* **Work**: fvcore's multiply-adds of the *original* model per image (:func:`smelib.flops.fvcore_macs`, eval
+* **Work**: fvcore's multiply-adds of the *original* model per image (:func:`smelib.models.complexity.fvcore_macs`, eval
   mode). For a training step (``train=True``) we count forward + backward as **3 × the forward multiply-adds**
   (the backward pass computes a gradient for the input and one for the weights, each as costly as the forward);
   that is a convention, stated in the record as ``macs_convention``. The optimised graph may execute fewer
@@ -33,7 +33,7 @@ where ``eager`` and ``optimised`` each carry ``mode`` (``"eager"`` | ``"optimise
 
 "Eager" is the model as written: NCHW, ``torch.no_grad()`` for inference; for training: NCHW, cross-entropy,
 backward and ``torch.optim.SGD`` (momentum 0.9, default ``foreach``). "Optimised" is
-:func:`smelib.optimize.optimize_for_inference` for inference, and for training the same step with
+:func:`smelib.tools.optimize_inference.optimize_for_inference` for inference, and for training the same step with
 channels_last, ``torch.compile`` (when asked and working) and the fused SGD kernel where torch has one; graph
 rewrites (BatchNorm folding, fusions) are inference-only.
 
@@ -47,7 +47,6 @@ share of time per operator class (7x7 depthwise convolutions, other convolutions
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
@@ -55,7 +54,7 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +62,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smelib.optimize import (
+from smelib.tools.optimize_inference import (
     OptimizeOptions,
     compile_available,
     optimize_for_inference,
     pick_threads,
-    reuse_freed_memory,
-    set_threads,
+    threads_for,
 )
+from smelib.runtime import reuse_freed_memory, set_threads
 from smelib.records import cpu_flags, cpu_model
 
 __all__ = ["benchmark", "format_result", "machine_info", "measure_peak", "profile_ops", "write_profile"]
@@ -264,18 +263,6 @@ def _train_runner(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: to
     return step
 
 
-@contextlib.contextmanager
-def _with_threads(n: int) -> Iterator[None]:
-    prev = torch.get_num_threads()
-    if n != prev:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != prev:
-            torch.set_num_threads(prev)
-
-
 class _null:
     def __enter__(self) -> None:
         return None
@@ -328,7 +315,7 @@ def benchmark(
         model_kwargs: keyword arguments of the model's factory (e.g. ``{"decoder_width": 64}``: the widths the
             CPU-budget protocol trains); recorded.
     """
-    from smelib.flops import fvcore_macs
+    from smelib.models.complexity import fvcore_macs
 
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -388,7 +375,7 @@ def benchmark(
     # A compiling mode is called at least once before timing: its first call compiles.
     for _ in range(max(warmup, 1 if options.compile else 0)):
         for mode in MODES:
-            with _with_threads(mode_threads[mode]):
+            with threads_for(mode_threads[mode]):
                 runners[mode]()
     probe = None
     if opt_threads == "auto" and dev.type == "cpu":
@@ -410,7 +397,7 @@ def benchmark(
         for p in unique_peaks:
             p.sample()
         for mode in order:
-            with _with_threads(mode_threads[mode]):
+            with threads_for(mode_threads[mode]):
                 dt = _timed(runners[mode], dev)
             times[mode].append(dt)
             paired[mode].append(batch * gmacs_per_image / dt / peaks[mode].samples[-1])

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from smelib.models.layers import ConvBNReLU, init_weights
-from smelib.models.pspnet import BasicBlock
+from smelib.models.baselines.pspnet import BasicBlock
 from smelib.models.registry import register_model
 
 

@@ -1,11 +1,11 @@
 """Reading the attention of MSAA and ELA out of a DeepLabV3+ model with forward hooks.
 
->>> from smelib.attention import attention_maps
+>>> from smelib.study.attention import attention_maps
 >>> maps = attention_maps(model, images)        # images: (N, 3, H, W) normalised
 >>> maps["ela"].shape, maps["msaa_spatial"].shape   # (N, H/4, W/4), (N, H/8, W/8) for StarNet
 
-The model must have ``low_attention`` (an :class:`~smelib.models.modules.ELA`) and ``context`` (an
-:class:`~smelib.models.modules.MSAA`, whose ``fusion`` holds the channel and spatial attention), as the SME
+The model must have ``low_attention`` (an :class:`~smelib.models.msaa_ela.ELA`) and ``context`` (an
+:class:`~smelib.models.msaa_ela.MSAA`, whose ``fusion`` holds the channel and spatial attention), as the SME
 DeepLabV3+ models of :mod:`smelib.models.deeplabv3plus` do. Nothing in the model is changed; the hooks are removed
 before returning.
 
@@ -25,13 +25,13 @@ import torch
 from torch import Tensor, nn
 
 from smelib.data import defect_class
-from smelib.models.modules import ELA, MSAA
+from smelib.models.msaa_ela import ELA, MSAA
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from smelib.data import DatasetInfo
-    from smelib.viz import Table
+    from smelib.study.tables import Table
 
 __all__ = [
     "STAT_KEYS", "attention_figure", "attention_maps", "channel_attention_figure", "collect_attention_stats",
@@ -156,13 +156,13 @@ def load_batch(
         info: the dataset (:func:`smelib.data.open_dataset`).
         ids: sample ids of ``info``, all of one image size.
         normalization: a checkpoint's ``normalization`` (``{"mean": [...], "std": [...]}``); None or missing keys
-            use NEU-Seg's statistics (:func:`smelib.loading.normalize_image`).
+            use NEU-Seg's statistics (:func:`smelib.data.loading.normalize_image`).
 
     Returns:
         ``(N, 3, H, W)`` float images, normalised, and ``(N, H, W)`` int64 masks.
     """
     from smelib.data import read_mask
-    from smelib.loading import normalize_image
+    from smelib.data.loading import normalize_image
 
     norm = normalization or {}
     x = torch.stack([normalize_image(info.image_paths[s], mean=norm.get("mean"), std=norm.get("std")) for s in ids])
@@ -230,7 +230,7 @@ def attention_figure(
     """One row per image: the ground truth over the image, then ELA's and MSAA's spatial attention over it.
 
     Each heat map (``magma``) is upsampled to the image size and scaled to its own range, printed in its
-    title; the defect's outline is drawn in the colour of ``class_index`` (:data:`smelib.viz.CLASS_COLORS`).
+    title; the defect's outline is drawn in the colour of ``class_index`` (:data:`smelib.palette.CLASS_COLORS`).
 
     Args:
         images: ``(N, 3, H, W)`` normalised images, as given to :func:`attention_maps`.
@@ -245,8 +245,8 @@ def attention_figure(
     """
     import matplotlib.pyplot as plt
 
-    from smelib.dataviz import rgb01
-    from smelib.viz import overlay
+    from smelib.study.data_figures import rgb01
+    from smelib.palette import overlay
 
     size = (int(images.shape[-2]), int(images.shape[-1]))
     ela_up = upsample_map(maps["ela"], size)
@@ -290,7 +290,7 @@ def channel_attention_figure(channel: Mapping[int, Tensor], class_names: Sequenc
     """
     import matplotlib.pyplot as plt
 
-    from smelib.dataviz import rgb01
+    from smelib.study.data_figures import rgb01
 
     fig, ax = plt.subplots(figsize=(6.5, 3), dpi=110)
     d = next(iter(channel.values())).shape[1]
@@ -367,9 +367,9 @@ def size_correlation_table(stats: Mapping[str, np.ndarray], class_names: Sequenc
         min_images: groups with fewer images are left out.
 
     Returns:
-        A :class:`smelib.viz.Table`, columns attention, images, n, Pearson r, Spearman ρ.
+        A :class:`smelib.study.tables.Table`, columns attention, images, n, Pearson r, Spearman ρ.
     """
-    from smelib.viz import Table
+    from smelib.study.tables import Table
 
     rows: list[list[Any]] = []
     groups = [(None, "all test images")] + [(k, class_names[k]) for k in range(1, len(class_names))]
@@ -392,7 +392,7 @@ def mass_vs_area_figure(stats: Mapping[str, np.ndarray], class_names: Sequence[s
     """
     import matplotlib.pyplot as plt
 
-    from smelib.dataviz import rgb01
+    from smelib.study.data_figures import rgb01
 
     fig, ax = plt.subplots(figsize=(6.5, 3.2), dpi=110)
     for k in range(1, len(class_names)):

@@ -17,7 +17,7 @@ seeds no significance test is meaningful; the criterion is a stated rule, not a 
 :func:`paired_curve_table` follows the pairs through training (validation mIoU after every epoch, from the
 records' ``history``), for claims about how fast a model learns rather than where it ends.
 
->>> from smelib.results import load_records
+>>> from smelib.study.results import load_records
 >>> pairs = seed_pairs(load_records("results/runs"), "cpu_budget_prior")   # doctest: +SKIP
 """
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from smelib.viz import Table
+    from smelib.study.tables import Table
 
 __all__ = ["PAIRED_METRICS", "SeedPair", "effect_verdict", "paired_curve", "paired_curve_table", "paired_seed_table",
            "paired_summary_table", "paired_verdict", "seed_pairs"]
@@ -96,7 +96,7 @@ def seed_pairs(records: Sequence[Mapping[str, Any]], option_config: str, base_co
     """Match the completed runs of ``option_config`` with those of ``base_config`` by seed.
 
     Args:
-        records: run records (:func:`smelib.results.load_records`).
+        records: run records (:func:`smelib.study.results.load_records`).
         option_config: the option's ``config_name`` (e.g. ``"cpu_budget_prior"``, set with ``name=``).
         base_config: the protocol it modifies.
         model, split: which runs (``split`` is the split kind, ``"grouped"`` or ``"official"``).
@@ -110,7 +110,7 @@ def seed_pairs(records: Sequence[Mapping[str, Any]], option_config: str, base_co
         ValueError: the two runs of a seed score different numbers of classes (runs of other lengths or
             splits are not paired at all).
     """
-    from smelib.experiments import protocol_epochs
+    from smelib.study.plan import protocol_epochs
 
     want = protocol_epochs(base_config) if epochs is None else epochs
     base = _latest_by_seed(records, base_config, model, split, want)
@@ -158,7 +158,7 @@ def effect_verdict(diffs: Sequence[float], base_std: float | None, min_seeds: in
 def paired_seed_table(pairs: Sequence[SeedPair], option_name: str, class_names: Sequence[str] = ()) -> Table:
     """One row per seed: both runs' ids and test mIoU, and the paired differences (points) of
     :data:`PAIRED_METRICS` and, given ``class_names``, of each class's IoU."""
-    from smelib.viz import Table
+    from smelib.study.tables import Table
 
     rows = []
     for p in pairs:
@@ -173,7 +173,7 @@ def paired_seed_table(pairs: Sequence[SeedPair], option_name: str, class_names: 
 def paired_summary_table(pairs: Sequence[SeedPair], option_name: str, min_seeds: int = 3) -> Table:
     """One row per metric of :data:`PAIRED_METRICS`: base mean ± std, option mean ± std, the paired difference's
     mean ± std, how many seeds moved up, and :func:`paired_verdict` against the base's own seed spread."""
-    from smelib.viz import Table
+    from smelib.study.tables import Table
 
     def mean_std(values: list[float]) -> str:
         if not values:
@@ -214,7 +214,7 @@ def paired_curve(pairs: Sequence[SeedPair], key: str = "val_miou") -> dict[int, 
 def paired_curve_table(pairs: Sequence[SeedPair], option_name: str, key: str = "val_miou") -> Table:
     """One row per epoch: the base's and the option's mean validation metric ``key`` over the pairs, and the
     paired difference per seed and as mean ± std (points)."""
-    from smelib.viz import Table
+    from smelib.study.tables import Table
 
     curve = paired_curve(pairs, key)
     rows = []

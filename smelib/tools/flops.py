@@ -3,7 +3,7 @@
 Three conventions, because the literature mixes them:
 
 * **True parameters**: every tensor in ``model.parameters()``.
-* **fvcore multiply-adds** (:func:`fvcore_macs`): one per multiply-add of convolutions, matmuls and a few more
+* **fvcore multiply-adds** (:func:`smelib.models.complexity.fvcore_macs`): one per multiply-add of convolutions, matmuls and a few more
   ops; elementwise ops are skipped. With ``elementwise=True`` we register handles for the elementwise work that
   matters in these models — the star operation's and the attention modules' products (``aten::mul``), sigmoid,
   ReLU6 (``aten::hardtanh``) — one op per output element.
@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from smelib.models.complexity import count_params, fvcore_macs
 
 # ---------------------------------------------------------------------------------------------------------------
 # thop's rules
@@ -126,59 +127,6 @@ def _prefix(name: str, depth: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# fvcore
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _elementwise(inputs: list[Any], outputs: list[Any]) -> float:
-    from fvcore.nn.jit_handles import get_shape
-
-    return float(math.prod(get_shape(outputs[0])))
-
-
-#: The elementwise ops fvcore skips that carry the star operation and the attention modules.
-ELEMENTWISE_OPS: dict[str, Callable[[list[Any], list[Any]], float]] = {
-    op: _elementwise for op in ("aten::mul", "aten::mul_", "aten::sigmoid", "aten::sigmoid_", "aten::hardtanh",
-                                "aten::hardtanh_")
-}
-
-
-def fvcore_macs(
-    model: nn.Module, inputs: torch.Tensor, elementwise: bool = False, depth: int = 1
-) -> tuple[float, dict[str, float]]:
-    """fvcore's multiply-add count of ``model`` on ``inputs`` (eval mode), total and per module.
-
-    Args:
-        model: any traceable module.
-        inputs: ``(N, C, H, W)``.
-        elementwise: also count the ops of :data:`ELEMENTWISE_OPS`, one per output element.
-        depth: name depth of the breakdown.
-    """
-    from fvcore.nn import FlopCountAnalysis
-
-    was_training = model.training
-    model.eval()
-    try:
-        analysis = FlopCountAnalysis(model, inputs)
-        if elementwise:
-            analysis.set_op_handle(**ELEMENTWISE_OPS)
-        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-        total = float(analysis.total())
-        by_module: dict[str, float] = defaultdict(float)
-        for name, count in analysis.by_module().items():
-            if name and name.count(".") == depth - 1:
-                by_module[name] += float(count)
-    finally:
-        model.train(was_training)
-    return total, dict(by_module)
-
-
-def count_params(model: nn.Module) -> int:
-    """Every parameter tensor's elements (the true count)."""
-    return sum(p.numel() for p in model.parameters())
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Reports
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -223,42 +171,3 @@ def cost_report(name: str, height: int = 512, width: int = 512, num_classes: int
         by_module_gmacs_fvcore={k: v / 1e9 for k, v in by_module.items()},
         by_module_gmacs_thop={k: v / 1e9 for k, v in thop.by_module.items()},
     )
-
-
-@dataclass(frozen=True)
-class PaperRow:
-    """One row of the paper's Table 2 as printed (the paper's numbers) and the configuration that measures it."""
-
-    paper_label: str
-    config: str
-    paper_gflops: float
-    paper_params_m: float
-
-
-#: The paper's Table 2 (its numbers, its row labels) and our configuration for each row. The labels of the
-#: first two rows do not describe what was measured: "StarNet + ASPP" is ASPP followed by MSAA, and
-#: "StarNet + ASPP + ELA" is ASPP alone (ELA adds almost nothing that thop can see).
-TABLE2: tuple[PaperRow, ...] = (
-    PaperRow("StarNet + ASPP", "starnet_aspp_msaa", 74.604, 11.161),
-    PaperRow("StarNet + ASPP + ELA", "starnet_aspp_ela", 71.281, 10.753),
-    PaperRow("StarNet + MSAA", "starnet_msaa", 56.845, 8.928),
-    PaperRow("StarNet + MSAA + ELA", "sme_deeplabv3plus", 56.845, 8.928),
-)
-
-
-def table2(height: int = 512, width: int = 512) -> list[dict[str, Any]]:
-    """The paper's Table 2 beside our counts, one dict per row (keys as ``smelib flops --table2 --json``)."""
-    rows = []
-    for row in TABLE2:
-        rep = cost_report(row.config, height, width)
-        rows.append({
-            "paper_label": row.paper_label,
-            "config": row.config,
-            "paper_gflops": row.paper_gflops,
-            "paper_params_m": row.paper_params_m,
-            "gflops_paper_convention": round(rep.gflops_paper_convention, 3),
-            "params_m_paper_convention": round(rep.params_m_paper_convention, 3),
-            "params_m_true": round(rep.params_m_true, 3),
-            "gmacs_fvcore": round(rep.gmacs_fvcore, 3),
-        })
-    return rows

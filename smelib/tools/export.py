@@ -88,7 +88,7 @@ def export_onnx(
         dynamic: batch, height and width as dynamic axes.
         check: run ``onnx.checker`` and the onnxruntime comparison where the packages are available.
         atol: largest allowed max abs difference between onnxruntime and PyTorch.
-        rewrite: export the inference rewrites of :mod:`smelib.optimize` (BatchNorm folding, MSAA and star
+        rewrite: export the inference rewrites of :mod:`smelib.tools.optimize_inference` (BatchNorm folding, MSAA and star
             fusions) instead of the model as written (the same function; fewer nodes).
 
     Raises:
@@ -105,7 +105,7 @@ def export_onnx(
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, in_channels, h, w, generator=gen)
     if rewrite:
-        from smelib.optimize import OptimizeOptions, optimize_for_inference
+        from smelib.tools.optimize_inference import OptimizeOptions, optimize_for_inference
 
         opts = OptimizeOptions(channels_last=False, compile=False)
         model = optimize_for_inference(model, opts, example=x[:1]).module.eval()

@@ -1,13 +1,13 @@
 """Recipe headroom: how far the paper's model goes on the official split within two hours of 2-core CPU training.
 
-The tables (:mod:`smelib.experiments`) hold every model to one short protocol so rows can be compared. This module
+The tables (:mod:`smelib.study.plan`) hold every model to one short protocol so rows can be compared. This module
 is the other question: with the protocol's SME run as the starting point, which single changes (training length,
 full-width heads, loss, augmentation, test-time augmentation, the lite model) buy how much test mIoU, each step a
 run record (or, for inference-only steps, an evaluation record written by ``smelib eval --record``), each within a
 stated budget; the best training recipe is then re-run on the grouped split over three seeds, and test-time
 augmentation measured on its weights::
 
-    >>> from smelib.headroom import HEADROOM_STEPS
+    >>> from smelib.study.headroom import HEADROOM_STEPS
     >>> [s.key for s in HEADROOM_STEPS][:3]
     ['protocol', 'tta', 'schedule']
 
@@ -159,7 +159,7 @@ def step_result(step: HeadroomStep, rows: Sequence[Mapping[str, Any]],
         protocol itself), for an eval step it is the evaluation without the change, on the same checkpoint
         (no row, no spread).
     """
-    from smelib.experiments import summary_value
+    from smelib.study.conclusions import summary_value
 
     def row_of(config: str, model: str, epochs: int) -> Mapping[str, Any] | None:
         found = [r for r in rows if r.get("config") == config and r.get("model") == model
@@ -195,8 +195,8 @@ def headroom_table(rows: Sequence[Mapping[str, Any]], eval_records: Sequence[Map
     can be read against the seed spread; the same checkpoint without the change for an inference step), the
     difference from it (points), the gap to the paper's 88.87 %, and the records it comes from or the command that
     would produce them."""
-    from smelib.experiments import PAPER_MIOU, mean_std_text
-    from smelib.viz import Table
+    from smelib.study.conclusions import PAPER_MIOU, mean_std_text
+    from smelib.study.tables import Table
 
     paper = PAPER_MIOU["sme_deeplabv3plus"]
     out = []
@@ -254,7 +254,7 @@ def seed_table(step: HeadroomStep, records: Sequence[Mapping[str, Any]]) -> Any:
     Raises:
         ValueError: ``step`` is an inference step (it has no runs of its own).
     """
-    from smelib.viz import Table
+    from smelib.study.tables import Table
 
     if step.kind != "train":
         raise ValueError(f"headroom step {step.key!r} changes only inference: it has no training runs per seed")
@@ -321,7 +321,7 @@ def budget_pair(step: HeadroomStep, records: Sequence[Mapping[str, Any]],
 def budget_pair_table(pair: Mapping[str, Any]) -> Any:
     """A :func:`budget_pair` as a table: test IoU % per class and mIoU for both runs and their difference, then
     each run's epochs and seconds per epoch, parameters and GMACs."""
-    from smelib.viz import Table
+    from smelib.study.tables import Table
 
     a, b = pair["baseline_run"], pair["run"]
     rows: list[list[Any]] = [[n, 100 * x, 100 * y, 100 * (y - x)] for n, (x, y) in zip(pair["classes"], pair["iou"])]

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import torch
 
-from smelib.flops import TABLE2, thop_count
+from smelib.tools.flops import thop_count
+from smelib.study.table2 import TABLE2
 from smelib.settings import repo_root
-from smelib.viz import Table
+from smelib.study.tables import Table
 
 #: The paper's headline numbers for its full model (percent, the paper's own).
 PAPER_SME = {"miou": 88.87, "precision": 92.72, "mpa": 96.10}
@@ -57,7 +58,7 @@ def reproduction_table() -> Table:
         "74.604 / 71.281 / 56.845 G",
         f"{n_ok} of {len(matches)} rows equal to 3 decimals",
     ]]
-    from smelib.experiments import pick_row
+    from smelib.study.plan import pick_row
 
     summary = read_summary()
     for model, split in [(m, s) for m in ("sme_deeplabv3plus", "sme_deeplabv3plus_lite")
@@ -76,8 +77,8 @@ def reproduction_table() -> Table:
         label = "SME-DeepLabV3+" if model == "sme_deeplabv3plus" else "SME-DeepLabV3+ lite (StarNet-s1)"
         rows.append([f"{label} test mIoU, {split} split", f"{PAPER_SME['miou']:.2f} (full model, official split)",
                      ours])
-    from smelib.headroom import HEADROOM_STEPS, pending_steps, step_result
-    from smelib.results import load_eval_records
+    from smelib.study.headroom import HEADROOM_STEPS, pending_steps, step_result
+    from smelib.study.results import load_eval_records
 
     evals = load_eval_records(repo_root() / "results" / "headroom")
     official = [s for s in HEADROOM_STEPS if s.split == "official"]
@@ -108,7 +109,7 @@ def reproduction_table() -> Table:
         rows.append([f"Recipe headroom, step '{step.key}': {step.change}", f"– (no {step.split} split in the paper)",
                      ours])
     rows.append(leak_row(summary))
-    from smelib.experiments import CONCLUSIONS, conclusion_verdict, paper_difference, pooled_seed_std
+    from smelib.study.conclusions import CONCLUSIONS, conclusion_verdict, paper_difference, pooled_seed_std
 
     pooled = pooled_seed_std(summary, "grouped")
     for c in CONCLUSIONS:  # the paper's qualitative claims, read on the honest split with the seed spread
@@ -124,7 +125,7 @@ def leak_row(summary: list[dict[str, str]] | None = None, bootstrap: list[dict] 
              audit: dict | None = None) -> list[object]:
     """The status row of NEU-Seg's official split: how many official test images have a copy in training (the
     audit record), the official − grouped test-mIoU gap over the models measured on both splits
-    (:func:`smelib.experiments.split_gap`), and what the copies are worth on fixed test pictures (the bootstrap
+    (:func:`smelib.study.conclusions.split_gap`), and what the copies are worth on fixed test pictures (the bootstrap
     records of a ``leaky``-split run against a ``grouped``-split run on their shared test images).
 
     Args:
@@ -133,8 +134,8 @@ def leak_row(summary: list[dict[str, str]] | None = None, bootstrap: list[dict] 
     """
     import json
 
-    from smelib.bootstrap import load_bootstrap_records
-    from smelib.experiments import split_gap
+    from smelib.study.bootstrap import load_bootstrap_records
+    from smelib.study.conclusions import split_gap
 
     summary = read_summary() if summary is None else summary
     if bootstrap is None:
@@ -165,9 +166,9 @@ def leak_row(summary: list[dict[str, str]] | None = None, bootstrap: list[dict] 
 
 def mechanism_rows(records: list[dict] | None = None, decisions: list[dict] | None = None) -> list[list[object]]:
     """Status rows of the paper's two unspecified mechanisms, in our readings (chapter "What the paper leaves
-    unspecified"): the classifier prior and the class weights from seed-paired runs (:mod:`smelib.paired_runs`)
+    unspecified"): the classifier prior and the class weights from seed-paired runs (:mod:`smelib.study.paired_runs`)
     and the dynamic threshold from the decision records, both on the grouped split and judged by
-    :func:`smelib.paired_runs.effect_verdict` against the protocol's own seed spread of test mIoU.
+    :func:`smelib.study.paired_runs.effect_verdict` against the protocol's own seed spread of test mIoU.
 
     Args:
         records: run records (default: ``results/runs``); decisions: decision records (default:
@@ -175,9 +176,9 @@ def mechanism_rows(records: list[dict] | None = None, decisions: list[dict] | No
     """
     import statistics
 
-    from smelib.experiments import decision_differences, load_decision_records, select_decision_records
-    from smelib.paired_runs import effect_verdict, seed_pairs
-    from smelib.results import load_records
+    from smelib.study.decisions import decision_differences, load_decision_records, select_decision_records
+    from smelib.study.paired_runs import effect_verdict, seed_pairs
+    from smelib.study.results import load_records
 
     if records is None:
         records = load_records(repo_root() / "results" / "runs")

@@ -2,7 +2,7 @@
 
 :func:`optimize_for_inference` returns an :class:`OptimizedModel`: a deep copy of the model with the rewrites
 below applied, that moves/lays out its input and runs under the right context. The original model is never
-modified. Every optimisation is a flag of :class:`OptimizeOptions`, so the benchmark (:mod:`smelib.bench`) can
+modified. Every optimisation is a flag of :class:`OptimizeOptions`, so the benchmark (:mod:`smelib.tools.bench`) can
 measure each one on and off.
 
 Graph rewrites (eval mode only; each is exact in real arithmetic, so outputs agree to float rounding):
@@ -42,7 +42,7 @@ Runtime settings:
 Example::
 
     from smelib.models import build
-    from smelib.optimize import OptimizeOptions, optimize_for_inference
+    from smelib.tools.optimize_inference import OptimizeOptions, optimize_for_inference
     model = build("sme_deeplabv3plus_lite").eval()
     fast = optimize_for_inference(model, OptimizeOptions(compile=False), example=torch.randn(1, 3, 200, 200))
     y = fast(torch.randn(16, 3, 200, 200))
@@ -62,6 +62,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from smelib.runtime import reuse_freed_memory
+
 __all__ = [
     "OPTIMISATIONS",
     "FoldReport",
@@ -75,8 +77,6 @@ __all__ = [
     "max_abs_diff",
     "optimize_for_inference",
     "pick_threads",
-    "reuse_freed_memory",
-    "set_threads",
 ]
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -85,33 +85,6 @@ _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 #: The switchable optimisations, in the order they are applied (names used by ``smelib bench --only/--disable``).
 OPTIMISATIONS = ("fold_bn", "fuse_msaa", "fuse_star", "channels_last", "inference_mode", "compile", "reuse_memory",
                  "amp", "cudnn_benchmark", "pinned_memory", "fused_optimizer")
-
-_REUSE_STATE: dict[str, Any] = {"set": False}
-
-
-def reuse_freed_memory() -> bool:
-    """Make glibc's ``malloc`` keep freed memory for reuse (``mallopt``: mmap threshold 1 GiB, trim threshold
-    2 GiB), so that large activations stop being fresh, page-faulting mappings on every forward pass.
-
-    Process-wide and not undone. Returns True when the setting is in effect (glibc found, both calls accepted),
-    False elsewhere (macOS, musl, Windows), where it is a no-op.
-    """
-    if _REUSE_STATE["set"]:
-        return True
-    try:
-        import ctypes
-        import ctypes.util
-
-        name = ctypes.util.find_library("c")
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h constants
-    ok = bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 31))
-    _REUSE_STATE["set"] = ok
-    return ok
-
 
 @dataclass
 class OptimizeOptions:
@@ -131,7 +104,7 @@ class OptimizeOptions:
             (``smelib eval --bf16``).
         cudnn_benchmark: ``torch.backends.cudnn.benchmark = True`` on CUDA.
         pinned_memory: copy host inputs to CUDA from pinned memory, ``non_blocking``.
-        fused_optimizer: training step only (:mod:`smelib.bench`): the optimiser's fused kernel, where the
+        fused_optimizer: training step only (:mod:`smelib.tools.bench`): the optimiser's fused kernel, where the
             device has one.
     """
 
@@ -380,7 +353,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor | None = None) -> Fol
 class FastMSAA(nn.Module):
     """MSAA (repeat form) with its ``down`` 1x1 conv summed over the repeats and its three convs as one 7x7.
 
-    Same function as :class:`smelib.models.modules.MSAA` with ``num_inputs=1`` (any ``repeat``), eval mode.
+    Same function as :class:`smelib.models.msaa_ela.MSAA` with ``num_inputs=1`` (any ``repeat``), eval mode.
     """
 
     def __init__(self, msaa: nn.Module) -> None:
@@ -416,7 +389,7 @@ class FastMSAA(nn.Module):
 
 
 def _msaa_fusable(m: nn.Module) -> bool:
-    from smelib.models.modules import MSAA
+    from smelib.models.msaa_ela import MSAA
 
     if not isinstance(m, MSAA) or m.num_inputs != 1:
         return False
@@ -474,17 +447,8 @@ def fuse_star(model: nn.Module) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def set_threads(threads: int | None) -> int:
-    """``torch.set_num_threads(threads)`` when given; returns the threads now in use."""
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
-
-
 @contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
+def threads_for(n: int | None) -> Iterator[None]:
     """Run the block with ``n`` intra-op threads (``None``: unchanged), then restore the previous count."""
     if n is None or n == torch.get_num_threads():
         yield
@@ -510,7 +474,7 @@ def pick_threads(fn: Callable[[], Any], candidates: list[int] | None = None,
     candidates = candidates or list(range(1, (os.cpu_count() or 1) + 1))
     timings: dict[int, float] = {}
     for n in candidates:
-        with _threads(n):
+        with threads_for(n):
             fn()
             best = float("inf")
             for _ in range(trials):
@@ -601,7 +565,7 @@ class OptimizedModel(nn.Module):
         return x.to(self.device, non_blocking=self.device.type == "cuda").contiguous(memory_format=fmt)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with self.context(), _threads(self.options.threads if self.device.type == "cpu" else None):
+        with self.context(), threads_for(self.options.threads if self.device.type == "cpu" else None):
             x = self.prepare(x)
             if self._compiled is not None:
                 try:

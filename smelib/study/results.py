@@ -1,6 +1,6 @@
 """Aggregating run records: one row per (config, model, split, epochs), mean and spread over training seeds.
 
->>> from smelib.results import load_records, summarize
+>>> from smelib.study.results import load_records, summarize
 >>> rows = summarize(load_records("results/runs"))      # list of dicts, one per (config, model, split, epochs)
 
 Each row (all metrics fractions in [0, 1], measured on the run's final evaluation subset, normally ``test``)::

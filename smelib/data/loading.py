@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from smelib.errors import ConfigError
+from smelib.data.augment import Augment
+from smelib.data.dataset import (
+    IGNORE_INDEX,
+    NEU_SEG_MEAN,
+    NEU_SEG_STD,
+    DatasetError,
+    InMemorySegDataset,
+    StreamingSegDataset,
+    open_dataset,
+    read_image,
+)
+from smelib.data.splits import load_groups, make_split
+from smelib.settings import data_root, repo_root
 
 __all__ = [
     "DataBundle",
@@ -33,7 +48,6 @@ __all__ = [
     "load_data",
     "normalize_image",
     "pad_collate",
-    "read_image",
     "seeded",
 ]
 
@@ -112,21 +126,18 @@ class TrainView(torch.utils.data.Dataset):
         return image, mask
 
 
-def pad_collate(ignore_index: int) -> Callable[[list[tuple[Tensor, Tensor]]], tuple[Tensor, Tensor]]:
-    """Stack a batch; images of different sizes are padded at the bottom/right (image 0, mask ``ignore_index``),
-    so the padding never counts in losses or metrics."""
-
-    def collate(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-        h = max(img.shape[-2] for img, _ in batch)
-        w = max(img.shape[-1] for img, _ in batch)
-        images = torch.zeros(len(batch), batch[0][0].shape[0], h, w, dtype=batch[0][0].dtype)
-        masks = torch.full((len(batch), h, w), ignore_index, dtype=torch.int64)
-        for i, (img, msk) in enumerate(batch):
-            images[i, :, : img.shape[-2], : img.shape[-1]] = img
-            masks[i, : msk.shape[-2], : msk.shape[-1]] = msk
-        return images, masks
-
-    return collate
+def pad_collate(batch: Sequence[tuple[Tensor, ...]], ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor]:
+    """Stack ``(image (C, H_i, W_i), mask (H_i, W_i), ...)`` items (a dataset's sample id, if any, is dropped) into ``images (B, C, H, W)`` and ``masks (B, H, W)``
+    int64, padding smaller ones at the bottom/right (image 0, mask ``ignore_index``), so the padding never counts in
+    losses or metrics. Use ``functools.partial(pad_collate, ignore_index=...)`` as a DataLoader's ``collate_fn``."""
+    h = max(item[0].shape[-2] for item in batch)
+    w = max(item[0].shape[-1] for item in batch)
+    images = torch.zeros(len(batch), batch[0][0].shape[0], h, w, dtype=batch[0][0].dtype)
+    masks = torch.full((len(batch), h, w), ignore_index, dtype=torch.int64)
+    for i, (img, msk, *_) in enumerate(batch):
+        images[i, :, : img.shape[-2], : img.shape[-1]] = img
+        masks[i, : msk.shape[-2], : msk.shape[-1]] = msk
+    return images, masks
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -184,10 +195,8 @@ def _as_uint8_chw(item: Any, in_channels: int) -> Tensor:
     """A path, PIL image, ``(H, W)``/``(H, W, 3)`` uint8 array or ``(C, H, W)`` uint8 tensor → uint8 ``(C, H, W)``."""
     from PIL import Image
 
-    from smelib.data import read_image as _read
-
     if isinstance(item, (str, os.PathLike)):
-        return _read(item, channels=in_channels)
+        return read_image(item, channels=in_channels)
     if isinstance(item, Image.Image):
         item = np.array(item.convert("L" if in_channels == 1 else "RGB"))
     t = torch.as_tensor(np.array(item) if not isinstance(item, Tensor) else item)
@@ -213,8 +222,6 @@ def normalize_image(item: Any, in_channels: int = 3, mean: Any = None, std: Any 
     Raises:
         smelib.data.DatasetError: a file that cannot be read as an image (the message names it).
     """
-    from smelib.data import NEU_SEG_MEAN, NEU_SEG_STD
-
     x = _as_uint8_chw(item, in_channels).float() / 255.0
     m = torch.tensor(mean if mean is not None else NEU_SEG_MEAN, dtype=torch.float32).reshape(-1)
     s = torch.tensor(std if std is not None else NEU_SEG_STD, dtype=torch.float32).reshape(-1)
@@ -223,17 +230,7 @@ def normalize_image(item: Any, in_channels: int = 3, mean: Any = None, std: Any 
     return (x - m.view(-1, 1, 1)) / s.view(-1, 1, 1)
 
 
-def read_image(path: str | os.PathLike, in_channels: int = 3) -> Tensor:
-    """A uint8 ``(C, H, W)`` tensor of an image file (:func:`smelib.data.read_image`); a
-    :class:`smelib.data.DatasetError` naming the file when it is not a readable image."""
-    from smelib.data import read_image as _read
-
-    return _read(path, channels=in_channels)
-
-
 def _resolve_root(root: Any) -> Path:
-    from smelib.settings import data_root, repo_root
-
     path = data_root(root)
     if root is not None and not path.is_absolute() and not path.exists() and (repo_root() / path).exists():
         return repo_root() / path
@@ -244,9 +241,6 @@ def build_augment(spec: Any) -> Callable[..., Any] | None:
     """The data module's augmentation pipeline for a ``data.augment`` spec (None: no augmentation)."""
     if not spec:
         return None
-    from smelib.augment import Augment
-    from smelib.config import ConfigError
-
     try:
         aug = Augment.from_config(spec)
     except (TypeError, ValueError) as err:
@@ -257,25 +251,20 @@ def build_augment(spec: Any) -> Callable[..., Any] | None:
 def load_data(cfg: Mapping[str, Any], seed: int = 0) -> DataBundle:
     """The train/val/test datasets, augmentation and class names a config asks for.
 
-    The split comes from :func:`smelib.splits.make_split` (``data.split``, ``data.seed``, ``data.val_fraction``,
+    The split comes from :func:`smelib.data.splits.make_split` (``data.split``, ``data.seed``, ``data.val_fraction``,
     ``data.groups``);
     the datasets from :mod:`smelib.data` (decoded into memory when small, streamed otherwise), normalised with the
     dataset's statistics; ``data.limit`` keeps the first N ids of each subset. The training set carries the
     augmentation (seeded per sample from ``(train.seed, epoch, index)``); validation and test sets do not.
     """
-    from smelib import data as sd
-    from smelib.splits import make_split
-
     dc = cfg["data"]
     in_ch = int(cfg["model"]["in_channels"])
-    info = sd.open_dataset(_resolve_root(dc["root"]), num_classes=dc["num_classes"])
+    info = open_dataset(_resolve_root(dc["root"]), num_classes=dc["num_classes"])
     num_classes = int(dc["num_classes"] or info.num_classes)
     if num_classes < 2:
-        raise sd.DatasetError(f"{info.root}: number of classes unknown; add class_names.txt or set data.num_classes")
+        raise DatasetError(f"{info.root}: number of classes unknown; add class_names.txt or set data.num_classes")
     groups = copy_groups = None
     if dc.get("groups") and dc["split"] in ("grouped", "leaky"):
-        from smelib.splits import load_groups
-
         groups = load_groups(_resolve_root(dc["groups"]))
         if dc["split"] == "leaky":
             copy_groups = load_groups(_resolve_root(dc["groups"]), key="copy_groups")
@@ -285,13 +274,13 @@ def load_data(cfg: Mapping[str, Any], seed: int = 0) -> DataBundle:
     if dc["limit"]:
         ids = {name: v[: int(dc["limit"])] for name, v in ids.items()}
     if not ids["train"]:
-        raise sd.DatasetError(f"{info.root}: the {dc['split']} split has no training images")
+        raise DatasetError(f"{info.root}: the {dc['split']} split has no training images")
     from PIL import Image
 
     with Image.open(info.image_paths[ids["train"][0]]) as im:
         w, h = im.size
     total = sum(len(v) for v in ids.values())
-    cls = sd.InMemorySegDataset if w * h * total < 600_000_000 else sd.StreamingSegDataset
+    cls = InMemorySegDataset if w * h * total < 600_000_000 else StreamingSegDataset
     kw = dict(channels=in_ch, num_classes=num_classes)
 
     def make(names: list[str], transform: Any = None) -> Any:

@@ -1,4 +1,6 @@
-"""NEU-Seg and Pascal-VOC-style segmentation datasets: readers, checks, conversion, download and loaders.
+"""NEU-Seg and Pascal-VOC-style segmentation datasets: opening, reading, checking, and the Dataset classes.
+
+Converting the native layout to VOC is :mod:`smelib.data.convert`; downloading NEU-Seg, :mod:`smelib.data.download`.
 
 Two on-disk layouts are understood:
 
@@ -25,19 +27,12 @@ channels are equal are read as their first channel.
 
 Datasets return a tuple ``(image, mask, sample_id)``: ``image`` float32 ``(C, H, W)`` normalised with
 ``(x / 255 - mean) / std``, ``mask`` int64 ``(H, W)`` with 255 = ignore, ``sample_id`` a ``str``.
-:func:`make_loader` batches them into ``(images (B, C, H, W), masks (B, H, W), ids list[str])``, padding images
-of different sizes (image with 0, i.e. the mean after normalisation; mask with 255).
+:func:`smelib.data.load_data` builds the datasets a training config asks for.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
-import shutil
-import tempfile
-import urllib.request
-import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,11 +43,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 __all__ = [
-    "DEFAULT_URL",
     "defect_class",
     "IGNORE_INDEX",
     "NEU_SEG_CLASSES",
-    "NEU_SEG_COMMIT",
     "NEU_SEG_MEAN",
     "NEU_SEG_STD",
     "DatasetError",
@@ -61,23 +54,14 @@ __all__ = [
     "StreamingSegDataset",
     "check_dataset",
     "colour_mask_to_index",
-    "convert_to_voc",
-    "download_neu_seg",
-    "load_dataset",
-    "make_loader",
-    "native_to_voc_id",
     "open_dataset",
-    "pad_collate",
     "read_image",
     "read_mask",
-    "read_sha256_list",
     "validate_mask_values",
 ]
 
 IGNORE_INDEX = 255
 NEU_SEG_CLASSES: tuple[str, ...] = ("background", "inclusion", "patches", "scratches")
-NEU_SEG_COMMIT = "da8cebedb292beca4d101db8c442d5706fac3bfe"
-DEFAULT_URL = f"https://github.com/DHW-Master/NEU_Seg/archive/{NEU_SEG_COMMIT}.zip"
 # Pixel statistics of the 3,630 official training images, x / 255 over all pixels (R = G = B, so one number
 # serves all three channels): mean 0.44545, std 0.20574. Recomputed by `smelib data check --json` on the full
 # data ("pixel_mean"/"pixel_std"; those cover every image checked, test included) and in results/audit.
@@ -575,189 +559,6 @@ def check_dataset(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Conversion native -> VOC
-
-
-def native_to_voc_id(sample_id: str) -> str:
-    """``"training/000201"`` -> ``"training_000201"`` (stems repeat across the native splits, so keep both)."""
-    return sample_id.replace("/", "_")
-
-
-def convert_to_voc(
-    root: str | os.PathLike[str], out: str | os.PathLike[str], *, seed: int = 0, val_fraction: float = 0.1
-) -> Path:
-    """Write a native NEU-Seg folder in the Pascal VOC layout the paper used.
-
-    Files are copied byte for byte to ``OUT/VOCdevkit/VOC2007/{JPEGImages,SegmentationClass}`` as
-    ``<split>_<stem>.{jpg,png}``. ``ImageSets/Segmentation`` gets ``train.txt``/``val.txt`` (the official
-    training images split ``1 - val_fraction : val_fraction`` by :func:`smelib.splits.make_split` with ``seed``,
-    i.e. the paper's 9:1), ``trainval.txt`` and ``test.txt`` (the official test images); ``class_names.txt`` is
-    written beside them.
-
-    Args:
-        root: native NEU-Seg folder.
-        out: destination; must not exist or be an empty folder.
-        seed, val_fraction: of the train/val split.
-
-    Returns:
-        The ``VOC2007`` folder written.
-
-    Raises:
-        DatasetError: ``root`` is not native, or ``out`` is not empty.
-    """
-    from smelib.splits import make_split
-
-    info = open_dataset(root)
-    if info.layout != "native":
-        raise DatasetError(f"{root}: is already in the VOC layout; convert reads the native NEU-Seg layout")
-    out = Path(out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DatasetError(f"{out}: exists and is not an empty folder; refusing to write into it")
-    split = make_split(info, "official", seed=seed, val_fraction=val_fraction)
-    voc = out / "VOCdevkit" / "VOC2007"
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (voc / sub).mkdir(parents=True, exist_ok=True)
-    for sid in info.ids:
-        vid = native_to_voc_id(sid)
-        shutil.copyfile(info.image_paths[sid], voc / "JPEGImages" / f"{vid}{info.image_paths[sid].suffix}")
-        shutil.copyfile(info.mask_paths[sid], voc / "SegmentationClass" / f"{vid}.png")
-    lists = {
-        "train": split["train"],
-        "val": split["val"],
-        "trainval": sorted(split["train"] + split["val"]),
-        "test": split["test"],
-    }
-    for name, ids in lists.items():
-        text = "".join(f"{native_to_voc_id(i)}\n" for i in ids)
-        (voc / "ImageSets" / "Segmentation" / f"{name}.txt").write_text(text, encoding="utf-8")
-    (voc / "class_names.txt").write_text("".join(f"{n}\n" for n in info.class_names), encoding="utf-8")
-    return voc
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Download
-
-
-def read_sha256_list(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Parse a ``sha256sum`` output file: ``{relative_path: hex_digest}``."""
-    out: dict[str, str] = {}
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        digest, _, name = line.partition("  ")
-        if len(digest) != 64 or not name:
-            raise DatasetError(f"{path}:{n}: not a sha256sum line: {line!r}")
-        out[name.lstrip("*")] = digest.lower()
-    return out
-
-
-def _packaged_sha_list() -> Path:
-    return Path(__file__).with_name("neu_seg_sha256.txt")
-
-
-def download_neu_seg(
-    dest: str | os.PathLike[str],
-    *,
-    url: str = DEFAULT_URL,
-    sha_list: str | os.PathLike[str] | None = None,
-    timeout: float = 60.0,
-    progress: bool = False,
-) -> Path:
-    """Download the NEU-Seg archive, verify every file, and unpack ``images/`` and ``annotations/`` into ``dest``.
-
-    The archive is a zip whose files sit under one top folder (GitHub's ``NEU_Seg-<commit>/``). Every entry of
-    the SHA-256 list under ``images/`` or ``annotations/`` must be in the archive with that digest, and the
-    archive must hold no other file there; other entries of the list (``SOURCE.md``, which the upstream
-    repository does not have) are skipped. Nothing is written to ``dest`` unless all files verify. The list is
-    copied to ``dest/SHA256SUMS``.
-
-    Args:
-        dest: target folder; must not exist or be empty.
-        url: archive URL (``http(s)://`` or ``file://``); default: the pinned GitHub commit.
-        sha_list: a ``sha256sum``-format list; default: the one shipped in the package (``neu_seg_sha256.txt``,
-            made from the full dataset).
-        timeout: seconds for the connection.
-        progress: print a tqdm bar while downloading.
-
-    Returns:
-        ``dest``.
-
-    Raises:
-        DatasetError: ``dest`` is not empty, the download fails, the file is not a zip, or a file is missing,
-            unexpected or has the wrong digest.
-    """
-    dest = Path(dest).expanduser()
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise DatasetError(f"{dest}: exists and is not an empty folder; refusing to download into it")
-    sums_path = Path(sha_list) if sha_list is not None else _packaged_sha_list()
-    expected = {k: v for k, v in read_sha256_list(sums_path).items() if k.startswith(("images/", "annotations/"))}
-    if not expected:
-        raise DatasetError(f"{sums_path}: lists no images/ or annotations/ files")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - URL chosen by the user
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            buf = io.BytesIO()
-            bar = None
-            if progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=total, unit="B", unit_scale=True, desc="download")
-            while chunk := resp.read(1 << 20):
-                buf.write(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
-            if bar is not None:
-                bar.close()
-    except OSError as err:
-        raise DatasetError(f"{url}: download failed ({err})") from None
-    try:
-        archive = zipfile.ZipFile(buf)
-    except zipfile.BadZipFile:
-        raise DatasetError(f"{url}: the download is not a zip archive") from None
-    files: dict[str, bytes] = {}
-    problems: list[str] = []
-    with archive:
-        for entry in archive.infolist():
-            if entry.is_dir():
-                continue
-            parts = entry.filename.split("/", 1)
-            rel = parts[1] if len(parts) == 2 else parts[0]
-            if not rel.startswith(("images/", "annotations/")):
-                continue
-            if ".." in Path(rel).parts or rel.startswith("/"):
-                problems.append(f"{entry.filename}: unsafe path in the archive")
-                continue
-            data = archive.read(entry)
-            want = expected.get(rel)
-            if want is None:
-                problems.append(f"{rel}: in the archive but not in {sums_path.name}")
-            elif hashlib.sha256(data).hexdigest() != want:
-                problems.append(f"{rel}: SHA-256 mismatch (the archive's file differs from the listed digest)")
-            files[rel] = data
-    missing = sorted(set(expected) - set(files))
-    problems += [f"{rel}: listed in {sums_path.name} but missing from the archive" for rel in missing[:20]]
-    if len(missing) > 20:
-        problems.append(f"... and {len(missing) - 20} more missing files")
-    if problems:
-        raise DatasetError(
-            f"{url}: verification failed, nothing written ({len(problems)} problem(s)):\n  "
-            + "\n  ".join(problems[:20])
-        )
-    dest.mkdir(parents=True, exist_ok=True)
-    # Unpack into a sibling temp folder and rename, so an interrupted unpack never looks like a dataset.
-    tmp = Path(tempfile.mkdtemp(prefix=".neu_seg_", dir=dest))
-    for rel, data in files.items():
-        target = tmp / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-    for top in ("images", "annotations"):
-        (tmp / top).rename(dest / top)
-    tmp.rmdir()
-    shutil.copyfile(sums_path, dest / "SHA256SUMS")
-    return dest
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Datasets and loaders
 
 Sample = tuple[torch.Tensor, torch.Tensor, str]
@@ -873,7 +674,7 @@ class InMemorySegDataset(_SegDatasetBase):
         mean, std: normalisation of ``x / 255``, 1 or 3 values; default :data:`NEU_SEG_MEAN`/:data:`NEU_SEG_STD`
             (0.4455/0.2057) for every dataset; with ``channels=1`` the average of 3 values is used.
         transform: ``f(image, mask, generator) -> (image, mask)`` applied after normalisation, e.g. an
-            :class:`smelib.augment.Augment`; its generator is seeded from ``(seed, epoch, index)``.
+            :class:`smelib.data.augment.Augment`; its generator is seeded from ``(seed, epoch, index)``.
         seed: base of the augmentation seeds.
         num_classes: for the value check (default ``info.num_classes``).
         progress: show a tqdm bar while loading.
@@ -898,137 +699,7 @@ class InMemorySegDataset(_SegDatasetBase):
 
 class StreamingSegDataset(_SegDatasetBase):
     """Reads each image and mask from disk on access (for datasets too big to hold); same items and arguments
-    as :class:`InMemorySegDataset`. Use DataLoader workers (:func:`make_loader`) to hide the decoding time."""
+    as :class:`InMemorySegDataset`. Use DataLoader workers (``data.workers``) to hide the decoding time."""
 
     def _raw(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return _read_pair(self.info, self.ids[index], self.num_classes)
-
-
-def pad_collate(batch: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Stack samples of possibly different sizes, padding at the bottom/right to the largest H and W.
-
-    Args:
-        batch: items ``(image (C, H_i, W_i), mask (H_i, W_i), id)``.
-
-    Returns:
-        ``images (B, C, H, W)`` padded with 0 (the mean after normalisation), ``masks (B, H, W)`` int64 padded
-        with 255 (ignored by the loss and metrics), ``ids``.
-    """
-    h = max(int(item[0].shape[-2]) for item in batch)
-    w = max(int(item[0].shape[-1]) for item in batch)
-    c = int(batch[0][0].shape[0])
-    images = batch[0][0].new_zeros((len(batch), c, h, w))
-    masks = torch.full((len(batch), h, w), IGNORE_INDEX, dtype=torch.long)
-    for i, (x, y, _) in enumerate(batch):
-        images[i, :, : x.shape[-2], : x.shape[-1]] = x
-        masks[i, : y.shape[-2], : y.shape[-1]] = y
-    return images, masks, [item[2] for item in batch]
-
-
-def make_loader(
-    dataset: torch.utils.data.Dataset[Sample],
-    batch_size: int,
-    *,
-    shuffle: bool = False,
-    num_workers: int = 0,
-    seed: int = 0,
-    drop_last: bool = False,
-    pin_memory: bool = False,
-) -> torch.utils.data.DataLoader[Sample]:
-    """A DataLoader with :func:`pad_collate`, seeded shuffling and optional worker processes.
-
-    Args:
-        dataset: an :class:`InMemorySegDataset`/:class:`StreamingSegDataset` (or anything yielding the same items).
-        batch_size: samples per batch.
-        shuffle: reshuffle every epoch, reproducibly from ``seed``.
-        num_workers: 0 decodes in the main process; >0 uses worker processes (useful for streaming).
-        seed: seeds the shuffling generator.
-        drop_last: drop a last, smaller batch.
-        pin_memory: page-locked batches for faster host-to-GPU copies.
-
-    Returns:
-        A DataLoader yielding ``(images (B, C, H, W) float32, masks (B, H, W) int64, ids list[str])``.
-    """
-    g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=num_workers,
-        collate_fn=pad_collate,
-        generator=g,
-        drop_last=drop_last,
-        pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
-    )
-
-
-# Datasets whose decoded pixels exceed this are streamed unless the caller says otherwise.
-_IN_MEMORY_LIMIT_PIXELS = 600_000_000
-
-
-def load_dataset(
-    root: str | os.PathLike[str] | None = None,
-    split_kind: Literal["official", "grouped"] = "official",
-    subset: Literal["train", "val", "test", "all"] = "train",
-    *,
-    seed: int = 0,
-    val_fraction: float = 0.1,
-    in_memory: bool | None = None,
-    channels: int = 3,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    transform: Transform | None = None,
-    num_classes: int | None = None,
-    groups: Sequence[Sequence[str]] | str | os.PathLike[str] | None = None,
-    progress: bool = False,
-) -> InMemorySegDataset | StreamingSegDataset:
-    """One call for the training engine: open ``root``, split it, and build the dataset for ``subset``.
-
-    Args:
-        root: dataset folder; default :func:`smelib.settings.data_root` (the sample in quick mode).
-        split_kind: ``"official"`` or ``"grouped"`` (see :func:`smelib.splits.make_split`).
-        subset: ``"train"``, ``"val"``, ``"test"`` or ``"all"`` (every id).
-        seed, val_fraction: of the split.
-        in_memory: True/False forces the dataset class; None picks in-memory when the images are small
-            (estimated from the first image: fewer than 600 M pixels in all).
-        channels, mean, std, transform: see :class:`InMemorySegDataset`.
-        num_classes: when the dataset has no ``class_names.txt``.
-        groups: precomputed duplicate groups for ``"grouped"`` (a list, or a path to the JSON that
-            ``smelib data groups`` writes); default: detect them now.
-        progress: show a bar while loading.
-
-    Returns:
-        An :class:`InMemorySegDataset` or :class:`StreamingSegDataset`; its ``info`` attribute holds the
-        :class:`DatasetInfo`.
-
-    Raises:
-        DatasetError: bad dataset, unknown class count, or an empty subset.
-    """
-    from smelib.settings import data_root
-    from smelib.splits import load_groups, make_split
-
-    info = open_dataset(data_root(root), num_classes=num_classes)
-    if info.num_classes == 0:
-        raise DatasetError(
-            f"{info.root}: number of classes unknown; add class_names.txt (one name per line) or pass num_classes"
-        )
-    if subset == "all":
-        ids = list(info.ids)
-    else:
-        if isinstance(groups, (str, os.PathLike)):
-            groups = load_groups(groups)
-        split = make_split(info, split_kind, seed=seed, val_fraction=val_fraction, groups=groups)
-        if subset not in split:
-            raise ValueError(f"subset must be train, val, test or all, not {subset!r}")
-        ids = split[subset]
-    if not ids:
-        raise DatasetError(f"{info.root}: the {split_kind} split has no {subset!r} images")
-    if in_memory is None:
-        with Image.open(info.image_paths[ids[0]]) as im:
-            w, h = im.size
-        in_memory = w * h * len(ids) < _IN_MEMORY_LIMIT_PIXELS
-    kw: dict[str, Any] = dict(channels=channels, mean=mean, std=std, transform=transform, seed=seed)
-    if in_memory:
-        return InMemorySegDataset(info, ids, progress=progress, **kw)
-    return StreamingSegDataset(info, ids, **kw)

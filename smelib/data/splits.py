@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from smelib.data import DatasetError, DatasetInfo, read_mask
+from smelib.data.dataset import DatasetError, DatasetInfo, read_mask
 
 __all__ = [
     "COPY_THRESHOLD",
