@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", help=argparse.SUPPRESS, prog="smelib")
     sub.required = True
     groups = []
-    for title, adders in (("product commands (the library)", product.COMMANDS),
-                          ("study commands (this book's reproduction of the paper)", study.COMMANDS)):
+    for title, adders in (("product commands (the library)", product.PRODUCT_COMMANDS),
+                          ("study commands (this book's reproduction of the paper)", study.STUDY_COMMANDS)):
         before = list(sub.choices)
         for add in adders:
             add(sub)

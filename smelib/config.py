@@ -1,11 +1,13 @@
 """Training configurations: YAML files, ``key=value`` overrides, defaults and validation.
 
 A configuration is a plain nested ``dict`` (JSON- and YAML-ready, stored verbatim in checkpoints and run records).
-:func:`load_config` reads a YAML file, lays it over :data:`DEFAULTS`, applies ``key=value`` overrides with dotted
+:func:`load_config` reads a YAML file, lays it over :data:`smelib.config.DEFAULTS`, applies ``key=value`` overrides
+with dotted
 keys (``optim.lr=3e-3``, ``model.overrides.decoder_width=64``, ``train.amp=bf16``) and validates the result;
-:func:`resolve` does the same for a dict built in Python. Every error is a :class:`ConfigError` naming the key.
+:func:`resolve` does the same for a dict built in Python. Every error is a :class:`~smelib.errors.ConfigError` naming
+the key.
 
-Keys (the defaults are in :data:`DEFAULTS`; ``null`` means "decided at run time" where stated)::
+Keys (the defaults are in :data:`smelib.config.DEFAULTS`; ``null`` means "decided at run time" where stated)::
 
     name: str                      # the run's config name (default: the YAML file's stem, else "custom")
     model:
@@ -23,7 +25,8 @@ Keys (the defaults are in :data:`DEFAULTS`; ``null`` means "decided at run time"
       groups: str | null           # duplicate-groups JSON, grouped/leaky splits (`smelib data groups`); null: detect
       val_fraction: float          # part of the training images held out for validation, in [0, 1)
       size: null | int | [h, w]    # training/inference resolution; null = native (NEU-Seg: 200 x 200, no resize)
-      augment: {…} | null          # smelib.data.augment.Augment.from_config: hflip, vflip (probabilities), rot90 (bool),
+      augment: {…} | null          # smelib.data.augment.Augment.from_config: hflip, vflip (probabilities), rot90
+      (bool),
                                    # rotate_deg, scale [lo, hi], crop; applied after normalisation; null = none
       batch_size: int              # GLOBAL training batch (split evenly over processes under torchrun)
       eval_batch_size: int         # batch of validation/test inference (per process)
@@ -107,7 +110,6 @@ __all__ = [
     "DECISIONS",
     "DEFAULTS",
     "MECHANISM_KEYS",
-    "ConfigError",
     "apply_overrides",
     "deep_merge",
     "load_config",
@@ -131,6 +133,8 @@ CLASS_WEIGHT_SCHEMES: tuple[str, ...] = ("none", "inverse_sqrt")
 # Keys whose value is a free-form mapping (or spec) checked by its consumer, not by this module.
 _FREE_FORM = {("model", "overrides"), ("model", "deeplab_overrides"), ("data", "augment"), ("loss",)}
 
+#: The default configuration, every key a config may set with its default (the module docstring says what each
+#: key means). A config file or dict is laid over it by :func:`resolve`.
 DEFAULTS: dict[str, Any] = {
     "name": None,
     "model": {"name": "sme_deeplabv3plus_lite", "overrides": {}, "deeplab_overrides": {}, "in_channels": 3},
@@ -198,7 +202,8 @@ _AMP = ("auto", "none", "bf16", "fp16")
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
-    """A new dict: ``base`` with ``update`` laid over it, recursively; unknown keys are :class:`ConfigError`.
+    """A new dict: ``base`` with ``update`` laid over it, recursively; unknown keys are a
+    :class:`~smelib.errors.ConfigError`.
 
     Free-form sub-dicts (``model.overrides``, ``data.augment``, ``loss``) are replaced or merged without key
     checks.
@@ -268,7 +273,7 @@ def apply_overrides(cfg: Mapping[str, Any], overrides: Iterable[str | tuple[str,
     """A copy of ``cfg`` with each override applied in order.
 
     Args:
-        cfg: a configuration (full or partial; keys are checked against :data:`DEFAULTS`).
+        cfg: a configuration (full or partial; keys are checked against :data:`smelib.config.DEFAULTS`).
         overrides: ``"a.b=value"`` strings, or ``("a.b", value)`` pairs with an already-parsed value.
 
     Raises:
@@ -316,7 +321,7 @@ def load_config(
         overrides: ``key=value`` strings (see :func:`apply_overrides`).
 
     Returns:
-        The full, resolved configuration (every key of :data:`DEFAULTS` present).
+        The full, resolved configuration (every key of :data:`smelib.config.DEFAULTS` present).
 
     Raises:
         ConfigError: missing file, YAML syntax error, unknown key, or an invalid value.
@@ -378,7 +383,7 @@ def _drop_retired(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def resolve(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Lay ``cfg`` over :data:`DEFAULTS` and validate; the result is a complete, independent dict.
+    """Lay ``cfg`` over :data:`smelib.config.DEFAULTS` and validate; the result is a complete, independent dict.
 
     Raises:
         ConfigError: unknown keys or invalid values.

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from smelib import distributed as D
+from smelib.distributed import DistContext
 from smelib.checkpoint import load_checkpoint
 from smelib.data.loading import normalize_image, size_tuple, unpack
 from smelib.metrics import ConfusionMatrix, SegMetrics
@@ -137,7 +137,7 @@ def evaluate(
     device: torch.device | str | None = None,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
-    ctx: D.DistContext | None = None,
+    ctx: DistContext | None = None,
     progress: bool = False,
     decision: DecisionRule | None = None,
 ) -> SegMetrics:
@@ -162,7 +162,7 @@ def evaluate(
         ``.defects_only``).
     """
     model, meta, size_t, dev, k = _eval_setup(model_or_checkpoint, device, size, num_classes)
-    ctx = ctx or D.DistContext()
+    ctx = ctx or DistContext()
     cm = ConfusionMatrix(k, ignore_index=ignore_index, device=dev)
     indices = list(range(ctx.rank, len(dataset), ctx.world_size))
     was_training = model.training

@@ -260,7 +260,7 @@ class DiceLoss(nn.Module):
 class CombinedLoss(nn.Module):
     """Weighted sum of named losses: ``sum_name weight[name] * loss[name](logits, target)``.
 
-    After each forward, :attr:`last_terms` holds every term's unweighted value (detached, so logging it
+    After each forward, ``last_terms`` holds every term's unweighted value (detached, so logging it
     neither keeps the graph alive nor forces a device sync until the caller reads it).
 
     Args:

@@ -138,7 +138,7 @@ class TrainStats:
         return len(self.class_pixel_fraction)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready (and ``torch.load(weights_only=True)``-safe) dict; :meth:`from_dict` inverts it."""
+        """JSON-ready (and ``torch.load(weights_only=True)``-safe) dict; :meth:`TrainStats.from_dict` inverts it."""
         d = asdict(self)
         d["class_pixel_fraction"] = list(self.class_pixel_fraction)
         d["class_pixels"] = list(self.class_pixels)

@@ -46,6 +46,7 @@ __all__ = [
     "write_json",
     "write_log_csv",
     "write_predictions",
+    "others_fraction",
 ]
 
 #: File name of a run's stored test predictions (:func:`write_predictions`), inside its run folder.

@@ -1,5 +1,5 @@
-"""Training: :func:`train` reads top to bottom as set-up (:func:`_prepare`), the loop (:func:`fit`) and the final
-evaluation (:func:`_finish`); checkpoints, run records, resume and progress are named helpers below them.
+"""Training: :func:`train` reads top to bottom as set-up (``_prepare``), the loop (:func:`fit`) and the final
+evaluation (``_finish``); checkpoints, run records, resume and progress are named helpers below them.
 
 The API the CLI and the book call::
 
@@ -54,6 +54,7 @@ from torch import nn
 
 from smelib import __version__
 from smelib import distributed as D
+from smelib.distributed import DistContext
 from smelib import mechanisms as M
 from smelib import records as R
 from smelib.checkpoint import (
@@ -87,6 +88,9 @@ from smelib.runtime import amp_dtype, resolve_device, reuse_freed_memory, seed_e
 from smelib.settings import repo_root
 
 __all__ = [
+    "RESUME_MAY_DIFFER",
+    "Run",
+    "RunLog",
     "RunResult",
     "TrainingDiverged",
     "build_model",
@@ -132,14 +136,14 @@ class RunResult:
 
 @dataclass
 class Run:
-    """Everything one training run holds while it trains (built by :func:`_prepare`, used by :func:`fit`).
+    """Everything one training run holds while it trains (built by ``_prepare``, used by :func:`fit`).
 
     ``model`` is the bare module (what checkpoints store); ``net`` is what the step calls (``model`` itself, or its
     DDP wrapper). ``state`` is the resumable progress (epoch, step, best, history, timing), saved in every checkpoint.
     """
 
     cfg: dict[str, Any]
-    ctx: D.DistContext
+    ctx: DistContext
     device: torch.device
     seed: int
     bundle: DataBundle
@@ -186,7 +190,7 @@ def train(
     Args:
         config: a (partial) config dict, laid over :data:`smelib.config.DEFAULTS`, or a YAML path. With
             ``resume`` it may be None (the run's own config is used); otherwise it must equal the run's config
-            except for :data:`RESUME_MAY_DIFFER`.
+            except for :data:`~smelib.training.RESUME_MAY_DIFFER`.
         out: the run directory. New runs: must not exist or be empty (default: a fresh
             ``<runs_dir>/<run_id>``). With ``resume``: the run to continue.
         runs_dir: where new run directories go when ``out`` is None (default ``<repo>/results/runs``).
@@ -215,7 +219,7 @@ def train(
         D.teardown(ctx)
 
 
-def _prepare(cfg: dict[str, Any], ctx: D.DistContext, device: torch.device, ckpt: dict[str, Any] | None,
+def _prepare(cfg: dict[str, Any], ctx: DistContext, device: torch.device, ckpt: dict[str, Any] | None,
              out: str | os.PathLike | None, runs_dir: str | os.PathLike | None, quiet: bool, started: float) -> Run:
     """Data, model, optimiser, schedule, loss, the restored state of a resumed run, and the run's folder."""
     tc, dc = cfg["train"], cfg["data"]
@@ -442,7 +446,8 @@ def build_model(cfg: Mapping[str, Any], num_classes: int) -> nn.Module:
     """The config's model: ``smelib.models.build(model.name, num_classes, model.in_channels, **model.overrides)``.
 
     ``model.deeplab_overrides`` (the CPU budget's width rule ``{decoder_width: 64, context_width: 64}``) is laid
-    under ``model.overrides`` when the model is a :class:`smelib.models.DeepLabV3Plus`, and ignored otherwise.
+    under ``model.overrides`` when the model is a :class:`smelib.models.deeplabv3plus.DeepLabV3Plus`, and ignored
+    otherwise.
     """
     m = cfg["model"]
     overrides = dict(m["overrides"])
@@ -463,7 +468,7 @@ def _freeze_bn(model: nn.Module) -> None:
             m.eval()
 
 
-def _broadcast_buffers(model: nn.Module, ctx: D.DistContext) -> None:
+def _broadcast_buffers(model: nn.Module, ctx: DistContext) -> None:
     """Rank 0's buffers (BatchNorm running statistics) on every rank, so all ranks evaluate the same model."""
     if ctx.distributed:
         import torch.distributed as dist
@@ -521,7 +526,7 @@ def _fvcore_gmacs(model: nn.Module, in_channels: int, size: tuple[int, int]) -> 
         return None
 
 
-def _distribute(model: nn.Module, cfg: Mapping[str, Any], ctx: D.DistContext, device: torch.device) -> nn.Module:
+def _distribute(model: nn.Module, cfg: Mapping[str, Any], ctx: DistContext, device: torch.device) -> nn.Module:
     """The module the step calls: ``model`` itself, or under ``torchrun`` its DDP wrapper (with SyncBatchNorm on
     CUDA unless ``train.sync_bn`` says otherwise)."""
     if not ctx.distributed:
@@ -565,7 +570,7 @@ def _restore(ckpt: dict[str, Any], cfg: Mapping[str, Any], num_classes: int, mod
     restore_rng(ckpt["rng"])  # last: nothing random may run between here and the first step
 
 
-def _run_dir(cfg: Mapping[str, Any], ctx: D.DistContext, ckpt: dict[str, Any] | None,
+def _run_dir(cfg: Mapping[str, Any], ctx: DistContext, ckpt: dict[str, Any] | None,
              out: str | os.PathLike | None, runs_dir: str | os.PathLike | None, seed: int) -> Path:
     """The run's folder (rank 0 decides and writes ``config.yaml``; every rank learns it)."""
     run_dir: Path | None = None
@@ -666,7 +671,7 @@ class RunLog:
     Only rank 0 writes.
     """
 
-    def __init__(self, run_dir: Path, ctx: D.DistContext, started: float, state: dict[str, Any]) -> None:
+    def __init__(self, run_dir: Path, ctx: DistContext, started: float, state: dict[str, Any]) -> None:
         self.run_dir, self.ctx, self.started, self.state = run_dir, ctx, started, state
         self.last_path = run_dir / "checkpoints" / "last.pt"
         self.best_path = run_dir / "checkpoints" / "best.pt"

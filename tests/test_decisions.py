@@ -11,7 +11,7 @@ import pytest
 from engine_helpers import train_tiny_runs
 
 from smelib.cli import main
-from smelib.study.plan import (
+from smelib.study.decisions import (
     DecisionRecordError,
     decision_differences,
     decision_record,

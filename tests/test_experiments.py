@@ -270,7 +270,7 @@ def test_resolution_table_sets_the_papers_differences_against_the_pooled_spread(
     # smallest resolvable: 2 * 0.25 * sqrt(2) = 0.71 points; MSAA - ASPP in the paper: 88.52 - 88.77 = -0.25
     msaa = next(r for r in t.rows if r[0].startswith("MSAA helps"))
     assert msaa == [msaa[0], "-0.25", "0.71", f"{0.25 / (2 * 0.25 * 2 ** 0.5):.2f}"]
-    assert len(t.rows) == sum(1 for c in X.CONCLUSIONS if c.better in PAPER_MIOU and c.worse in PAPER_MIOU) == 4
+    assert len(t.rows) == sum(1 for c in XC.CONCLUSIONS if c.better in PAPER_MIOU and c.worse in PAPER_MIOU) == 4
     assert "s = 0.25 points, 2 degrees of freedom" in t.title
     with pytest.raises(ValueError, match="no grouped-split summary row has 2"):
         resolution_table([row("starnet_aspp", "", 1)])

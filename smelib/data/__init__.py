@@ -8,7 +8,8 @@ One entry point serves training, evaluation and the book::
 The modules behind it, lowest first: :mod:`~smelib.data.dataset` (layouts, readers, checks, Dataset classes),
 :mod:`~smelib.data.augment` (flips, right-angle and free rotations, rescale, crop), :mod:`~smelib.data.splits`
 (the official, grouped and leaky splits and the copy-group detection behind them), :mod:`~smelib.data.loading`
-(:func:`load_data`, the seeded training view, batching), :mod:`~smelib.data.convert` (native to VOC) and
+(:func:`~smelib.data.loading.load_data`, the seeded training view, batching), :mod:`~smelib.data.convert` (native to
+VOC) and
 :mod:`~smelib.data.download` (NEU-Seg at a pinned commit).
 """
 

@@ -27,7 +27,7 @@ channels are equal are read as their first channel.
 
 Datasets return a tuple ``(image, mask, sample_id)``: ``image`` float32 ``(C, H, W)`` normalised with
 ``(x / 255 - mean) / std``, ``mask`` int64 ``(H, W)`` with 255 = ignore, ``sample_id`` a ``str``.
-:func:`smelib.data.load_data` builds the datasets a training config asks for.
+:func:`smelib.data.loading.load_data` builds the datasets a training config asks for.
 """
 
 from __future__ import annotations
@@ -62,10 +62,10 @@ __all__ = [
 
 IGNORE_INDEX = 255
 NEU_SEG_CLASSES: tuple[str, ...] = ("background", "inclusion", "patches", "scratches")
-# Pixel statistics of the 3,630 official training images, x / 255 over all pixels (R = G = B, so one number
-# serves all three channels): mean 0.44545, std 0.20574. Recomputed by `smelib data check --json` on the full
-# data ("pixel_mean"/"pixel_std"; those cover every image checked, test included) and in results/audit.
+#: NEU-Seg's normalisation, the pixel mean and std of the 3,630 official training images, x / 255 (R = G = B, so one
+#: number serves all three channels); ``smelib data check --json`` recomputes them (``pixel_mean``/``pixel_std``).
 NEU_SEG_MEAN: tuple[float, float, float] = (0.4455, 0.4455, 0.4455)
+#: See :data:`NEU_SEG_MEAN`.
 NEU_SEG_STD: tuple[float, float, float] = (0.2057, 0.2057, 0.2057)
 
 NATIVE_SPLITS = ("training", "test")
@@ -671,7 +671,8 @@ class InMemorySegDataset(_SegDatasetBase):
         info: from :func:`open_dataset`.
         ids: the sample ids to hold (default: all), e.g. ``make_split(info, ...)["train"]``.
         channels: 3 (gray replicated) or 1.
-        mean, std: normalisation of ``x / 255``, 1 or 3 values; default :data:`NEU_SEG_MEAN`/:data:`NEU_SEG_STD`
+        mean, std: normalisation of ``x / 255``, 1 or 3 values; default
+            :data:`~smelib.data.dataset.NEU_SEG_MEAN`/:data:`~smelib.data.dataset.NEU_SEG_STD`
             (0.4455/0.2057) for every dataset; with ``channels=1`` the average of 3 values is used.
         transform: ``f(image, mask, generator) -> (image, mask)`` applied after normalisation, e.g. an
             :class:`smelib.data.augment.Augment`; its generator is seeded from ``(seed, epoch, index)``.

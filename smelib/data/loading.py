@@ -2,7 +2,7 @@
 epoch-and-index-seeded training view, the deterministic batch order, padding collation, image normalisation.
 
 Everything that touches the data module's API is in :func:`load_data`, :func:`normalize_image` and
-:func:`read_image`, so a change there is absorbed here.
+:func:`~smelib.data.dataset.read_image`, so a change there is absorbed here.
 """
 
 from __future__ import annotations
@@ -127,7 +127,8 @@ class TrainView(torch.utils.data.Dataset):
 
 
 def pad_collate(batch: Sequence[tuple[Tensor, ...]], ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor]:
-    """Stack ``(image (C, H_i, W_i), mask (H_i, W_i), ...)`` items (a dataset's sample id, if any, is dropped) into ``images (B, C, H, W)`` and ``masks (B, H, W)``
+    """Stack ``(image (C, H_i, W_i), mask (H_i, W_i), ...)`` items (a dataset's sample id, if any, is dropped)
+    into ``images (B, C, H, W)`` and ``masks (B, H, W)``
     int64, padding smaller ones at the bottom/right (image 0, mask ``ignore_index``), so the padding never counts in
     losses or metrics. Use ``functools.partial(pad_collate, ignore_index=...)`` as a DataLoader's ``collate_fn``."""
     h = max(item[0].shape[-2] for item in batch)
@@ -220,7 +221,7 @@ def normalize_image(item: Any, in_channels: int = 3, mean: Any = None, std: Any 
         mean, std: per-channel statistics (a checkpoint's ``normalization``); default NEU-Seg's.
 
     Raises:
-        smelib.data.DatasetError: a file that cannot be read as an image (the message names it).
+        smelib.data.dataset.DatasetError: a file that cannot be read as an image (the message names it).
     """
     x = _as_uint8_chw(item, in_channels).float() / 255.0
     m = torch.tensor(mean if mean is not None else NEU_SEG_MEAN, dtype=torch.float32).reshape(-1)

@@ -46,8 +46,10 @@ __all__ = [
     "make_split",
     "save_groups",
     "split_summary",
+    "DIHEDRAL_NAMES",
 ]
 
+#: The eight symmetries of the square, in the order of :func:`dihedral`'s ``k``.
 DIHEDRAL_NAMES = ("identity", "rot90", "rot180", "rot270", "flip", "flip+rot90", "flip+rot180", "flip+rot270")
 
 # Thresholds on cosine similarity of the high-passed thumbnails (see find_groups for how they were chosen).
@@ -618,7 +620,7 @@ def make_split(
     rotated copies of those pictures (and in the dropped groups).
 
     Args:
-        info: from :func:`smelib.data.open_dataset`.
+        info: from :func:`smelib.data.dataset.open_dataset`.
         kind: ``"official"``, ``"grouped"`` or ``"leaky"``.
         seed: the same seed gives the same split.
         val_fraction: share of the non-test images used for validation.

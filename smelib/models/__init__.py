@@ -2,12 +2,14 @@
 
 Where each piece lives:
 
-- ``backbones/starnet.py``: StarNet and its :class:`StarBlock` (the paper's backbone); ``backbones/mobilenetv2.py``
+- ``backbones/starnet.py``: StarNet and its :class:`~smelib.models.backbones.starnet.StarBlock` (the paper's
+  backbone); ``backbones/mobilenetv2.py``
   and ``backbones/xception.py``: the DeepLabV3+ baselines' backbones.
 - ``msaa_ela.py``: MSAA and ELA, the paper's two added modules; ``aspp.py``: ASPP, the template's context module.
 - ``heads.py``: the DeepLabV3+ decoder; ``deeplabv3plus.py``: the composed model and its named configurations.
 - ``baselines/``: the paper's Table 1 networks that are not DeepLabV3+ (HRNet, PSPNet, Res-UNet).
-- ``registry.py``: :func:`build` / :func:`names` for models, :func:`build_backbone` / :func:`backbone_names`.
+- ``registry.py``: :func:`~smelib.models.registry.build` / :func:`~smelib.models.registry.names` for models,
+  :func:`~smelib.models.registry.build_backbone` / :func:`~smelib.models.registry.backbone_names`.
 
 >>> from smelib.models import build, names
 >>> model = build("sme_deeplabv3plus", num_classes=4)

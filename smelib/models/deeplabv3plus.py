@@ -29,7 +29,7 @@ class DeepLabV3Plus(nn.Module):
     """DeepLabV3+ with a pluggable backbone, context module and low-level attention.
 
     Args:
-        backbone: name for :func:`build_backbone`.
+        backbone: name for :func:`~smelib.models.registry.build_backbone`.
         num_classes: classes including background.
         in_channels: image channels.
         context: ``"aspp"``, ``"msaa"``, ``"aspp+msaa"`` (ASPP followed by MSAA) or ``"none"`` (a 1x1 ConvBNReLU).

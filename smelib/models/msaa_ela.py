@@ -112,7 +112,7 @@ class MSAA(nn.Module):
         return self.fusion(torch.cat(xs * self.repeat, dim=1))
 
 
-#: ELA variants (Xu & Wan 2024): kernel size, depthwise (groups = C) or C/8 groups, GroupNorm groups.
+#: ELA variants of Xu & Wan (2024), each with its kernel size, depthwise (groups = C) or C/8 groups, GroupNorm groups.
 ELA_VARIANTS: dict[str, tuple[int, str, int]] = {
     "T": (5, "depthwise", 32),
     "B": (7, "depthwise", 16),

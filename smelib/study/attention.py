@@ -81,7 +81,8 @@ def attention_maps(model: nn.Module, images: Tensor, top_k: int | None = None) -
         * ``"ela"``: ``(N, h4, w4)``, the channel-averaged ``a_h ⊗ a_w`` over the stride-4 feature;
         * ``"ela_h"``, ``"ela_w"``: ``(N, C4, h4)`` and ``(N, C4, w4)``, the two strips;
         * ``"msaa_channel"``: ``(N, d)``, the channel attention of MSAA's fusion block (``d = width / 4``);
-        * ``"msaa_spatial"``: ``(N, h8, w8)``, the output of its :class:`SpatialAttention` (stride 8 for StarNet);
+        * ``"msaa_spatial"``: ``(N, h8, w8)``, the output of its :class:`~smelib.models.msaa_ela.SpatialAttention`
+          (stride 8 for StarNet);
         * ``"logits"``: ``(N, K, H, W)``, the model's output.
 
     Raises:
@@ -153,7 +154,7 @@ def load_batch(
     """Images and masks of ``ids`` as a batch.
 
     Args:
-        info: the dataset (:func:`smelib.data.open_dataset`).
+        info: the dataset (:func:`smelib.data.dataset.open_dataset`).
         ids: sample ids of ``info``, all of one image size.
         normalization: a checkpoint's ``normalization`` (``{"mean": [...], "std": [...]}``); None or missing keys
             use NEU-Seg's statistics (:func:`smelib.data.loading.normalize_image`).

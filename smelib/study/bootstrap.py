@@ -31,7 +31,7 @@ __all__ = ["BootstrapError", "PairedBootstrap", "bootstrap_class_table", "bootst
            "image_confusions", "iou_of_confusions", "load_bootstrap_records", "miou_of_confusions", "paired_bootstrap",
            "paired_bootstrap_runs", "write_bootstrap_record"]
 
-FORMAT = 1
+BOOTSTRAP_FORMAT = 1
 
 
 class BootstrapError(ValueError):
@@ -277,7 +277,8 @@ def bootstrap_record(outcome: PairedBootstrap, runs: Sequence[Mapping[str, Any]]
     from smelib.records import git_info, to_jsonable, utc_iso
 
     facts = {key: split.get(key) for key in ("kind", "seed", "val_fraction", "root") if key in split}
-    rec = {"format": FORMAT, "kind": "paired_bootstrap", "outcome": asdict(outcome), "verdict": outcome.verdict,
+    rec = {"format": BOOTSTRAP_FORMAT, "kind": "paired_bootstrap", "outcome": asdict(outcome),
+           "verdict": outcome.verdict,
            "runs": list(runs), "split": facts, "git": git_info(), "created_utc": utc_iso()}
     if class_names is not None:
         if outcome.class_difference and len(class_names) != len(outcome.class_difference):

@@ -186,7 +186,8 @@ def _labelled_run(item: str) -> tuple[str, str]:
 
 
 def _cmd_bootstrap(args: argparse.Namespace) -> int:
-    from smelib.study.bootstrap import BootstrapError, bootstrap_class_table, paired_bootstrap_runs, write_bootstrap_record
+    from smelib.study.bootstrap import (BootstrapError, bootstrap_class_table, paired_bootstrap_runs,
+                                        write_bootstrap_record)
     from smelib.study.qualitative import ComparisonError
     from smelib.records import PredictionsError
 
@@ -319,4 +320,5 @@ def _attach_table2(sub: argparse._SubParsersAction) -> None:
 
 
 #: The study commands, in the order ``smelib --help`` lists them.
-COMMANDS = [_attach_table2, _add_reproduce, _add_results, _add_compare, _add_bootstrap, _add_decisions, _add_paired]
+STUDY_COMMANDS = [_attach_table2, _add_reproduce, _add_results, _add_compare, _add_bootstrap, _add_decisions,
+                  _add_paired]

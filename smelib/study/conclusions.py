@@ -44,7 +44,8 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> Table:
     std, :func:`mean_std_text`), precision and MPA (means), in percent.
 
     Args:
-        rows: ``results/summary.csv`` rows (:func:`smelib.study.status.read_summary`) or :func:`smelib.study.results.summarize`
+        rows: ``results/summary.csv`` rows (:func:`smelib.study.status.read_summary`) or
+            :func:`smelib.study.results.summarize`
             output; each needs ``config``, ``model``, ``split``, ``n_seeds``, ``seeds``, ``miou_mean``,
             ``miou_defects_mean``, ``precision_mean`` and ``mpa_mean`` (``*_std`` optional).
     """
@@ -117,7 +118,8 @@ def learning_curve(records: Sequence[Mapping[str, Any]], model: str = "sme_deepl
 
 def budget_table(rows: Sequence[Mapping[str, Any]], budgets: Sequence[int], split: str = "grouped",
                  models: Sequence[str] = TABLE_MODELS, configs: Collection[str] = DEFAULT_CONFIGS) -> Table:
-    """Test mIoU of each model trained for each of several epoch counts (:func:`pick_row` with ``epochs``):
+    """Test mIoU of each model trained for each of several epoch counts (:func:`~smelib.study.plan.pick_row` with
+    ``epochs``):
     mean ± std and seeds per budget, and the change from the first budget to the last where both exist.
     Models with no row at any of the budgets are left out.
 
@@ -186,7 +188,8 @@ def pooled_seed_std(rows: Sequence[Mapping[str, Any]], split: str = "grouped", e
                     key: str = "miou") -> tuple[float | None, int]:
     """The run-to-run spread of one training, pooled over every model's row on ``split`` that has 2+ seeds.
 
-    Each model's row is the one :func:`pick_row` reads (the protocol's epochs, or ``epochs``); the pooled variance
+    Each model's row is the one :func:`~smelib.study.plan.pick_row` reads (the protocol's epochs, or ``epochs``); the
+    pooled variance
     is ``sum((n_i - 1) s_i²) / sum(n_i - 1)``, i.e. the models are assumed to differ in mean, not in seed noise.
 
     Returns:
@@ -227,7 +230,8 @@ class SplitGap:
 def split_gap(rows: Sequence[Mapping[str, Any]], configs: Collection[str] = DEFAULT_CONFIGS,
               key: str = "miou") -> SplitGap:
     """Official − grouped test mIoU (or another metric: ``<key>_mean`` of the rows, e.g. ``key="iou_inclusion"``) for
-    every model whose :func:`pick_row` rows on both splits share a protocol, their mean over models, and whether the
+    every model whose :func:`~smelib.study.plan.pick_row` rows on both splits share a protocol, their mean over
+    models, and whether the
     models' gaps differ by more than seed noise alone would make them (only for a metric whose rows hold a
     ``<key>_std``; otherwise ``seed_std``, ``chi2`` and ``p_common`` are None).
 
@@ -269,7 +273,8 @@ def conclusion_verdict(better: Mapping[str, Any] | None, worse: Mapping[str, Any
     sample standard deviations: ``"holds"`` when the difference exceeds ``z`` standard errors, ``"reversed"``
     when it is below ``-z``, ``"within the seed spread"`` otherwise. When one side has a single seed and the
     other several, the single run is assumed to scatter like the measured side (``s1 = s2``, so the standard
-    error is ``s * sqrt(1/n + 1)``): :data:`REQUIRED_RUNS` asks only one seed of most rows, and the seed spread
+    error is ``s * sqrt(1/n + 1)``): :data:`~smelib.study.plan.REQUIRED_RUNS` asks only one seed of most rows, and the
+    seed spread
     of the multi-seed row is the only estimate of run-to-run noise there is. Such a verdict names the assumption.
     With a single seed on both sides the comparison itself holds no spread: given ``pooled`` (from
     :func:`pooled_seed_std`) both runs are assumed to scatter like the pooled multi-seed rows (standard error
@@ -314,7 +319,8 @@ def conclusions_table(rows: Sequence[Mapping[str, Any]], split: str = "grouped",
     points and :func:`conclusion_verdict`'s reading (single runs on both sides: against :func:`pooled_seed_std`).
 
     Args:
-        epochs: compare the rows trained for this many epochs (see :func:`pick_row`); default: each protocol's
+        epochs: compare the rows trained for this many epochs (see :func:`~smelib.study.plan.pick_row`); default: each
+            protocol's
             own epochs.
         spread_split: pool the seed spread of single-run comparisons from this split's rows (default ``split``):
             the official split has one seed per row, so its single runs can only borrow the grouped split's spread.

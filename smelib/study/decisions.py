@@ -115,7 +115,7 @@ DECISION_FORMAT = 1
 #: memory layout can flip a handful of pixels; a different test subset moves mIoU far more).
 DECISION_TOLERANCE = 1e-4
 
-#: The metrics whose paired differences the book reports: (label, path into ``SegMetrics.to_dict()``).
+#: The metrics whose paired differences the book reports, as (label, path into ``SegMetrics.to_dict()``).
 DECISION_METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("mIoU", ("miou",)), ("defects-only mIoU", ("defects_only", "miou")), ("precision", ("precision",)),
     ("MPA", ("mpa",)),
@@ -124,6 +124,21 @@ DECISION_METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 class DecisionRecordError(ValueError):
     """A decision record cannot be built, written or read; the message names the run or file and the problem."""
+
+
+def _cross_check(run: Mapping[str, Any], subset: str, outcomes: Mapping[str, DecisionOutcome]) -> dict[str, Any]:
+    """The run record's own argmax mIoU on ``subset`` against the one recomputed here (comparable only when the
+    record scored argmax without TTA)."""
+    final = run.get("final") or {}
+    rec_metrics = final.get(subset) or {}
+    comparable = bool(rec_metrics) and not final.get("tta") and (final.get("decision") or {}).get(
+        "mode", "argmax") == "argmax" and "argmax" in outcomes
+    here = outcomes["argmax"].metrics.miou if "argmax" in outcomes else None
+    there = rec_metrics.get("miou")
+    diff = None if here is None or there is None else float(here) - float(there)
+    return {"record_miou": there, "argmax_miou_here": here, "difference": diff, "tolerance": DECISION_TOLERANCE,
+            "comparable": comparable, "agree": (abs(diff) <= DECISION_TOLERANCE) if comparable and diff is not None
+            else None}
 
 
 def decision_record(
@@ -201,20 +216,11 @@ def decision_record(
                                   ignore_index=int(dc["ignore_index"]), size=dc.get("size"),
                                   batch_size=int(dc["eval_batch_size"]), device=device)
 
-    final = run.get("final") or {}
-    rec_metrics = final.get(subset) or {}
-    comparable = bool(rec_metrics) and not final.get("tta") and (final.get("decision") or {}).get(
-        "mode", "argmax") == "argmax" and "argmax" in outcomes
-    here = outcomes["argmax"].metrics.miou if "argmax" in outcomes else None
-    there = rec_metrics.get("miou")
-    diff = None if here is None or there is None else float(here) - float(there)
-    cross = {"record_miou": there, "argmax_miou_here": here, "difference": diff, "tolerance": DECISION_TOLERANCE,
-             "comparable": comparable, "agree": (abs(diff) <= DECISION_TOLERANCE) if comparable and diff is not None
-             else None}
+    cross = _cross_check(run, subset, outcomes)
     if strict and cross["agree"] is False:
         raise DecisionRecordError(
-            f"{ckpt}: argmax {subset} mIoU recomputed here is {100 * here:.4f} %, the run record says "
-            f"{100 * there:.4f} %: not the subset the run was scored on (check --data-root)")
+            f"{ckpt}: argmax {subset} mIoU recomputed here is {100 * cross['argmax_miou_here']:.4f} %, the run "
+            f"record says {100 * cross['record_miou']:.4f} %: not the subset the run was scored on (check --data-root)")
 
     sha = sha256_file(ckpt)
     run_ckpt = run.get("checkpoint") or {}
@@ -300,7 +306,8 @@ def load_decision_records(folder: str | os.PathLike = "results/mechanisms") -> l
 def select_decision_records(records: Sequence[Mapping[str, Any]], model: str = "sme_deeplabv3plus",
                             split: str = "grouped", config: str | None = "cpu_budget") -> list[Mapping[str, Any]]:
     """The records of ``model`` on the ``split`` split (and training protocol ``config`` at its epochs,
-    :func:`protocol_epochs`; None: any), one per seed (the latest run id when a seed was trained twice), sorted
+    :func:`~smelib.study.plan.protocol_epochs`; None: any), one per seed (the latest run id when a seed was trained
+    twice), sorted
     by seed."""
     by_seed: dict[int, Mapping[str, Any]] = {}
     want = protocol_epochs(config) if config is not None else None

@@ -66,8 +66,8 @@ class HeadroomStep:
 
     @property
     def command(self) -> str:
-        """The command line that produces this step's records: one training run, a shell loop over the seeds when
-        the step asks for several, or the two evaluations of an inference step."""
+        """The command line that produces this step's records (one training run, a shell loop over the seeds when
+        the step asks for several, or the two evaluations of an inference step)."""
         if self.kind == "eval":
             base, changed = self.eval_files or ("", "")
             return (f"smelib eval --checkpoint <best.pt of the step before> --record results/headroom/{base}.json; "
@@ -152,8 +152,8 @@ def step_result(step: HeadroomStep, rows: Sequence[Mapping[str, Any]],
     """A step's measurement, or None when it has not been run.
 
     Returns:
-        ``{"miou": fraction, "baseline_miou": fraction or None, "baseline_std": fraction or None,
-        "baseline_row": summary row or None, "source": run ids or record files, "n": seeds}``, and for a train
+        {"miou": fraction, "baseline_miou": fraction or None, "baseline_std": fraction or None,
+        "baseline_row": summary row or None, "source": run ids or record files, "n": seeds}, and for a train
         step ``"std"``, its own seed standard deviation (None for one seed); for a train step
         the baseline is the protocol row of the same split (its seed mean and standard deviation; None for the
         protocol itself), for an eval step it is the evaluation without the change, on the same checkpoint
@@ -292,10 +292,10 @@ def budget_pair(step: HeadroomStep, records: Sequence[Mapping[str, Any]],
     seed).
 
     Returns:
-        None when the step has no ``against`` step or either run is missing; otherwise ``{"baseline": step,
+        None when the step has no ``against`` step or either run is missing; otherwise {"baseline": step,
         "step": step, "baseline_run": record, "run": record, "classes": names, "iou": [(baseline, step)] per class
         (fractions), "miou": (baseline, step), "seconds_per_epoch": (baseline, step), "classes_lower": count of
-        classes where the step is lower}``.
+        classes where the step is lower}.
 
     Raises:
         ValueError: ``against`` names no step in ``steps``, or the two runs score different classes.

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["PAIRED_METRICS", "SeedPair", "effect_verdict", "paired_curve", "paired_curve_table", "paired_seed_table",
            "paired_summary_table", "paired_verdict", "seed_pairs"]
 
-#: The metrics compared: (label, path into a run record's ``final.test``).
+#: The metrics compared, as (label, path into a run record's ``final.test``).
 PAIRED_METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("mIoU", ("miou",)), ("defects-only mIoU", ("defects_only", "miou")), ("precision", ("precision",)),
     ("MPA", ("mpa",)),
@@ -100,7 +100,8 @@ def seed_pairs(records: Sequence[Mapping[str, Any]], option_config: str, base_co
         option_config: the option's ``config_name`` (e.g. ``"cpu_budget_prior"``, set with ``name=``).
         base_config: the protocol it modifies.
         model, split: which runs (``split`` is the split kind, ``"grouped"`` or ``"official"``).
-        epochs: the training length both must have; None: the base protocol's (:func:`protocol_epochs`), so
+        epochs: the training length both must have; None: the base protocol's
+        (:func:`~smelib.study.plan.protocol_epochs`), so
             learning-curve runs of other lengths never pair up.
 
     Returns:

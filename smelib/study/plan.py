@@ -43,7 +43,7 @@ TABLE_MODELS: tuple[str, ...] = (
 #: Models that need 3 seeds on the grouped split (the headline comparison); every other needs 1.
 THREE_SEED_MODELS: tuple[str, ...] = ("sme_deeplabv3plus", "deeplabv3plus_mobilenetv2", "deeplabv3plus_xception")
 
-#: The plan: grouped split (3 seeds for :data:`THREE_SEED_MODELS`, else 1), then official split (1 seed each).
+#: The plan, grouped split first (3 seeds for :data:`THREE_SEED_MODELS`, else 1), then official split (1 seed each).
 REQUIRED_RUNS: tuple[RunRequirement, ...] = (
     *(RunRequirement(m, "grouped", 3 if m in THREE_SEED_MODELS else 1) for m in TABLE_MODELS),
     *(RunRequirement(m, "official", 1) for m in TABLE_MODELS),
@@ -95,7 +95,7 @@ class MissingRun:
 
     @property
     def config_name(self) -> str:
-        """The protocol name its run record will carry: a ``name=`` override's, else ``config``."""
+        """The protocol name its run record will carry (a ``name=`` override's, else ``config``)."""
         return next((o.split("=", 1)[1] for o in self.overrides if o.startswith("name=")), self.config)
 
     @property
@@ -251,7 +251,7 @@ def missing_runs(
     return out
 
 
-#: The initialisation ablation of chapter "What the paper leaves unspecified": each option's protocol name and the
+#: The initialisation ablation of chapter "What the paper leaves unspecified", each option's protocol name and the
 #: overrides that turn ``configs/cpu_budget.yaml`` into it. Trained on SME-DeepLabV3+, grouped split, 3 seeds.
 OPTION_RUNS: dict[str, tuple[str, ...]] = {
     "cpu_budget_prior": ("model_init.classifier_prior=true",),

@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Comparison", "ComparisonError", "build_comparison", "image_miou", "load_comparison", "plot_comparison",
+__all__ = ["Comparison", "ComparisonError", "Example", "build_comparison", "image_miou", "load_comparison",
+           "plot_comparison",
            "load_run_predictions", "plot_score_scatter", "save_comparison", "select_examples", "SubsetPredictions"]
 
-FORMAT = 1
+COMPARISON_FORMAT = 1
 
 
 class ComparisonError(ValueError):
@@ -391,7 +392,7 @@ def save_comparison(comp: Comparison, out: str | os.PathLike, force: bool = Fals
         for m, slug in zip(comp.models, slugs):
             Image.fromarray(ex.preds[m["label"]]).save(folder / f"{slug}.png", optimize=True)
     doc = {
-        "format": FORMAT, **comp.meta, "class_names": comp.class_names,
+        "format": COMPARISON_FORMAT, **comp.meta, "class_names": comp.class_names,
         "models": [{**m, "file": s} for m, s in zip(comp.models, slugs)],
         "examples": [{"id": ex.id, "folder": f"examples/{_slug(ex.id)}", "reason": ex.reason} for ex in comp.examples],
         "ids": comp.ids, "dominant": comp.dominant,
@@ -417,8 +418,8 @@ def load_comparison(folder: str | os.PathLike) -> Comparison:
         doc = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ComparisonError(f"{path}: not valid JSON ({err})") from None
-    if doc.get("format") != FORMAT:
-        raise ComparisonError(f"{path}: format {doc.get('format')!r}, this smelib reads format {FORMAT}")
+    if doc.get("format") != COMPARISON_FORMAT:
+        raise ComparisonError(f"{path}: format {doc.get('format')!r}, this smelib reads format {COMPARISON_FORMAT}")
 
     def read(p: Path) -> np.ndarray:
         if not p.is_file():

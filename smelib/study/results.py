@@ -31,7 +31,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["format_summary", "host_label", "load_eval_records", "load_records", "summarize", "write_csv"]
+__all__ = ["CONTENDED", "format_summary", "host_label", "load_eval_records", "load_records", "summarize", "timed_alone",
+           "timed_on_one_host", "write_csv"]
 
 
 def load_records(runs_dir: str | os.PathLike) -> list[dict[str, Any]]:

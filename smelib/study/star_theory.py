@@ -324,7 +324,8 @@ def official_starnet_init(m: nn.Module) -> None:
     keeps PyTorch's default initialisation. Likewise ``nn.LayerNorm or nn.BatchNorm2d`` is ``nn.LayerNorm``
     (BatchNorm keeps its default weight 1 and bias 0, which is what the line intended anyway).
 
-    Because :class:`smelib.models.StarNet` already initialises its convolutions the intended way, this function
+    Because :class:`smelib.models.backbones.starnet.StarNet` already initialises its convolutions the intended way,
+    this function
     resets every ``nn.Conv2d`` to PyTorch's default (``reset_parameters``): what the official code leaves them at.
     """
     if isinstance(m, nn.Linear or nn.Conv2d):  # noqa: SIM101 - the official code's bug, replayed on purpose

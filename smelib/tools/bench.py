@@ -72,7 +72,7 @@ from smelib.tools.optimize_inference import (
 from smelib.runtime import reuse_freed_memory, set_threads
 from smelib.records import cpu_flags, cpu_model
 
-__all__ = ["benchmark", "format_result", "machine_info", "measure_peak", "profile_ops", "write_profile"]
+__all__ = ["benchmark", "format_result", "machine_info", "measure_peak", "peak_gap", "profile_ops", "write_profile"]
 
 MODES = ("eager", "optimised")
 
@@ -276,6 +276,89 @@ class _null:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _runners(base: nn.Module, x: Tensor, y: Tensor, dev: torch.device, train: bool, options: OptimizeOptions,
+             rebuild: Callable[[], nn.Module]) -> tuple[dict[str, Callable[[], Any]], dict[str, dict[str, Any]],
+                                                       float | None]:
+    """The two timed callables (eager, optimised), their settings notes, and the optimised graph's executed GMACs
+    per image (inference only; None when fvcore cannot trace it)."""
+    from smelib.models.complexity import fvcore_macs
+
+    notes: dict[str, dict[str, Any]] = {"eager": {}, "optimised": {}}
+    if train:
+        runners = {"eager": _train_runner(base, x, y, dev, False, options, notes["eager"]),
+                   "optimised": _train_runner(rebuild(), x, y, dev, True, options, notes["optimised"])}
+        return runners, notes, None
+    eager_model = base.to(dev)
+
+    def eager() -> Any:  # the host-to-device copy is timed in both modes (a no-op on the CPU)
+        with torch.no_grad():
+            return eager_model(x.to(dev))
+
+    fast = optimize_for_inference(base, options, example=x[:2].to(dev), device=dev)
+    x_in = x.pin_memory() if dev.type == "cuda" and options.pinned_memory else x
+    notes["optimised"] = fast.applied
+    try:
+        executed_macs, _ = fvcore_macs(fast.module, torch.zeros(1, *x.shape[1:], device=dev))
+        executed: float | None = executed_macs / 1e9
+    except Exception:  # fvcore cannot trace every rewritten graph; the record then says so with None
+        executed = None
+    return {"eager": eager, "optimised": lambda: fast(x_in)}, notes, executed
+
+
+def _interleaved(runners: dict[str, Callable[[], Any]], peaks: dict[str, _Peak], mode_threads: dict[str, int],
+                 iters: int, dev: torch.device, gmacs_per_batch: float) -> tuple[dict[str, list[float]],
+                                                                               dict[str, list[float]]]:
+    """Time the modes in alternating order, sampling the peak beside each repetition: per mode the seconds per
+    batch, and each repetition's GMAC/s over the peak sample taken just before it."""
+    times: dict[str, list[float]] = {m: [] for m in MODES}
+    paired: dict[str, list[float]] = {m: [] for m in MODES}
+    unique_peaks = list({id(p): p for p in peaks.values()}.values())
+    for p in unique_peaks:
+        for _ in range(3):
+            p.sample()
+    for i in range(iters):
+        order = MODES if i % 2 == 0 else MODES[::-1]
+        for p in unique_peaks:
+            p.sample()
+        for mode in order:
+            with threads_for(mode_threads[mode]):
+                dt = _timed(runners[mode], dev)
+            times[mode].append(dt)
+            paired[mode].append(gmacs_per_batch / dt / peaks[mode].samples[-1])
+    for p in unique_peaks:
+        for _ in range(2):
+            p.sample()
+    return times, paired
+
+
+def _summarise(mode: str, t: list[float], paired: list[float], peak_meas: _Peak, batch: int, gmacs_per_image: float,
+               dev: torch.device, threads: int, notes: dict[str, Any]) -> dict[str, Any]:
+    """One mode's figures: images/s at the median and the best repetition, latencies, GMAC/s, percent of peak."""
+    p50, p95, best = _percentile(t, 0.5), _percentile(t, 0.95), min(t)
+    ips, ips_best = batch / p50, batch / best
+    peak = peak_meas.best
+    return {
+        "mode": mode,
+        "device": str(dev),
+        "torch": torch.__version__,
+        "images_per_s": ips,
+        "images_per_s_best": ips_best,
+        "latency_ms_min": 1e3 * best,
+        "latency_ms_p50": 1e3 * p50,
+        "latency_ms_p95": 1e3 * p95,
+        "gmacs_per_s": ips * gmacs_per_image,
+        "gmacs_per_s_best": ips_best * gmacs_per_image,
+        "peak_gmacs_per_s": peak,
+        "peak_dtype": str(peak_meas.dtype).removeprefix("torch."),
+        "percent_of_peak": 100 * ips * gmacs_per_image / peak,
+        "percent_of_peak_best": 100 * ips_best * gmacs_per_image / peak,
+        "percent_of_adjacent_peak_p50": 100 * _percentile(paired, 0.5),
+        "threads": threads,
+        "latencies_ms": [round(1e3 * v, 3) for v in t],
+        "settings": notes,
+    }
+
+
 def benchmark(
     model: str,
     size: tuple[int, int] = (200, 200),
@@ -295,7 +378,7 @@ def benchmark(
     """Benchmark ``model`` (a registry name) eager versus optimised; returns the JSON object described above.
 
     Args:
-        model: a name from :func:`smelib.models.names`.
+        model: a name from :func:`smelib.models.registry.names`.
         size: ``(H, W)`` of the input.
         batch: images per batch (per training step).
         train: time a training step (forward, cross-entropy, backward, SGD step) instead of inference.
@@ -308,7 +391,8 @@ def benchmark(
             (same as ``threads``). The peak stays the all-thread one, so a mode that is faster with fewer
             threads is credited against the whole machine's peak.
         device: ``"cpu"`` or ``"cuda[:N]"``.
-        options: optimisations of the optimised mode (default: :class:`OptimizeOptions` with ``compile=True``).
+        options: optimisations of the optimised mode (default:
+        :class:`~smelib.tools.optimize_inference.OptimizeOptions` with ``compile=True``).
         num_classes: output classes.
         peak_n: matmul size of the peak measurement (default 2048 on CPU, 8192 on CUDA).
         seed: seeds the model weights and the data.
@@ -333,32 +417,8 @@ def benchmark(
     base = _build(model, num_classes, seed, model_kwargs).eval()
     macs_per_image, _ = fvcore_macs(base, torch.zeros(1, 3, h, w))
     gmacs_per_image = macs_per_image / 1e9 * (3 if train else 1)
-    notes: dict[str, dict[str, Any]] = {"eager": {}, "optimised": {}}
-    executed = None
-
-    if train:
-        eager_model = base
-        opt_model = _build(model, num_classes, seed, model_kwargs)
-        runners = {
-            "eager": _train_runner(eager_model, x, y, dev, False, options, notes["eager"]),
-            "optimised": _train_runner(opt_model, x, y, dev, True, options, notes["optimised"]),
-        }
-    else:
-        eager_model = base.to(dev)
-
-        def eager() -> Any:  # the host-to-device copy is timed in both modes (a no-op on the CPU)
-            with torch.no_grad():
-                return eager_model(x.to(dev))
-
-        fast = optimize_for_inference(base, options, example=x[:2].to(dev), device=dev)
-        x_in = x.pin_memory() if dev.type == "cuda" and options.pinned_memory else x
-        runners = {"eager": eager, "optimised": lambda: fast(x_in)}
-        notes["optimised"] = fast.applied
-        try:
-            executed_macs, _ = fvcore_macs(fast.module, torch.zeros(1, 3, h, w, device=dev))
-            executed = executed_macs / 1e9
-        except Exception:  # fvcore cannot trace every rewritten graph; the record then says so with None
-            executed = None
+    runners, notes, executed = _runners(base, x, y, dev, train, options, lambda: _build(model, num_classes, seed,
+                                                                                 model_kwargs))
 
     peaks = {"eager": _Peak(dev, torch.float32, peak_n)}
     opt_dtype = options.autocast_dtype(dev) or torch.float32
@@ -386,56 +446,14 @@ def benchmark(
         raise ValueError(f"opt_threads must be an integer, 'auto' or None, got {opt_threads!r}")
     for mode in MODES:
         notes[mode]["threads"] = mode_threads[mode]
-    times: dict[str, list[float]] = {m: [] for m in MODES}
-    paired: dict[str, list[float]] = {m: [] for m in MODES}  # each repetition's GMAC/s over the peak sample beside it
-    unique_peaks = list({id(p): p for p in peaks.values()}.values())
-    for p in unique_peaks:
-        for _ in range(3):
-            p.sample()
-    for i in range(iters):
-        order = MODES if i % 2 == 0 else MODES[::-1]
-        for p in unique_peaks:
-            p.sample()
-        for mode in order:
-            with threads_for(mode_threads[mode]):
-                dt = _timed(runners[mode], dev)
-            times[mode].append(dt)
-            paired[mode].append(batch * gmacs_per_image / dt / peaks[mode].samples[-1])
-    for p in unique_peaks:
-        for _ in range(2):
-            p.sample()
+    times, paired = _interleaved(runners, peaks, mode_threads, iters, dev, batch * gmacs_per_image)
     load_after = _loadavg()
-
-    def summarise(mode: str) -> dict[str, Any]:
-        t = times[mode]
-        p50, p95, best = _percentile(t, 0.5), _percentile(t, 0.95), min(t)
-        ips, ips_best = batch / p50, batch / best
-        peak = peaks[mode].best
-        return {
-            "mode": mode,
-            "device": str(dev),
-            "torch": torch.__version__,
-            "images_per_s": ips,
-            "images_per_s_best": ips_best,
-            "latency_ms_min": 1e3 * best,
-            "latency_ms_p50": 1e3 * p50,
-            "latency_ms_p95": 1e3 * p95,
-            "gmacs_per_s": ips * gmacs_per_image,
-            "gmacs_per_s_best": ips_best * gmacs_per_image,
-            "peak_gmacs_per_s": peak,
-            "peak_dtype": str(peaks[mode].dtype).removeprefix("torch."),
-            "percent_of_peak": 100 * ips * gmacs_per_image / peak,
-            "percent_of_peak_best": 100 * ips_best * gmacs_per_image / peak,
-            "percent_of_adjacent_peak_p50": 100 * _percentile(paired[mode], 0.5),
-            "threads": mode_threads[mode],
-            "latencies_ms": [round(1e3 * v, 3) for v in t],
-            "settings": notes[mode],
-        }
 
     result = {"model": model, "task": "train" if train else "inference", "batch": batch, "size": [h, w],
               "device": str(dev), "torch": torch.__version__}
-    result["eager"] = summarise("eager")
-    result["optimised"] = summarise("optimised")
+    for mode in MODES:
+        result[mode] = _summarise(mode, times[mode], paired[mode], peaks[mode], batch, gmacs_per_image, dev,
+                                  mode_threads[mode], notes[mode])
     result["speedup"] = result["optimised"]["images_per_s"] / result["eager"]["images_per_s"]
     result["record"] = {
         "model_kwargs": dict(model_kwargs or {}),
@@ -559,9 +577,9 @@ def profile_ops(
         model_kwargs: keyword arguments of the model's factory, as in :func:`benchmark`.
 
     Returns:
-        ``{"model", "mode", "batch", "size", "total_self_cpu_ms", "ms_per_batch", "top_ops": [...],
+        {"model", "mode", "batch", "size", "total_self_cpu_ms", "ms_per_batch", "top_ops": [...],
         "by_shape": [...], "by_class": [...], "depthwise_share" (every depthwise convolution: the star blocks'
-        7x7 and ELA's 1x7), "depthwise_7x7_share", "record": {...}}``; times are totals over
+        7x7 and ELA's 1x7), "depthwise_7x7_share", "record": {...}}; times are totals over
         ``steps`` batches, shares are fractions of the total self CPU time. Convolution rows (by shape and by
         class) also carry their multiply-adds (``macs_per_call``, ``macs``: counted with forward hooks on the
         module that runs) and the rate they achieve (``gmacs_per_s`` = multiply-adds / self time).

@@ -659,7 +659,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    # Kept in step with smelib.tools.optimize_inference.OPTIMISATIONS (not imported here: building the parser stays torch-free).
+    # Kept in step with smelib.tools.optimize_inference.OPTIMISATIONS (not imported here: building the parser stays
+    # torch-free).
     optimisations = ("fold_bn, fuse_msaa, fuse_star, channels_last, inference_mode, compile, reuse_memory, amp, "
                      "cudnn_benchmark, pinned_memory, fused_optimizer")
     p = sub.add_parser("bench", help="images/s and %% of the measured matmul peak, eager vs optimised, interleaved")
@@ -763,5 +764,5 @@ def _add_release(sub: argparse._SubParsersAction) -> None:
 
 
 #: The product commands, in the order ``smelib --help`` lists them.
-COMMANDS = [_add_info, _add_models, _add_flops, _add_train, _add_eval, _add_predict, _add_data,
+PRODUCT_COMMANDS = [_add_info, _add_models, _add_flops, _add_train, _add_eval, _add_predict, _add_data,
             _add_bench, _add_export, _add_release]

@@ -88,7 +88,8 @@ def export_onnx(
         dynamic: batch, height and width as dynamic axes.
         check: run ``onnx.checker`` and the onnxruntime comparison where the packages are available.
         atol: largest allowed max abs difference between onnxruntime and PyTorch.
-        rewrite: export the inference rewrites of :mod:`smelib.tools.optimize_inference` (BatchNorm folding, MSAA and star
+        rewrite: export the inference rewrites of :mod:`smelib.tools.optimize_inference` (BatchNorm folding, MSAA and
+        star
             fusions) instead of the model as written (the same function; fewer nodes).
 
     Raises:

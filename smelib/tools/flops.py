@@ -3,7 +3,8 @@
 Three conventions, because the literature mixes them:
 
 * **True parameters**: every tensor in ``model.parameters()``.
-* **fvcore multiply-adds** (:func:`smelib.models.complexity.fvcore_macs`): one per multiply-add of convolutions, matmuls and a few more
+* **fvcore multiply-adds** (:func:`smelib.models.complexity.fvcore_macs`): one per multiply-add of convolutions,
+matmuls and a few more
   ops; elementwise ops are skipped. With ``elementwise=True`` we register handles for the elementwise work that
   matters in these models — the star operation's and the attention modules' products (``aten::mul``), sigmoid,
   ReLU6 (``aten::hardtanh``) — one op per output element.
@@ -77,7 +78,7 @@ class ThopCount:
 
     @property
     def paper_gflops(self) -> float:
-        """The paper's "GFLOPs": 2 × thop's multiply-adds / 1e9."""
+        """The paper's "GFLOPs", that is 2 × thop's multiply-adds / 1e9."""
         return 2 * self.macs / 1e9
 
 
@@ -152,7 +153,7 @@ class CostReport:
 
 
 def cost_report(name: str, height: int = 512, width: int = 512, num_classes: int = 4, **overrides: Any) -> CostReport:
-    """Count a registered model (:func:`smelib.models.build`) on one ``(1, 3, height, width)`` input."""
+    """Count a registered model (:func:`smelib.models.registry.build`) on one ``(1, 3, height, width)`` input."""
     from smelib.models import build
 
     torch.manual_seed(0)

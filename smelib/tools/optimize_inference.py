@@ -29,9 +29,10 @@ Runtime settings:
 * ``compile`` — ``torch.compile`` (Inductor; with ``freezing`` on CPU, which lets it constant-fold weights and
   fuse convolution + elementwise epilogues). It needs a C++ compiler on CPU and Triton on CUDA; when either is
   missing, or compilation fails at the first call, the wrapper falls back to the eager module and records why
-  (:attr:`OptimizedModel.compile_status`).
+  (``OptimizedModel.compile_status``).
 * ``reuse_memory`` (CPU, glibc) — keep freed large blocks in the process's heap for reuse instead of returning
-  them to the OS (:func:`reuse_freed_memory`). Without it every activation larger than glibc's mmap threshold
+  them to the OS (:func:`~smelib.runtime.reuse_freed_memory`). Without it every activation larger than glibc's mmap
+  threshold
   (at most 32 MB) is a fresh mapping whose pages fault in on first write: a star block's 1x1 expansion
   (16 x 256 x 50 x 50 floats, 41 MB) then spends most of its time in page faults. Process-wide and
   one-way: once set it also holds for anything else the process runs (the eager model timed beside it).
@@ -65,6 +66,8 @@ from torch import nn
 from smelib.runtime import reuse_freed_memory
 
 __all__ = [
+    "FastMSAA",
+    "FastStarBlock",
     "OPTIMISATIONS",
     "FoldReport",
     "OptimizeOptions",
@@ -95,7 +98,7 @@ class OptimizeOptions:
         channels_last: NHWC memory format for weights and inputs.
         inference_mode: run the forward under ``torch.inference_mode()`` (else ``torch.no_grad()``).
         compile: ``torch.compile`` with a fallback to eager (off by default: compiling takes tens of seconds).
-        reuse_memory: on CPU, :func:`reuse_freed_memory` (process-wide).
+        reuse_memory: on CPU, :func:`~smelib.runtime.reuse_freed_memory` (process-wide).
         threads: intra-op threads around each optimised forward (``None``: leave as is).
         amp: CUDA autocast dtype, ``"bf16"``, ``"fp16"`` or ``None`` (fp32). Ignored on CPU unless ``cpu_amp``.
         cpu_amp: also autocast on CPU, in bf16 (``amp`` must then be ``"bf16"``). On CPUs with AMX or AVX-512-BF16
@@ -541,7 +544,7 @@ class OptimizedModel(nn.Module):
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
-        """The autocast dtype of the forward (None: fp32)."""
+        """The autocast dtype of the forward, or None for fp32."""
         return self.options.autocast_dtype(self.device)
 
     def context(self) -> contextlib.ExitStack:

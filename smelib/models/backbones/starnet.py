@@ -33,7 +33,7 @@ class StarNetSpec:
     mlp_ratio: int
 
 
-#: The official variants. Sizes with a 1000-class head: s1 2.9 M, s2 3.7 M, s3 5.8 M, s4 7.5 M parameters.
+#: The official variants (sizes with a 1000-class head are s1 2.9 M, s2 3.7 M, s3 5.8 M, s4 7.5 M parameters).
 STARNET_SPECS: dict[str, StarNetSpec] = {
     "s050": StarNetSpec(16, (1, 1, 3, 1), 3),
     "s100": StarNetSpec(20, (1, 2, 4, 1), 4),
