@@ -420,12 +420,10 @@ def benchmark(
     runners, notes, executed = _runners(base, x, y, dev, train, options, lambda: _build(model, num_classes, seed,
                                                                                  model_kwargs))
 
-    peaks = {"eager": _Peak(dev, torch.float32, peak_n)}
     opt_dtype = options.autocast_dtype(dev) or torch.float32
-    if opt_dtype != torch.float32:  # autocast: the optimised mode is measured against the same dtype's matmul
-        peaks["optimised"] = _Peak(dev, opt_dtype, peak_n)
-    else:
-        peaks["optimised"] = peaks["eager"]
+    eager_peak = _Peak(dev, torch.float32, peak_n)  # autocast: the optimised mode against the same dtype's matmul
+    opt_peak = eager_peak if opt_dtype == torch.float32 else _Peak(dev, opt_dtype, peak_n)
+    peaks = {"eager": eager_peak, "optimised": opt_peak}
 
     mode_threads = {"eager": threads_used, "optimised": threads_used}
     if isinstance(opt_threads, int):
