@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from smelib.tools.commands import CLIError, add_train_flags, format_rows, train_config, user_errors
+from smelib.tools.commands import CLIError, add_train_flags, device_arg, format_rows, train_config, user_errors
 
 
 def _cmd_table2(args: argparse.Namespace) -> int:
@@ -173,7 +173,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-class", type=int, default=1, help="typical images per defect class (default 1)")
     p.add_argument("--failures", type=int, default=2, help="the reference's worst images (default 2)")
     p.add_argument("--data-root", help="dataset folder (default: the one the first run was trained on)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=device_arg, help="cpu, cuda, cuda:N")
     p.add_argument("--force", action="store_true", help="overwrite an existing comparison")
     p.set_defaults(func=_cmd_compare)
 
@@ -225,7 +225,7 @@ def _add_bootstrap(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="folder for the JSON record (e.g. results/bootstrap); none: print only")
     p.add_argument("--force", action="store_true", help="overwrite an existing record")
     p.add_argument("--data-root", help="dataset folder (default: the one the first run was trained on)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=device_arg, help="cpu, cuda, cuda:N")
     p.set_defaults(func=_cmd_bootstrap)
 
 
@@ -264,7 +264,7 @@ def _add_decisions(sub: argparse._SubParsersAction) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (results/runs/<id>) or checkpoints")
     p.add_argument("--out", default="results/mechanisms", help="folder for the records (default results/mechanisms)")
     p.add_argument("--data-root", help="dataset folder (default: the one each run was trained on)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=device_arg, help="cpu, cuda, cuda:N")
     p.add_argument("--force", action="store_true", help="overwrite existing records")
     p.set_defaults(func=_cmd_decisions)
 
