@@ -39,6 +39,7 @@ __all__ = [
     "atomic_save",
     "build_model_from_checkpoint",
     "capture_rng",
+    "check_state_dict",
     "is_release",
     "load_checkpoint",
     "load_release",

@@ -63,6 +63,7 @@ from smelib.checkpoint import (
     CheckpointError,
     atomic_save,
     capture_rng,
+    check_state_dict,
     load_checkpoint,
     read_checkpoint,
     restore_rng,
@@ -257,6 +258,8 @@ def _prepare(cfg: dict[str, Any], ctx: DistContext, device: torch.device, ckpt: 
 
     seed_everything(seed)  # the initial weights depend on train.seed only
     model = build_model(cfg, num_classes).to(device)
+    if cfg["model"]["init"]:
+        _init_from(model, cfg["model"]["init"], cfg["model"]["name"], num_classes)
     try:  # model_init: a no-op when its options are off
         mechanisms = M.apply_model_init(cfg, model, train_stats)
     except ValueError as err:
@@ -538,6 +541,19 @@ def _fvcore_gmacs(model: nn.Module, in_channels: int, size: tuple[int, int]) -> 
     except Exception as err:  # a counting failure must not lose a finished run
         warnings.warn(f"fvcore could not count the model: {err}", stacklevel=2)
         return None
+
+
+def _init_from(model: nn.Module, spec: str, model_name: str, num_classes: int) -> None:
+    """``model.init``: start from a trained checkpoint's weights (verified like every load) instead of random ones."""
+    ckpt = read_checkpoint(spec)
+    if ckpt["model_name"] != model_name or int(ckpt["num_classes"]) != num_classes:
+        raise ConfigError(f"model.init: {spec} holds {ckpt['model_name']} for {ckpt['num_classes']} classes, the run "
+                          f"trains {model_name} for {num_classes}")
+    try:
+        check_state_dict(model, ckpt["model"], str(spec))
+    except CheckpointError as err:
+        raise ConfigError(f"model.init: {err}") from None
+    model.load_state_dict(ckpt["model"])  # a release's fp16 weights are copied into the float32 parameters
 
 
 def _check_threads(ckpt: Mapping[str, Any]) -> None:
