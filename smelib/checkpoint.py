@@ -23,6 +23,7 @@ import json
 import os
 import random
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,12 @@ from torch import nn
 __all__ = [
     "CHECKPOINT_VERSION",
     "DEFAULT_RELEASE",
+    "DIGEST_KEY",
     "CheckpointError",
     "atomic_save",
     "build_model_from_checkpoint",
     "capture_rng",
+    "check_state_dict",
     "is_release",
     "load_checkpoint",
     "load_release",
@@ -46,6 +49,7 @@ __all__ = [
     "resolve_checkpoint",
     "restore_rng",
     "sha256_file",
+    "tensor_digest",
 ]
 
 CHECKPOINT_VERSION = 1
@@ -56,12 +60,44 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used here: missing, corrupt, not ours, or for another model/class count."""
 
 
+#: The key under which a checkpoint stores :func:`tensor_digest` of its own tensors.
+DIGEST_KEY = "tensor_sha256"
+
+
+def tensor_digest(obj: Any) -> str:
+    """SHA-256 over every tensor in a nested checkpoint dict: each tensor's key path, dtype, shape and bytes, in
+    sorted key order (the :data:`DIGEST_KEY` entry itself left out).
+
+    It changes when any bit of any tensor changes, and does not depend on how ``torch.save`` laid the file out.
+    """
+    digest = hashlib.sha256()
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            digest.update(f"{where}|{t.dtype}|{tuple(t.shape)}|".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                if not (where == "" and key == DIGEST_KEY):
+                    walk(value[key], f"{where}/{key}")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(item, f"{where}[{i}]")
+
+    walk(obj, "")
+    return digest.hexdigest()
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace`` onto ``path``.
 
     A reader (or a run killed mid-write) never sees a half-written file: ``path`` holds either the old or the new
-    checkpoint.
+    checkpoint. An smelib checkpoint (a dict with ``format``) is saved with :func:`tensor_digest` of its tensors
+    under :data:`DIGEST_KEY`, which :func:`read_checkpoint` verifies.
     """
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        obj = {**obj, DIGEST_KEY: tensor_digest(obj)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -135,11 +171,18 @@ def restore_rng(state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike, verify: bool = True) -> dict[str, Any]:
     """Load a checkpoint dict safely (``weights_only=True``, onto the CPU) and check it is an smelib checkpoint.
 
+    Args:
+        path: a checkpoint file, or the name of a released checkpoint (its file is checked against the manifest).
+        verify: check the tensors' integrity: against the digest the checkpoint stores (:data:`DIGEST_KEY`), or,
+            for a checkpoint written before digests, against the SHA-256 that the package manifest or the run's
+            ``record.json`` holds for it. ``False`` skips the check and warns that it did.
+
     Raises:
-        CheckpointError: missing file, unreadable or unsafe content, or not an smelib checkpoint.
+        CheckpointError: missing file, unreadable or unsafe content, not an smelib checkpoint, or (``verify``) a
+            file whose tensors do not match its digest or recorded SHA-256.
     """
     path = resolve_checkpoint(path)  # a release name (e.g. "sme_deeplabv3plus_lite_neuseg") is verified and located
     if not path.is_file():
@@ -147,14 +190,58 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt file, or objects weights_only refuses to unpickle
-        raise CheckpointError(f"cannot load checkpoint {str(path)!r} safely (weights_only=True): {err}") from None
+        reason = str(err).split("\n")[0].split(" Please file an issue")[0]
+        # torch's message goes on to suggest weights_only=False: advice never to follow for an untrusted file.
+        raise CheckpointError(f"cannot load checkpoint {str(path)!r} safely (weights_only=True): {reason}. "
+                              "It is corrupt, not a checkpoint, or holds objects other than tensors and plain data; "
+                              "do not load it with pickle.") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not an smelib checkpoint (no format={FORMAT!r} key)")
     if int(ckpt.get("version", 0)) > CHECKPOINT_VERSION:
         raise CheckpointError(
             f"{str(path)!r} has checkpoint version {ckpt['version']}, newer than this smelib ({CHECKPOINT_VERSION})"
         )
+    if verify:
+        _verify(path, ckpt)
+    else:
+        warnings.warn(f"checkpoint {str(path)!r} loaded without an integrity check (verify=False)", stacklevel=2)
     return ckpt
+
+
+def _verify(path: Path, ckpt: dict[str, Any]) -> None:
+    stored = ckpt.get(DIGEST_KEY)
+    if stored is not None:
+        if tensor_digest(ckpt) != stored:
+            raise CheckpointError(f"checkpoint {str(path)!r}: its tensors do not match the digest stored in it: the "
+                                  "file is corrupt or was altered; use another copy or retrain")
+        return
+    # Written before digests: the package manifest (releases) or the run's record.json may hold its SHA-256.
+    expected = _recorded_sha(path, ckpt)
+    if expected is None:
+        warnings.warn(f"checkpoint {str(path)!r} has no tensor digest (written before smelib stored one) and no "
+                      "recorded SHA-256: its integrity cannot be checked", stacklevel=3)
+    elif sha256_file(path) != expected[0]:
+        raise CheckpointError(f"checkpoint {str(path)!r} differs from the file {expected[1]} records (SHA-256 "
+                              "mismatch): it is corrupt or was altered; use another copy or retrain")
+
+
+def _recorded_sha(path: Path, ckpt: dict[str, Any]) -> tuple[str, str] | None:
+    """The SHA-256 some record holds for this checkpoint, and which record: ``(sha, where)``, or None."""
+    if ckpt.get("kind") == "release":
+        for name, entry in manifest().items():
+            if entry.get("run_id") == ckpt.get("run_id") and entry.get("model_name") == ckpt.get("model_name"):
+                return entry["sha256"], f"the package manifest (release {name!r})"
+    record = path.parent.parent / "record.json"
+    if path.parent.name == "checkpoints" and record.is_file():
+        try:
+            rec = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        for key in ("checkpoint", "last_checkpoint"):
+            entry = rec.get(key) or {}
+            if entry.get("relpath") == f"checkpoints/{path.name}" and entry.get("sha256"):
+                return entry["sha256"], f"{record} ({key})"
+    return None
 
 
 def build_model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
@@ -199,6 +286,7 @@ def load_checkpoint(
     model_name: str | None = None,
     num_classes: int | None = None,
     device: str | torch.device = "cpu",
+    verify: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model saved in a checkpoint.
 
@@ -207,6 +295,7 @@ def load_checkpoint(
         model_name: when given, the checkpoint must hold this registry model.
         num_classes: when given, the checkpoint must have this many classes.
         device: where to put the model.
+        verify: check the tensors' integrity (see :func:`read_checkpoint`).
 
     Returns:
         ``(model, meta)``: the model in eval mode, and the checkpoint dict without the weight and optimiser
@@ -215,7 +304,7 @@ def load_checkpoint(
     Raises:
         CheckpointError: unreadable, unsafe, or for another model or class count (the message says which).
     """
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, verify=verify)
     if model_name is not None and ckpt["model_name"] != model_name:
         raise CheckpointError(
             f"checkpoint {str(path)!r} holds model {ckpt['model_name']!r}, not {model_name!r}"

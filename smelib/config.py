@@ -17,6 +17,8 @@ Keys (the defaults are in :data:`smelib.config.DEFAULTS`; ``null`` means "decide
                                    # CPU budget's width rule {decoder_width: 64, context_width: 64}); model.overrides
                                    # win where both set a key
       in_channels: int             # image channels the model takes (3: NEU-Seg's JPEGs are stored as RGB)
+      init: str | null             # start from these weights (a checkpoint path or a release name) instead of
+                                   # a random initialisation: fine-tuning; the model and class count must match
     data:
       root: str | null             # dataset folder; null: smelib.settings.data_root() (sample in quick mode)
       split: official | grouped | leaky  # NEU-Seg's own train/test split, the near-duplicate-aware one, or that
@@ -137,7 +139,8 @@ _FREE_FORM = {("model", "overrides"), ("model", "deeplab_overrides"), ("data", "
 #: key means). A config file or dict is laid over it by :func:`resolve`.
 DEFAULTS: dict[str, Any] = {
     "name": None,
-    "model": {"name": "sme_deeplabv3plus_lite", "overrides": {}, "deeplab_overrides": {}, "in_channels": 3},
+    "model": {"name": "sme_deeplabv3plus_lite", "overrides": {}, "deeplab_overrides": {}, "in_channels": 3,
+              "init": None},
     "data": {
         "root": None,
         "split": "official",
@@ -468,6 +471,8 @@ def validate(cfg: Mapping[str, Any]) -> None:
             hint = "data.num_classes" if key == "num_classes" else "model.in_channels"
             raise _err(f"model.overrides.{key}", f"set {hint} instead, not a model override")
     _int(cfg, "model", "in_channels", 1)
+    if model["init"] is not None and not isinstance(model["init"], (str, os.PathLike)):
+        raise _err("model.init", f"must be a checkpoint path or release name, or null, got {model['init']!r}")
 
     data = cfg["data"]
     if data["root"] is not None and not isinstance(data["root"], (str, os.PathLike)):

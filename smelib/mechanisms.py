@@ -3,7 +3,7 @@
 The paper says its MSAA and ELA modules "adaptively initialise weights based on dataset characteristics" and
 use "a dynamic threshold adjustment mechanism" that lowers a threshold when a batch holds many small defects
 and raises it when large defects dominate. It defines neither. This module fixes one precise reading of each
-(the book's draft ``book/_drafts/unspecified.md`` says why these readings); with the options off (the
+(the book's chapter "What the paper leaves unspecified" says why these readings); with the options off (the
 defaults) training and inference are exactly what they were without this module.
 
 Notation. K classes, class 0 background, classes 1..K-1 defects. ``probs`` is ``(N, K, H, W)`` softmax

@@ -5,6 +5,10 @@ One colour per class across the whole project (figures, overlays, predictions), 
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,3 +46,44 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
     colors = colorize(mask).astype(np.float32)
     blend = np.where((mask > 0)[..., None] & (mask != 255)[..., None], (1 - alpha) * rgb + alpha * colors, rgb)
     return blend.round().clip(0, 255).astype(np.uint8)
+
+
+#: Plain names of :data:`CLASS_COLORS`, for the key that ``smelib predict`` prints.
+CLASS_COLOR_NAMES: tuple[str, ...] = ("black", "orange", "sky blue", "bluish green", "vermillion", "yellow", "blue",
+                                      "reddish purple")
+
+
+def class_color_name(index: int) -> str:
+    """The plain name of :func:`class_color` ``(index)``."""
+    rgb = class_color(index)
+    return CLASS_COLOR_NAMES[CLASS_COLORS.index(rgb)]
+
+
+def palette_image(mask: np.ndarray) -> Any:
+    """An index mask ``(H, W)`` uint8 as a palette ("P" mode) PIL image: the same class indices, shown in
+    :data:`CLASS_COLORS` by any viewer (255, ignore, in white)."""
+    from PIL import Image
+
+    img = Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="P")
+    table = [255] * (256 * 3)
+    for k in range(255):
+        table[3 * k: 3 * k + 3] = class_color(k)
+    img.putpalette(table)
+    return img
+
+
+def write_legend(path: str | os.PathLike, class_names: Sequence[str]) -> Path:
+    """A small PNG colour key of the defect classes (background is left as the image), written to ``path``."""
+    from PIL import Image, ImageDraw
+
+    rows = [(i, n) for i, n in enumerate(class_names) if i > 0]
+    row_h, width = 22, 220
+    img = Image.new("RGB", (width, row_h * max(len(rows), 1) + 8), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    for r, (i, name) in enumerate(rows):
+        y = 4 + r * row_h
+        draw.rectangle([6, y + 3, 26, y + 17], fill=class_color(i), outline=(0, 0, 0))
+        draw.text((34, y + 4), f"{i}  {name}", fill=(0, 0, 0))
+    path = Path(path)
+    img.save(path)
+    return path

@@ -31,7 +31,9 @@ __all__ = [
     "PREDICTIONS_FILE",
     "PredictionsError",
     "RECORD_KEYS",
+    "LOCK_FILE",
     "RunDirError",
+    "RunLock",
     "cpu_flags",
     "cpu_model",
     "cpu_times",
@@ -105,21 +107,99 @@ def create_run_dir(runs_dir: str | os.PathLike, run_id: str) -> Path:
     raise RunDirError(f"could not create a new run directory for {run_id!r} under {runs}")
 
 
+#: The lock file a training process holds in its run folder (:class:`RunLock`).
+LOCK_FILE = ".lock"
+
+# What a run killed before its first checkpoint leaves behind: a folder that may be restarted.
+_ABANDONED_FILES = {"record.json", "config.yaml", "log.csv", "checkpoints", LOCK_FILE}
+
+
+def _abandoned_start(path: Path) -> bool:
+    """Whether ``path`` holds only the beginnings of a run that never wrote a checkpoint."""
+    names = {p.name for p in path.iterdir()}
+    ckpts = path / "checkpoints"
+    if not names <= _ABANDONED_FILES or (ckpts.is_dir() and any(p.suffix == ".pt" for p in ckpts.iterdir())):
+        return False
+    try:
+        status = json.loads((path / "record.json").read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError):
+        return "record.json" not in names
+    return status == "running"
+
+
 def claim_out_dir(out: str | os.PathLike) -> Path:
-    """Use ``out`` as a new run's directory: it must not exist, or be an empty directory.
+    """Use ``out`` as a new run's directory: it must not exist, be empty, or hold only a run that stopped before
+    its first checkpoint (whose files are then replaced).
 
     Raises:
         RunDirError: ``out`` already holds files (another run's, most likely); use ``--resume`` to continue it.
     """
     path = Path(out)
     if path.exists():
-        if not path.is_dir() or any(path.iterdir()):
+        if not path.is_dir():
+            raise RunDirError(f"output directory {str(path)!r} is a file")
+        if any(p.name != LOCK_FILE for p in path.iterdir()) and not _abandoned_start(path):
             raise RunDirError(
                 f"output directory {str(path)!r} already exists and is not empty; a run never overwrites another "
                 "run's files (choose a new --out, or add --resume to continue the run that is there)"
             )
+        for name in ("record.json", "config.yaml", "log.csv"):
+            (path / name).unlink(missing_ok=True)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+class RunLock:
+    """An exclusive lock on a run folder while one process trains it (``flock`` on ``<run>/.lock``, released when
+    the process ends, even by SIGKILL). Acquiring it also removes the temporary files of checkpoint writes that a
+    killed process left behind (``checkpoints/.*.tmp``): with the lock held, no other process is writing them.
+    Where ``fcntl`` does not exist (Windows) it locks nothing.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike | None = None) -> None:
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self._fh: Any = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds a lock now."""
+        return self._fh is not None
+
+    def acquire(self, run_dir: str | os.PathLike | None = None) -> RunLock:
+        """Take the lock on ``run_dir`` (default: the folder given at construction), or raise :class:`RunDirError`
+        naming the process that holds it."""
+        if run_dir is not None:
+            self.run_dir = Path(run_dir)
+        if self.run_dir is None:
+            raise ValueError("RunLock.acquire needs a run folder")
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return self
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fh = open(self.run_dir / LOCK_FILE, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise RunDirError(f"run folder {str(self.run_dir)!r} is being trained by another process (pid {holder}); "
+                              "wait for it to finish or stop it first") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+        for tmp in (self.run_dir / "checkpoints").glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+        return self
+
+    def release(self) -> None:
+        """Let go of the lock (closing the file releases it)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
 
 def git_info(root: str | os.PathLike | None = None) -> dict[str, Any]:

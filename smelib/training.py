@@ -63,6 +63,7 @@ from smelib.checkpoint import (
     CheckpointError,
     atomic_save,
     capture_rng,
+    check_state_dict,
     load_checkpoint,
     read_checkpoint,
     restore_rng,
@@ -184,6 +185,7 @@ def train(
     runs_dir: str | os.PathLike | None = None,
     resume: bool = False,
     quiet: bool = False,
+    allow_thread_change: bool = False,
 ) -> RunResult:
     """Train a model as ``config`` says, write checkpoints, ``log.csv`` and ``record.json``; return the result.
 
@@ -196,6 +198,8 @@ def train(
         runs_dir: where new run directories go when ``out`` is None (default ``<repo>/results/runs``).
         resume: continue the run in ``out`` from ``out/checkpoints/last.pt``.
         quiet: no progress bars or log lines.
+        allow_thread_change: resume with another intra-op thread count than the run's (on CPU the resumed run is
+            then no longer bit-identical to an uninterrupted one, since float sums split differently).
 
     Returns:
         :class:`RunResult`.
@@ -206,25 +210,34 @@ def train(
         TrainingDiverged: non-finite loss; ``last.pt`` holds the last good state and the record says so.
     """
     started = time.time()
-    cfg, ckpt = _run_config(config, out, resume)
-    tc = cfg["train"]
-    ctx = D.setup("cuda" if tc["device"].startswith("cuda") or (tc["device"] == "auto" and torch.cuda.is_available())
-                  else "cpu")
+    lock = R.RunLock()  # one process trains a run folder at a time (rank 0 holds it)
     try:
-        device = resolve_device(tc["device"], ctx.local_rank)
-        run = _prepare(cfg, ctx, device, ckpt, out, runs_dir, quiet, started)
-        fit(run)
-        return _finish(run)
+        if out is not None and os.environ.get("RANK", "0") == "0":
+            lock.acquire(out)
+        cfg, ckpt = _run_config(config, out, resume)
+        tc = cfg["train"]
+        ctx = D.setup("cuda" if tc["device"].startswith("cuda") or (tc["device"] == "auto" and
+                                                                     torch.cuda.is_available()) else "cpu")
+        try:
+            device = resolve_device(tc["device"], ctx.local_rank)
+            run = _prepare(cfg, ctx, device, ckpt, out, runs_dir, quiet, started, lock, allow_thread_change)
+            fit(run)
+            return _finish(run)
+        finally:
+            D.teardown(ctx)
     finally:
-        D.teardown(ctx)
+        lock.release()
 
 
 def _prepare(cfg: dict[str, Any], ctx: DistContext, device: torch.device, ckpt: dict[str, Any] | None,
-             out: str | os.PathLike | None, runs_dir: str | os.PathLike | None, quiet: bool, started: float) -> Run:
+             out: str | os.PathLike | None, runs_dir: str | os.PathLike | None, quiet: bool, started: float,
+             lock: R.RunLock, allow_thread_change: bool) -> Run:
     """Data, model, optimiser, schedule, loss, the restored state of a resumed run, and the run's folder."""
     tc, dc = cfg["train"], cfg["data"]
     seed = int(tc["seed"])
     setup_runtime(cfg, device)
+    if ckpt is not None and not allow_thread_change:
+        _check_threads(ckpt)
     seed_everything(seed)
     bundle = load_data(cfg, seed=seed)
     num_classes = int(dc["num_classes"] or bundle.num_classes)
@@ -245,6 +258,8 @@ def _prepare(cfg: dict[str, Any], ctx: DistContext, device: torch.device, ckpt: 
 
     seed_everything(seed)  # the initial weights depend on train.seed only
     model = build_model(cfg, num_classes).to(device)
+    if cfg["model"]["init"]:
+        _init_from(model, cfg["model"]["init"], cfg["model"]["name"], num_classes)
     try:  # model_init: a no-op when its options are off
         mechanisms = M.apply_model_init(cfg, model, train_stats)
     except ValueError as err:
@@ -269,6 +284,8 @@ def _prepare(cfg: dict[str, Any], ctx: DistContext, device: torch.device, ckpt: 
     if ckpt is not None:
         _restore(ckpt, cfg, num_classes, model, optimizer, scaler, schedule, state)
     run_dir = _run_dir(cfg, ctx, ckpt, out, runs_dir, seed)
+    if ctx.is_main and not lock.held:
+        lock.acquire(run_dir)  # a new run folder named by its run id
     log = RunLog(run_dir, ctx, started, state)
     verbose = not quiet and ctx.is_main
     run = Run(cfg, ctx, device, seed, bundle, num_classes, class_names, batch, rule, model, net, optimizer, schedule,
@@ -526,6 +543,29 @@ def _fvcore_gmacs(model: nn.Module, in_channels: int, size: tuple[int, int]) -> 
         return None
 
 
+def _init_from(model: nn.Module, spec: str, model_name: str, num_classes: int) -> None:
+    """``model.init``: start from a trained checkpoint's weights (verified like every load) instead of random ones."""
+    ckpt = read_checkpoint(spec)
+    if ckpt["model_name"] != model_name or int(ckpt["num_classes"]) != num_classes:
+        raise ConfigError(f"model.init: {spec} holds {ckpt['model_name']} for {ckpt['num_classes']} classes, the run "
+                          f"trains {model_name} for {num_classes}")
+    try:
+        check_state_dict(model, ckpt["model"], str(spec))
+    except CheckpointError as err:
+        raise ConfigError(f"model.init: {err}") from None
+    model.load_state_dict(ckpt["model"])  # a release's fp16 weights are copied into the float32 parameters
+
+
+def _check_threads(ckpt: Mapping[str, Any]) -> None:
+    """Refuse to resume with another intra-op thread count than the run trained with: on CPU, float sums then split
+    differently and the resumed run is no longer bit-identical to an uninterrupted one."""
+    saved = ckpt.get("threads")
+    if saved is not None and int(saved) != torch.get_num_threads():
+        raise ConfigError(f"the run trained with {saved} intra-op threads and this process has "
+                          f"{torch.get_num_threads()}: resume with train.threads={saved} (or the same OMP_NUM_THREADS) "
+                          "to continue bit-identically, or pass --allow-thread-change to accept that it will not be")
+
+
 def _distribute(model: nn.Module, cfg: Mapping[str, Any], ctx: DistContext, device: torch.device) -> nn.Module:
     """The module the step calls: ``model`` itself, or under ``torchrun`` its DDP wrapper (with SyncBatchNorm on
     CUDA unless ``train.sync_bn`` says otherwise)."""
@@ -730,7 +770,7 @@ class RunLog:
             "config": cfg, "train_stats": self.train_stats.to_dict(),
             "model": {k: v.detach().to("cpu").clone() for k, v in run.model.state_dict().items()},
             "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
-            "schedule": run.schedule.state_dict(), "rng": capture_rng(),
+            "schedule": run.schedule.state_dict(), "rng": capture_rng(), "threads": torch.get_num_threads(),
             **copy.deepcopy({k: state[k] for k in ("epoch", "batches_done", "global_step", "epoch_complete", "best",
                                                    "history")}),
             "segments": self.segments(),

@@ -11,6 +11,12 @@ from smelib.models.baselines.pspnet import PSPNet
 from smelib.models.registry import _REGISTRY
 from smelib.models.baselines.resunet import ResUNet
 
+# The tests trace models with torch.jit on purpose (a traced model must match eager): this torch deprecates
+# torch.jit, and tracing warns about shape-dependent Python branches it freezes.
+pytestmark = [pytest.mark.filterwarnings(r"ignore:.*torch\.jit\.\w+` is deprecated:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")]
+
+
 BASELINES = ("resunet", "pspnet", "hrnet")
 
 #: Parameter counts measured at num_classes=4, in_channels=3 (resunet 2 057 860, pspnet 13 819 748,

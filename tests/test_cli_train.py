@@ -175,23 +175,42 @@ def test_voc_dataset_with_three_classes_and_mixed_sizes(setup: dict[str, Path], 
 
 
 @pytest.mark.slow
-def test_reproduce_quick_on_the_bundled_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The main job's pipeline (train -> eval -> tables -> figure) on the real sample, shortened to 2 steps."""
+def test_reproduce_quick_on_the_bundled_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The main job (fine-tune the shipped checkpoint -> eval -> tables -> figure) on the real sample, shortened to
+    2 steps; it writes into the git-ignored scratch/ folder, never into results/."""
+    import smelib.settings
+
     assert (sample_root() / "images" / "training").is_dir()
-    overrides = json.dumps(TINY_MODEL["overrides"]).replace('"', "").replace(":", ": ")
-    code, out, err = _run(capsys, "reproduce", "--quick", "--out", tmp_path, "--max-steps", "2", "--quiet",
-                          f"model.overrides={overrides}", "data.limit=8", "data.batch_size=4")
+    config, data = str(smelib.settings.repo_root() / "configs" / "quick.yaml"), str(sample_root())
+    monkeypatch.setattr(smelib.settings, "repo_root", lambda: tmp_path)
+    code, out, err = _run(capsys, "reproduce", "--quick", "--config", config, "--data-root", data, "--max-steps", "2",
+                          "--quiet", "data.limit=8", "data.batch_size=4")
     assert code == 0, err
-    run_dir = next(tmp_path.iterdir())
+    assert not (tmp_path / "results").exists()
+    run_dir = next((tmp_path / "scratch" / "runs").iterdir())
     assert run_dir.name.startswith("quick_sme_deeplabv3plus_lite_official_s0_")
     for name in ("record.json", "log.csv", "curves.png", "summary.csv", "eval_test.json"):
         assert (run_dir / name).is_file(), name
     assert "mean (defects only)" in out and "mIoU" in out
-    assert json.loads((run_dir / "eval_test.json").read_text())["images"] == 8
-    # the shipped checkpoint scored on the same images, labelled as optimistic
+    rec = json.loads((run_dir / "record.json").read_text())
+    assert rec["config"]["model"]["init"] == "sme_deeplabv3plus_lite_neuseg"
+    # fine-tuned from the shipped weights, it segments defects after 2 steps (a random start predicts background)
+    assert json.loads((run_dir / "eval_test.json").read_text())["miou"] > 0.5
     ref = json.loads((run_dir / "eval_test_sme_deeplabv3plus_lite_neuseg.json").read_text())
     assert ref["images"] == 8 and ref["miou"] > 0.5
-    assert "for reference, the shipped checkpoint sme_deeplabv3plus_lite_neuseg" in out and "optimistic" in out
+    assert "before fine-tuning: the shipped checkpoint" in out and "optimistic" in out
+    assert "started from the weights of sme_deeplabv3plus_lite_neuseg" in out
+
+
+def test_model_init_must_fit_the_model(tmp_path: Path) -> None:
+    from smelib.config import ConfigError
+    from smelib.training import train
+
+    cfg = tiny_config(tmp_path / "none", model={**TINY_MODEL, "init": "sme_deeplabv3plus_lite_neuseg"})
+    make_neu(tmp_path / "none", n_train=8, n_test=2, size=32)
+    with pytest.raises(ConfigError, match="weights do not fit|holds sme_deeplabv3plus_lite"):
+        train(cfg, out=tmp_path / "r", quiet=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -12,6 +12,12 @@ from torch import nn
 from smelib.models import ASPP, ELA, MSAA, DeepLabV3Plus, StarNet, build, names, starnet
 from smelib.models.backbones.starnet import STARNET_SPECS
 
+# The tests trace models with torch.jit on purpose (a traced model must match eager): this torch deprecates
+# torch.jit, and tracing warns about shape-dependent Python branches it freezes.
+pytestmark = [pytest.mark.filterwarnings(r"ignore:.*torch\.jit\.\w+` is deprecated:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")]
+
+
 PAPER_NAMES = {
     "sme_deeplabv3plus", "sme_deeplabv3plus_lite", "starnet_aspp", "starnet_aspp_ela", "starnet_msaa",
     "starnet_msaa_ela", "starnet_aspp_msaa", "deeplabv3plus_mobilenetv2", "deeplabv3plus_xception",

@@ -283,6 +283,10 @@ def _open_pil(path: Path) -> Image.Image:
     try:
         im = Image.open(path)
         im.load()
+    except Image.DecompressionBombError as err:
+        # Pillow's guard against decompression bombs: too many pixels to decode safely
+        raise DatasetError(f"{path}: too large to decode safely ({str(err).split('.')[0]}); "
+                           "downscale or tile it first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DatasetError(f"{path}: cannot be read as an image ({err})") from None
     return im

@@ -7,6 +7,7 @@ The paper's own convention (thop's rules, ``2 x`` multiply-adds called "GFLOPs")
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -42,20 +43,25 @@ def fvcore_macs(
         elementwise: also count the ops of :data:`ELEMENTWISE_OPS`, one per output element.
         depth: name depth of the breakdown.
     """
-    from fvcore.nn import FlopCountAnalysis
-
     was_training = model.training
     model.eval()
     try:
-        analysis = FlopCountAnalysis(model, inputs)
-        if elementwise:
-            analysis.set_op_handle(**ELEMENTWISE_OPS)
-        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-        total = float(analysis.total())
-        by_module: dict[str, float] = defaultdict(float)
-        for name, count in analysis.by_module().items():
-            if name and name.count(".") == depth - 1:
-                by_module[name] += float(count)
+        with warnings.catch_warnings():
+            # fvcore counts through torch.jit tracing, which this torch deprecates and which warns about
+            # shape-dependent Python branches: neither is the caller's to act on.
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            from fvcore.nn import FlopCountAnalysis  # its import scripts a loss with torch.jit
+
+            analysis = FlopCountAnalysis(model, inputs)
+            if elementwise:
+                analysis.set_op_handle(**ELEMENTWISE_OPS)
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+            total = float(analysis.total())
+            by_module: dict[str, float] = defaultdict(float)
+            for name, count in analysis.by_module().items():
+                if name and name.count(".") == depth - 1:
+                    by_module[name] += float(count)
     finally:
         model.train(was_training)
     return total, dict(by_module)

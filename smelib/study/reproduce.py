@@ -97,8 +97,11 @@ def reproduce(config: Mapping[str, Any], runs_dir: str | os.PathLike | None = No
                                    batch_size=cfg["data"]["eval_batch_size"])
             write_json(run_dir / f"eval_{subset}_{reference}.json", {**ref_metrics.to_dict(), "release": reference,
                                                                         "images": len(dataset)})
+            fine_tuned = cfg["model"].get("init") == reference
             ref_lines = [
-                "", f"for reference, the shipped checkpoint {reference} on the same {len(dataset)} {subset} images "
+                "", (f"before fine-tuning: the shipped checkpoint {reference}" if fine_tuned else
+                     f"for reference, the shipped checkpoint {reference}")
+                + f" on the same {len(dataset)} {subset} images "
                 f"(run {ref_meta.get('run_id')}, trained on NEU-Seg's official training split):",
                 format_table(ref_metrics, ref_meta.get("class_names")),
                 "(optimistic: NEU-Seg's official test images mostly have a rotated copy in the official training "
@@ -114,6 +117,8 @@ def reproduce(config: Mapping[str, Any], runs_dir: str | os.PathLike | None = No
         f"{result.record.get('steps_done')} steps, {result.record.get('wall_seconds', 0):.0f} s, "
         f"{result.record.get('images_per_s') or 0:.1f} train images/s",
         "",
+        *([f"started from the weights of {cfg['model']['init']} (fine-tuning), not from a random initialisation"]
+          if cfg["model"].get("init") else []),
         f"{subset} metrics of {Path(result.checkpoint).name} ({len(dataset)} images, original resolution):",
         format_table(metrics, meta.get("class_names")),
         *ref_lines,

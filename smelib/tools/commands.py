@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 class CLIError(Exception):
@@ -26,6 +28,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     from smelib import __version__
+    from smelib.checkpoint import manifest
+    from smelib.models import backbone_names, names
     from smelib.settings import data_root, quick_mode
 
     info = {
@@ -36,6 +40,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "threads": torch.get_num_threads(),
         "quick_mode": quick_mode(),
         "data_root": str(data_root()),
+        "models": len(names()),
+        "backbones": ", ".join(backbone_names()),
+        "releases": ", ".join(sorted(manifest())) or "none",
     }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -46,21 +53,41 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="versions, device, quick mode and the dataset root in use")
+    p = sub.add_parser("info", help="versions, device, quick mode, the dataset root in use, backbones and releases")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=_cmd_info)
 
 
-def _cmd_models(args: argparse.Namespace) -> int:
-    from smelib.models import names
+def _released() -> list[str]:
+    """One line per released checkpoint: name, model, test mIoU as its manifest states it."""
+    from smelib.checkpoint import manifest
 
-    for name in names():
-        print(name)
+    lines = []
+    for name, entry in sorted(manifest().items()):
+        miou = (entry.get("metrics") or {}).get("test_miou")
+        lines.append(f"{name}  ({entry.get('model_name')}, {entry.get('bytes', 0) / 2**20:.1f} MiB"
+                     + (f", test mIoU {100 * miou:.2f} % on its run's split" if miou is not None else "") + ")")
+    return lines
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from smelib.models import backbone_names, names
+
+    if args.names_only:
+        print("\n".join(names()))
+        return 0
+    print("models (smelib train --model NAME, smelib.models.build(NAME)):")
+    print("\n".join(f"  {n}" for n in names()))
+    print("backbones (model.overrides.backbone=NAME):")
+    print("\n".join(f"  {n}" for n in backbone_names()))
+    print("released checkpoints (--checkpoint NAME in eval and predict):")
+    print("\n".join(f"  {line}" for line in _released()) or "  none")
     return 0
 
 
 def _add_models(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list the registered model configurations")
+    p = sub.add_parser("models", help="the registered models and backbones, and the released checkpoints")
+    p.add_argument("--names-only", action="store_true", help="only the model names, one per line")
     p.set_defaults(func=_cmd_models)
 
 
@@ -154,7 +181,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                        "(or give the same --config, flags and overrides as the run)")
     try:
         cfg = None if args.resume and args.config is None else train_config(args)
-        result = train(cfg, out=args.out, runs_dir=args.runs, resume=args.resume, quiet=args.quiet)
+        result = train(cfg, out=args.out, runs_dir=args.runs, resume=args.resume, quiet=args.quiet,
+                       allow_thread_change=args.allow_thread_change)
     except user_errors() as err:
         raise CLIError(str(err)) from None
     except TrainingDiverged as err:
@@ -189,7 +217,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     add_train_flags(p)
     p.add_argument("--out", help="the run directory (new, or the one to --resume); default results/runs/<run_id>")
     p.add_argument("--runs", help="parent folder of new run directories (default results/runs)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint "
+                   "(bit-identical on CPU when resumed with the same thread count; a change is refused)")
+    p.add_argument("--allow-thread-change", action="store_true",
+                   help="with --resume: continue with another thread count, accepting a not bit-identical result")
     p.set_defaults(func=_cmd_train)
 
 
@@ -209,12 +240,45 @@ def _eval_dataset(meta: dict, data_root: str | None, split: str, limit: int | No
     return dataset
 
 
+def _check_classes(meta: dict, bundle: Any, checkpoint: str) -> None:
+    """Refuse a checkpoint whose class count differs from the dataset's: its metrics would be meaningless."""
+    if int(meta["num_classes"]) != int(bundle.num_classes):
+        raise CLIError(f"checkpoint {checkpoint} predicts {meta['num_classes']} classes "
+                       f"({', '.join(meta.get('class_names') or [])}) but the dataset under "
+                       f"{bundle.split.get('root')} has {bundle.num_classes} ({', '.join(bundle.class_names)})")
+
+
+def device_arg(text: str) -> str:
+    """``--device``: cpu, cuda or cuda:N, checked against this torch build before any work starts."""
+    import torch
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: use cpu, cuda or cuda:N")
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available here (torch {torch.__version__})")
+        if ":" in text and int(text.split(":")[1]) >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return text
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from smelib.training import evaluate, load_checkpoint
+    from smelib.checkpoint import resolve_checkpoint
     from smelib.mechanisms import rule_for_checkpoint
     from smelib.metrics import format_table
+    from smelib.training import evaluate, load_checkpoint
 
     record_path = None
     if args.record:
@@ -229,9 +293,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         git_at_start = git_info()  # the code that evaluates, even if the tree changes while it runs
     started = time.time()
     try:
-        model, meta = load_checkpoint(args.checkpoint, device=args.device)
+        # a release name resolves to its verified file: the record hashes that file
+        checkpoint_file = resolve_checkpoint(args.checkpoint)
+        model, meta = load_checkpoint(checkpoint_file, device=args.device, verify=not args.no_verify)
         split = args.split or meta["config"]["eval"]["split"]
         bundle = _eval_bundle(meta, args.data_root, args.limit)
+        _check_classes(meta, bundle, args.checkpoint)
         dataset = _eval_dataset(meta, args.data_root, split, args.limit, bundle)
         # --threshold/--tau0 override the checkpoint config's eval.decision/eval.threshold (default: argmax); a
         # checkpoint without train_stats has them counted on its whole training subset (not cut by --limit)
@@ -246,7 +313,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if record_path is not None:
         from smelib.records import write_eval_record
 
-        write_eval_record(record_path, metrics, meta, checkpoint=args.checkpoint, subset=split, images=len(dataset),
+        write_eval_record(record_path, metrics, meta, checkpoint=checkpoint_file, subset=split, images=len(dataset),
                           tta=bool(args.tta), decision=rule.to_dict(), autocast="bf16" if args.bf16 else None,
                           limit=args.limit, device=args.device, wall_seconds=time.time() - started,
                           git=git_at_start)
@@ -275,13 +342,16 @@ def _add_threshold_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="metrics of a checkpoint at the images' original resolution")
-    p.add_argument("--checkpoint", required=True, help="a .pt written by `smelib train`")
+    p.add_argument("--checkpoint", required=True,
+                   help="a .pt written by `smelib train`, or a released checkpoint's name (see `smelib models`)")
     p.add_argument("--data-root", help="dataset folder (default: the one the checkpoint was trained on)")
     p.add_argument("--split", choices=["test", "val"], help="which subset (default: the config's eval.split)")
     p.add_argument("--tta", action="store_true", help="average softmax over the 8 flips x rot90 transforms")
-    p.add_argument("--limit", type=int, help="only the first N images (smoke tests)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--limit", type=_positive_int, help="only the first N images (smoke tests; N >= 1)")
+    p.add_argument("--device", default="cpu", type=device_arg, help="cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the checkpoint's integrity check (says so; only for a file you trust)")
     p.add_argument("--bf16", action="store_true",
                    help="run the model under bf16 autocast (CPU or CUDA): the accuracy of `bench --cpu-bf16`")
     p.add_argument("--record", metavar="FILE.json",
@@ -294,17 +364,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from PIL import Image
-
-    from smelib.training import load_checkpoint, predict
-    from smelib.data.loading import read_image
-    from smelib.palette import overlay
-
+def _predict_inputs(items: Sequence[str]) -> list[Path]:
     files: list[Path] = []
-    for item in args.images:
+    for item in items:
         path = Path(item)
         if path.is_dir():
             files += sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
@@ -313,45 +375,96 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         else:
             raise CLIError(f"{item!r} is neither an image file nor a directory")
     if not files:
-        raise CLIError("no images found in " + ", ".join(args.images))
-    stems = [p.stem for p in files]
-    dupes = sorted({s for s in stems if stems.count(s) > 1})
-    if dupes:
-        raise CLIError(f"several inputs share the name stem(s) {dupes[:5]}; their outputs would collide")
-    out = Path(args.out)
-    targets = [out / f"{s}{suffix}" for s in stems for suffix in (".png", "_overlay.png")]
-    existing = [str(t) for t in targets if t.exists()]
-    if existing and not args.force:
+        raise CLIError("no images found in " + ", ".join(items))
+    return files
+
+
+def _predict_targets(files: list[Path], out: Path, palette: bool, force: bool) -> list[tuple[Path, Path]]:
+    """``(mask, overlay)`` paths per input; refuses outputs that share a name or would replace an input."""
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {str(out)!r} is a file; give a folder (it is created if missing)")
+    mask_suffix = "_mask.png" if palette else ".png"
+    targets = [(out / f"{p.stem}{mask_suffix}", out / f"{p.stem}_overlay.png") for p in files]
+    writers: dict[Path, Path] = {}
+    for src, pair in zip(files, targets):
+        for t in pair:
+            if t.resolve() in writers:
+                raise CLIError(f"{writers[t.resolve()].name} and {src.name} would both write {t.name}; rename one, "
+                               "or predict them into separate folders")
+            writers[t.resolve()] = src
+    inputs = {p.resolve() for p in files}
+    clobbered = [str(t) for pair in targets for t in pair if t.resolve() in inputs]
+    if clobbered:
+        raise CLIError(f"{clobbered[0]} is an input image and an output name: choose another --out folder")
+    existing = [str(t) for pair in targets for t in pair if t.exists()]
+    if existing and not force:
         raise CLIError(f"{len(existing)} output file(s) already exist (e.g. {existing[0]}); add --force to overwrite")
+    return targets
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from smelib.data import read_image
+    from smelib.mechanisms import rule_for_checkpoint
+    from smelib.palette import overlay, palette_image, write_legend
+    from smelib.training import load_checkpoint, predict
+
+    files = _predict_inputs(args.images)
+    out = Path(args.out)
+    targets = _predict_targets(files, out, args.palette, args.force)
     try:
-        model, meta = load_checkpoint(args.checkpoint, device=args.device)
+        model, meta = load_checkpoint(args.checkpoint, device=args.device, verify=not args.no_verify)
         # Every file is read before anything is written: one unreadable image stops the command cleanly.
         images = [read_image(p, meta["in_channels"]) for p in files]
-        from smelib.mechanisms import rule_for_checkpoint
-
         rule = rule_for_checkpoint(meta, mode=args.threshold, tau0=args.tau0,
                                    train_dataset=lambda: _eval_bundle(meta, None, None).train)
     except (*user_errors(), ValueError) as err:
         raise CLIError(str(err)) from None
     out.mkdir(parents=True, exist_ok=True)
-    for path, image in zip(files, images):
+    names = list(meta.get("class_names") or [])
+    for image, (mask_path, overlay_path) in tqdm(list(zip(images, targets)), desc="predict", unit="img",
+                                                  disable=not sys.stderr.isatty() or len(files) < 2):
         mask = predict(model, [image], tta=args.tta, size=meta["config"]["data"]["size"],
                        normalization=meta.get("normalization"), decision=rule)[0]
-        Image.fromarray(mask).save(out / f"{path.stem}.png")
+        (palette_image(mask) if args.palette else Image.fromarray(mask)).save(mask_path)
         rgb = image.expand(3, -1, -1).permute(1, 2, 0).numpy()
-        Image.fromarray(overlay(rgb, mask)).save(out / f"{path.stem}_overlay.png")
-    print(f"wrote {2 * len(files)} files for {len(files)} image(s) to {out}")
+        Image.fromarray(overlay(rgb, mask)).save(overlay_path)
+    legend = write_legend(out / "legend.png", names)
+    print(f"wrote {2 * len(files)} files for {len(files)} image(s) to {out}, and the colour key {legend.name}")
+    kind = "palette PNGs (viewers show the class colours)" if args.palette else \
+        "8-bit PNGs of class indices 0-%d (they look black in a viewer; --palette colours them)" % (len(names) - 1)
+    print(f"masks: {kind}; overlays: " + ", ".join(f"{n} = {c}" for n, c in _colour_words(names)))
     return 0
 
 
+def _colour_words(names: Sequence[str]) -> list[tuple[str, str]]:
+    from smelib.palette import class_color_name
+
+    return [(n, class_color_name(i)) for i, n in enumerate(names) if i > 0]
+
+
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="index masks (<stem>.png) and colour overlays (<stem>_overlay.png)")
+    from smelib.checkpoint import manifest
+
+    released = ", ".join(sorted(manifest())) or "none"
+    p = sub.add_parser("predict", help="index masks (<stem>.png) and colour overlays (<stem>_overlay.png)",
+                       description="Segment images with a trained checkpoint: writes <stem>.png class-index masks, "
+                                   "<stem>_overlay.png colour overlays and legend.png (the colour key).")
     p.add_argument("images", nargs="+", metavar="IMAGES_OR_DIR", help="image files or folders of images")
-    p.add_argument("--checkpoint", required=True, help="a .pt written by `smelib train`")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--checkpoint", required=True,
+                   help=f"a .pt written by `smelib train`, or a released checkpoint's name ({released}; "
+                        "its SHA-256 is verified)")
+    p.add_argument("--out", required=True, help="output folder (created if missing; never an input's folder "
+                                                 "when that would replace an input)")
     p.add_argument("--tta", action="store_true", help="average softmax over the 8 flips x rot90 transforms")
-    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--palette", action="store_true",
+                   help="write masks as palette PNGs (<stem>_mask.png) that viewers show in the class colours")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs (never an input)")
+    p.add_argument("--device", default="cpu", type=device_arg, help="cpu, cuda, cuda:N")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the checkpoint's integrity check (says so; only for a file you trust)")
     _add_threshold_flags(p)
     p.set_defaults(func=_cmd_predict)
 
@@ -676,7 +789,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opt-threads", default="auto", metavar="N|auto|same",
                    help="threads of the optimised mode: N, auto (fastest of 1..cores, probed in the run; default) "
                         "or same (as --threads)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--device", default="cpu", type=device_arg, help="cpu, cuda, cuda:N")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a keyword of the model's factory, repeatable (e.g. decoder_width=64 context_width=64: "
                         "the CPU-budget protocol's widths)")
