@@ -14,6 +14,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 class CLIError(Exception):
@@ -214,6 +218,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from smelib.training import evaluate, load_checkpoint
     from smelib.mechanisms import rule_for_checkpoint
+    from smelib.runtime import precision_name
     from smelib.metrics import format_table
 
     record_path = None
@@ -230,6 +235,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     started = time.time()
     try:
         model, meta = load_checkpoint(args.checkpoint, device=args.device)
+        autocast = _eval_autocast(args.bf16, torch.device(args.device))
         split = args.split or meta["config"]["eval"]["split"]
         bundle = _eval_bundle(meta, args.data_root, args.limit)
         dataset = _eval_dataset(meta, args.data_root, split, args.limit, bundle)
@@ -240,26 +246,27 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         metrics = evaluate(model, dataset, tta=args.tta, num_classes=meta["num_classes"],
                            ignore_index=meta["config"]["data"]["ignore_index"], size=meta["config"]["data"]["size"],
                            batch_size=meta["config"]["data"]["eval_batch_size"], progress=sys.stderr.isatty(),
-                           decision=rule, amp_dtype=torch.bfloat16 if args.bf16 else None)
+                           decision=rule, amp_dtype=autocast)
     except (*user_errors(), ValueError) as err:
         raise CLIError(str(err)) from None
     if record_path is not None:
         from smelib.records import write_eval_record
 
         write_eval_record(record_path, metrics, meta, checkpoint=args.checkpoint, subset=split, images=len(dataset),
-                          tta=bool(args.tta), decision=rule.to_dict(), autocast="bf16" if args.bf16 else None,
+                          tta=bool(args.tta), decision=rule.to_dict(),
+                          autocast=precision_name(autocast) if autocast else None,
                           limit=args.limit, device=args.device, wall_seconds=time.time() - started,
                           git=git_at_start)
         print(f"wrote {record_path}", file=sys.stderr)
     if args.json:
         out = metrics.to_dict()
         out.update({"split": split, "images": len(dataset), "tta": bool(args.tta), "checkpoint": args.checkpoint,
-                    "decision": rule.to_dict(), "autocast": "bf16" if args.bf16 else None})
+                    "decision": rule.to_dict(), "autocast": precision_name(autocast) if autocast else None})
         print(json.dumps(out, indent=2))
     else:
         how = rule.mode + (f" (tau0={rule.tau0:g})" if rule.mode != "argmax" else "")
         print(f"{args.checkpoint}: {split} split, {len(dataset)} images, tta={'on' if args.tta else 'off'}, "
-              f"decision={how}" + (", bf16 autocast" if args.bf16 else ""))
+              f"decision={how}" + (f", {precision_name(autocast)} autocast" if autocast else ""))
         print(format_table(metrics, meta.get("class_names")))
     return 0
 
@@ -271,6 +278,21 @@ def _add_threshold_flags(p: argparse.ArgumentParser) -> None:
                         "checkpoint config's eval.decision (argmax unless the run set it)")
     p.add_argument("--tau0", type=float, help="the static threshold / the dynamic rule's base "
                                               "(default: eval.threshold.tau0, 0.5)")
+
+
+def _eval_autocast(bf16: bool, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``eval --bf16`` on ``device``: bf16, or fp16 on a GPU without native bf16 (capability
+    below 8.0, where bf16 is emulated); None without ``--bf16``."""
+    import torch
+
+    from smelib.runtime import choose_precision
+
+    if not bf16:
+        return None
+    dtype, why = choose_precision("bf16", device)
+    if dtype != torch.bfloat16:
+        print(f"--bf16: {why}", file=sys.stderr)
+    return dtype
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
