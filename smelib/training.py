@@ -18,9 +18,12 @@ restored afterwards, so it depends neither on the worker, the rank, nor what ran
 drop-path (the global torch generator, whose state every checkpoint stores). ``--resume`` reloads model,
 optimiser, scaler, schedule and RNG states from ``last.pt`` (written every ``train.checkpoint_every_steps``
 steps and at every epoch end), rebuilds the interrupted epoch's order and skips the batches already done: on
-CPU the resumed run ends bit-identical to an uninterrupted one. The record's ``host`` and ``git`` are the last
-process's; its ``segments`` list every process's share (start, host, commit, steps, wall seconds), so a run resumed
-on another machine says so and is left out of speed estimates (:func:`smelib.study.results.timed_on_one_host`).
+CPU the resumed run ends bit-identical to an uninterrupted one. On CUDA it does not, even with
+``train.deterministic`` (some CUDA backward kernels are not deterministic); it continues in the precision the
+checkpoint stores (``precision``), and under DDP each rank resumes its own RNG stream. The record's ``host`` and
+``git`` are the last process's; its ``segments`` list every process's share (start, host, commit, steps, wall
+seconds), so a run resumed on another machine says so and is left out of speed estimates
+(:func:`smelib.study.results.timed_on_one_host`).
 
 Distributed. Under ``torchrun`` the global batch ``data.batch_size`` is split evenly over the processes (each
 takes a contiguous slice of every global batch, :func:`smelib.distributed.shard`), DDP averages gradients (the

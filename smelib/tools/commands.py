@@ -785,6 +785,32 @@ def _add_release(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_release)
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from smelib.tools.doctor import doctor
+
+    try:
+        report = doctor(gpu=args.gpu, steps=args.steps, config=args.config, data_root=args.data_root,
+                        out_dir=args.out, say=lambda line: print(line, file=sys.stderr, flush=True))
+    except user_errors() as err:
+        raise CLIError(str(err)) from None
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    return 1 if report["status"] == "failed" else 0
+
+
+def _add_doctor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="torch/CUDA, GPU, precision and why; --gpu: train, compare, torchrun, bench")
+    p.add_argument("--gpu", action="store_true",
+                   help="on a GPU: train configs/paper.yaml for --steps steps with AMP + channels_last and in fp32, "
+                        "compare; torchrun on 2 GPUs; bench; write results/doctor/doctor_<stamp>.json")
+    p.add_argument("--steps", type=int, default=30, help="optimiser steps of each training check (default 30)")
+    p.add_argument("--config", help="training config of the checks (default configs/paper.yaml)")
+    p.add_argument("--data-root", help="dataset folder (default: NEU-Seg if installed, else the bundled sample)")
+    p.add_argument("--out", help="folder of the record (default results/doctor)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_cmd_doctor)
+
+
 #: The product commands, in the order ``smelib --help`` lists them.
 PRODUCT_COMMANDS = [_add_info, _add_models, _add_flops, _add_train, _add_eval, _add_predict, _add_data,
-            _add_bench, _add_export, _add_release]
+            _add_bench, _add_export, _add_release, _add_doctor]
