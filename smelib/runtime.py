@@ -100,12 +100,12 @@ def choose_precision(amp: str, device: torch.device) -> tuple[torch.dtype | None
 
 
 def precision_name(dtype: torch.dtype | None) -> str:
-    """``fp32``, ``bf16`` or ``fp16``: the name :data:`PRECISIONS` maps back to the autocast dtype."""
+    """``fp32``, ``bf16`` or ``fp16``: the name :data:`smelib.runtime.PRECISIONS` maps back to the autocast dtype."""
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def amp_dtype(cfg: Mapping[str, Any], device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``train.amp`` on ``device`` (None: fp32); see :func:`choose_precision`."""
+    """The autocast dtype of ``train.amp`` on ``device`` (None: fp32); see :func:`smelib.runtime.choose_precision`."""
     return choose_precision(cfg["train"]["amp"], device)[0]
 
 

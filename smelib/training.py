@@ -352,7 +352,7 @@ def _train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, watch: _Los
     returns the step's learning rate.
 
     The loss is handed to ``watch`` before backward: when a check is due and it finds a NaN/inf loss,
-    :class:`TrainingDiverged` is raised and the step is not taken.
+    :class:`smelib.training.TrainingDiverged` is raised and the step is not taken.
     """
     device, tc = run.device, run.cfg["train"]
     images = images.to(device, non_blocking=True)
@@ -379,7 +379,7 @@ def _train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, watch: _Los
 
 def _loss_check_every(device: torch.device) -> int:
     """Steps between loss checks: every step on the CPU (reading the loss costs nothing there), else
-    :data:`LOSS_CHECK_STEPS`."""
+    :data:`smelib.training.LOSS_CHECK_STEPS`."""
     return 1 if device.type == "cpu" else LOSS_CHECK_STEPS
 
 
@@ -387,12 +387,12 @@ class _LossWatch:
     """The step losses, kept on the device and checked for NaN/inf every ``every`` steps instead of every step.
 
     Reading a CUDA loss on the host (and all-reducing it under DDP) every step makes the host wait for each step
-    before it can queue the next. Here the losses wait on the device; :meth:`flush` reduces them over ranks in one
-    collective, raises :class:`TrainingDiverged` naming the first non-finite one and its step, and adds them to
-    the epoch's loss sum in step order (the same float64 sum as reading them one by one). A flush runs when
-    ``every`` losses are pending (before that step's backward), before every checkpoint and at every epoch end, so
-    a checkpoint never holds weights updated from a non-finite loss; with ``every > 1`` up to ``every - 1``
-    steps may run after it before it is found.
+    before it can queue the next. Here the losses wait on the device; ``flush`` reduces them over ranks in one
+    collective, raises :class:`smelib.training.TrainingDiverged` naming the first non-finite one and its step,
+    and adds them to the epoch's loss sum in step order (the same float64 sum as reading them one by one). A
+    flush runs when ``every`` losses are pending (before that step's backward), before every checkpoint and at
+    every epoch end, so a checkpoint never holds weights updated from a non-finite loss; with ``every > 1`` up to
+    ``every - 1`` steps may run after it before it is found.
     """
 
     def __init__(self, run: Run, every: int) -> None:
@@ -714,7 +714,7 @@ def _run_dir(cfg: Mapping[str, Any], ctx: DistContext, ckpt: dict[str, Any] | No
 
 def _count_step(state: dict[str, Any], seconds: float, images: int) -> None:
     """Add one optimiser step to the run's counters (the record's images/s excludes validation and saving; the
-    step's loss is added by :class:`_LossWatch` when it is checked)."""
+    step's loss is added by ``_LossWatch`` when it is checked)."""
     st = state["stats"]
     st["train_seconds"] += seconds
     st["epoch_seconds"] += seconds

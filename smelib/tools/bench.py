@@ -169,8 +169,8 @@ def _conv_math(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
 
 
 class _Peak:
-    """Large square matmuls: ``n**3`` multiply-adds each, in the convolutions' math mode (:func:`peak_math`);
-    keeps every sample in GMAC/s."""
+    """Large square matmuls: ``n**3`` multiply-adds each, in the convolutions' math mode
+    (:func:`smelib.tools.bench.peak_math`); keeps every sample in GMAC/s."""
 
     def __init__(self, device: torch.device, dtype: torch.dtype = torch.float32, n: int | None = None) -> None:
         self.device, self.dtype = device, dtype
