@@ -9,7 +9,10 @@ loads with ``torch.load(path, weights_only=True)`` (no pickled code runs). Keys:
     num_classes, in_channels, class_names      config         the full resolved training config
     model             state dict (CPU tensors, no DDP prefix)
     optimizer, scaler, schedule                their state dicts (schedule: {"step": int})
-    rng               {"python", "numpy", "torch", "cuda"} (see :func:`capture_rng`)
+    rng               {"python", "numpy", "torch", "cuda"} (see :func:`capture_rng`): rank 0's
+    rng_ranks         every rank's ``rng`` in rank order (one entry in a single process); a resumed run of the
+                      same size restores each rank its own
+    precision         "fp32" | "bf16" | "fp16": the autocast the run trained in (a resume keeps it, or says so)
     epoch             epoch in progress (0-based)   batches_done   optimiser steps done in that epoch
     global_step       optimiser steps done in all   epoch_complete whether ``epoch`` finished (incl. validation)
     best              {"miou": float | None, "epoch": int | None}

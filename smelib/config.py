@@ -56,13 +56,17 @@ Keys (the defaults are in :data:`smelib.config.DEFAULTS`; ``null`` means "decide
       max_steps: int | null        # stop after this many optimiser steps in all (smoke runs, throughput); the
                                    # schedule is compressed proportionally into them
       val_every: int               # validate every N epochs (and always after the last one); 0 = never
-      amp: auto | none | bf16 | fp16   # autocast dtype; auto = bf16 on CUDA when supported, none on CPU
+      amp: auto | none | bf16 | fp16   # autocast dtype; auto = bf16 on CUDA capability >= 8.0, fp16 (with a
+                                   # GradScaler) on older GPUs, none on CPU; bf16 on an older GPU becomes fp16.
+                                   # A resumed run keeps its checkpoint's precision (smelib.runtime.choose_precision)
       channels_last: auto | bool   # auto = on (NHWC: faster on CUDA and on CPU)
       grad_clip: float | null      # max global gradient norm; null = no clipping
       checkpoint_every_steps: int  # also write the resumable "last" checkpoint every N steps (0 = epoch ends only)
       seed: int                    # seeds python, numpy, torch, the data order and the augmentation
-      deterministic: bool          # torch.use_deterministic_algorithms(True, warn_only=True) and no cuDNN autotune
-      device: auto | cpu | cuda | cuda:N
+      deterministic: bool          # torch.use_deterministic_algorithms(True, warn_only=True) and no cuDNN autotune;
+                                   # exact on CPU only: on CUDA, adaptive pooling and bilinear upsampling have no
+                                   # deterministic backward, so GPU runs still vary (and run slower); false on GPU
+      device: auto | cpu | cuda | cuda:N   # under torchrun: auto or cuda (each process takes cuda:LOCAL_RANK)
       threads: int | null          # torch.set_num_threads; null leaves torch's default
       sync_bn: auto | bool         # SyncBatchNorm under DDP (auto: on CUDA; torch has no CPU SyncBatchNorm)
       freeze_bn: bool              # BatchNorm layers stay in eval mode while training (running statistics)

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "all_reduce_mean", "barrier", "broadcast_object", "setup", "shard", "teardown"]
+__all__ = ["DistContext", "all_gather_object", "all_reduce_mean", "barrier", "broadcast_object", "setup", "shard",
+           "teardown"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,15 @@ def broadcast_object(ctx: DistContext, obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_gather_object(ctx: DistContext, obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank; ``[obj]`` in a single process."""
+    if not ctx.distributed:
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def all_reduce_mean(ctx: DistContext, value: torch.Tensor) -> torch.Tensor:

@@ -191,16 +191,19 @@ def predict_dataset(
     size: int | Sequence[int] | None = None,
     batch_size: int = 8,
     device: torch.device | str | None = None,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
 ) -> list[np.ndarray]:
     """Argmax label maps for every item of an evaluation dataset, in dataset order.
 
-    The same batching, resizing and TTA as :func:`evaluate`, so that a confusion matrix accumulated over these
-    maps equals the one :func:`evaluate` computes.
+    The same batching, resizing, TTA, autocast and memory layout as :func:`evaluate` (given the same arguments),
+    so that a confusion matrix accumulated over these maps equals the one :func:`evaluate` computes.
 
     Args:
         model_or_checkpoint: a model (its mode is restored afterwards) or a checkpoint path.
         dataset: items ``(image (C, H, W) float normalised, mask (H, W) int, ...)``.
-        tta, size, batch_size, device: as for :func:`evaluate` (``size=None`` with a checkpoint: its ``data.size``).
+        tta, size, batch_size, device, amp_dtype, channels_last: as for :func:`evaluate` (``size=None`` with a
+            checkpoint: its ``data.size``).
 
     Returns:
         One ``(H, W)`` uint8 array of class ids per item, at the item's own size.
@@ -211,7 +214,8 @@ def predict_dataset(
     out: list[np.ndarray] = []
     try:
         for images, masks in _eval_batches(dataset, range(len(dataset)), batch_size):
-            probs = predict_proba(model, images.to(dev), tuple(masks.shape[-2:]), size_t, tta)
+            probs = predict_proba(model, images.to(dev), tuple(masks.shape[-2:]), size_t, tta, amp_dtype,
+                                  channels_last)
             out.extend(probs.argmax(1).to(torch.uint8).cpu().numpy())
     finally:
         model.train(was_training)

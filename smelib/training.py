@@ -18,9 +18,12 @@ restored afterwards, so it depends neither on the worker, the rank, nor what ran
 drop-path (the global torch generator, whose state every checkpoint stores). ``--resume`` reloads model,
 optimiser, scaler, schedule and RNG states from ``last.pt`` (written every ``train.checkpoint_every_steps``
 steps and at every epoch end), rebuilds the interrupted epoch's order and skips the batches already done: on
-CPU the resumed run ends bit-identical to an uninterrupted one. The record's ``host`` and ``git`` are the last
-process's; its ``segments`` list every process's share (start, host, commit, steps, wall seconds), so a run resumed
-on another machine says so and is left out of speed estimates (:func:`smelib.study.results.timed_on_one_host`).
+CPU the resumed run ends bit-identical to an uninterrupted one. On CUDA it does not, even with
+``train.deterministic`` (some CUDA backward kernels are not deterministic); it continues in the precision the
+checkpoint stores (``precision``), and under DDP each rank resumes its own RNG stream. The record's ``host`` and
+``git`` are the last process's; its ``segments`` list every process's share (start, host, commit, steps, wall
+seconds), so a run resumed on another machine says so and is left out of speed estimates
+(:func:`smelib.study.results.timed_on_one_host`).
 
 Distributed. Under ``torchrun`` the global batch ``data.batch_size`` is split evenly over the processes (each
 takes a contiguous slice of every global batch, :func:`smelib.distributed.shard`), DDP averages gradients (the
@@ -85,7 +88,16 @@ from smelib.losses import build_loss
 from smelib.models import DeepLabV3Plus, build
 from smelib.models.complexity import fvcore_macs
 from smelib.optim import build_optimizer, build_schedule
-from smelib.runtime import amp_dtype, resolve_device, reuse_freed_memory, seed_everything, setup_runtime
+from smelib.runtime import (
+    PRECISIONS,
+    bf16_native,
+    choose_precision,
+    precision_name,
+    resolve_device,
+    reuse_freed_memory,
+    seed_everything,
+    setup_runtime,
+)
 from smelib.settings import repo_root
 
 __all__ = [
@@ -105,6 +117,10 @@ __all__ = [
 
 #: Keys that may differ between a run's config and the one given with ``--resume`` (where and how, not what).
 RESUME_MAY_DIFFER = {("data", "root"), ("data", "workers"), ("train", "threads"), ("train", "device")}
+
+#: Off the CPU, the step losses are checked for NaN/inf every this many steps (and before every checkpoint and at
+#: every epoch end), not every step: reading a CUDA loss on the host waits for the GPU to finish the step.
+LOSS_CHECK_STEPS = 25
 
 
 class TrainingDiverged(RuntimeError):
@@ -164,6 +180,7 @@ class Run:
     log: RunLog
     verbose: bool
     bars: bool
+    precision_reason: str = ""
 
     def eval_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`smelib.inference.evaluate` for this run."""
@@ -219,7 +236,7 @@ def train(
         ctx = D.setup("cuda" if tc["device"].startswith("cuda") or (tc["device"] == "auto" and
                                                                      torch.cuda.is_available()) else "cpu")
         try:
-            device = resolve_device(tc["device"], ctx.local_rank)
+            device = resolve_device(tc["device"], ctx.local_rank, ctx.world_size)
             run = _prepare(cfg, ctx, device, ckpt, out, runs_dir, quiet, started, lock, allow_thread_change)
             fit(run)
             return _finish(run)
@@ -264,7 +281,9 @@ def _prepare(cfg: dict[str, Any], ctx: DistContext, device: torch.device, ckpt: 
         mechanisms = M.apply_model_init(cfg, model, train_stats)
     except ValueError as err:
         raise ConfigError(f"model_init: {err}") from None
-    amp = amp_dtype(cfg, device)
+    amp, precision_reason = choose_precision(tc["amp"], device)
+    if ckpt is not None:
+        amp, precision_reason = _resume_precision(ckpt, tc["amp"], device, amp, precision_reason)
     # auto = on for CPU too: oneDNN's native layout, faster for every table model (the Speed chapter times it);
     # results differ from NCHW by float rounding only.
     channels_last = True if tc["channels_last"] == "auto" else bool(tc["channels_last"])
@@ -282,14 +301,15 @@ def _prepare(cfg: dict[str, Any], ctx: DistContext, device: torch.device, ckpt: 
 
     state = _fresh_state()
     if ckpt is not None:
-        _restore(ckpt, cfg, num_classes, model, optimizer, scaler, schedule, state)
+        _restore(ckpt, cfg, num_classes, model, optimizer, scaler, schedule, state, ctx)
     run_dir = _run_dir(cfg, ctx, ckpt, out, runs_dir, seed)
     if ctx.is_main and not lock.held:
         lock.acquire(run_dir)  # a new run folder named by its run id
     log = RunLog(run_dir, ctx, started, state)
     verbose = not quiet and ctx.is_main
     run = Run(cfg, ctx, device, seed, bundle, num_classes, class_names, batch, rule, model, net, optimizer, schedule,
-              scaler, criterion, amp, channels_last, state, log, verbose, verbose and sys.stderr.isatty())
+              scaler, criterion, amp, channels_last, state, log, verbose, verbose and sys.stderr.isatty(),
+              precision_reason)
     log.start(run, train_stats, mechanisms, reuse_memory, steps_per_epoch)
     return run
 
@@ -307,56 +327,117 @@ def fit(run: Run) -> None:
     max_steps = tc["max_steps"] or math.inf
     every, epochs = int(tc["checkpoint_every_steps"]), int(tc["epochs"])
     progress = _Progress(run, epochs)
+    watch = _LossWatch(run, _loss_check_every(device))
     stop = state["global_step"] >= max_steps
     epoch = state["epoch"]
-    while epoch < epochs and not stop:
-        batches = epoch_batches(len(run.bundle.train), run.batch, run.seed, epoch)
-        todo = batches[state["batches_done"]:]
-        if max_steps < math.inf:
-            todo = todo[: int(max_steps - state["global_step"])]
-        loader = torch.utils.data.DataLoader(
-            view, batch_sampler=[[(epoch, i) for i in D.shard(b, run.ctx)] for b in todo], collate_fn=collate,
-            num_workers=int(dc["workers"]), pin_memory=device.type == "cuda", worker_init_fn=worker_init,
-            generator=torch.Generator().manual_seed(derive_seed(run.seed, epoch, 1)))
-        run.net.train()
-        if tc["freeze_bn"]:
-            _freeze_bn(run.net)
-        progress.start_epoch(epoch, len(batches))
-        tick = time.perf_counter()
-        for images, masks in loader:
-            images = images.to(device, non_blocking=True)
-            masks = masks.to(device, non_blocking=True)
-            if run.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            lr = run.schedule.apply()
-            with torch.autocast(device_type=device.type, dtype=run.amp or torch.float32, enabled=run.amp is not None):
-                logits = run.net(images)
-            loss = run.criterion(logits, masks)  # in fp32, outside autocast
-            loss_value = float(D.all_reduce_mean(run.ctx, loss.detach()))
-            if not math.isfinite(loss_value):
-                progress.close()
-                raise run.log.diverged(loss_value, epoch)
-            run.optimizer.zero_grad(set_to_none=True)
-            run.scaler.scale(loss).backward()
-            if tc["grad_clip"]:
-                run.scaler.unscale_(run.optimizer)  # clip the true gradients, not the scaled ones
-                torch.nn.utils.clip_grad_norm_(run.net.parameters(), float(tc["grad_clip"]))
-            run.scaler.step(run.optimizer)
-            run.scaler.update()
-            run.schedule.advance()
-
-            _count_step(state, time.perf_counter() - tick, run.batch, loss_value)
-            progress.step(loss_value, lr)
-            stop = state["global_step"] >= max_steps
-            if every and state["global_step"] % every == 0 and state["batches_done"] < len(batches) and not stop:
-                run.log.save("last")
+    try:  # the bars close however the loop ends (a diverged loss included)
+        while epoch < epochs and not stop:
+            batches = epoch_batches(len(run.bundle.train), run.batch, run.seed, epoch)
+            todo = batches[state["batches_done"]:]
+            if max_steps < math.inf:
+                todo = todo[: int(max_steps - state["global_step"])]
+            loader = torch.utils.data.DataLoader(
+                view, batch_sampler=[[(epoch, i) for i in D.shard(b, run.ctx)] for b in todo], collate_fn=collate,
+                num_workers=int(dc["workers"]), pin_memory=device.type == "cuda", worker_init_fn=worker_init,
+                generator=torch.Generator().manual_seed(derive_seed(run.seed, epoch, 1)))
+            run.net.train()
+            if tc["freeze_bn"]:
+                _freeze_bn(run.net)
+            progress.start_epoch(epoch, len(batches))
             tick = time.perf_counter()
-        progress.end_epoch()
-        if not _end_epoch(run, epoch, len(batches), last=epoch + 1 == epochs or stop):
-            break  # cut short by max_steps: the state stays inside this epoch
-        epoch += 1
-        state["epoch"], state["batches_done"], state["epoch_complete"] = epoch, 0, False
-    progress.close()
+            for images, masks in loader:
+                lr = _train_step(run, images, masks, watch, epoch)
+                _count_step(state, time.perf_counter() - tick, run.batch)
+                progress.step(watch.last, lr)
+                stop = state["global_step"] >= max_steps
+                if every and state["global_step"] % every == 0 and state["batches_done"] < len(batches) and not stop:
+                    watch.flush(epoch)  # a checkpoint never holds weights stepped from a non-finite loss
+                    run.log.save("last")
+                tick = time.perf_counter()
+            watch.flush(epoch)  # every loss of the epoch is in its row, and none was NaN
+            progress.end_epoch()
+            if not _end_epoch(run, epoch, len(batches), last=epoch + 1 == epochs or stop):
+                break  # cut short by max_steps: the state stays inside this epoch
+            epoch += 1
+            state["epoch"], state["batches_done"], state["epoch_complete"] = epoch, 0, False
+    finally:
+        progress.close()
+
+
+def _train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, watch: _LossWatch, epoch: int) -> float:
+    """One optimiser step on a batch (``images`` (N, C, H, W) float, ``masks`` (N, H, W) int64, on the host);
+    returns the step's learning rate.
+
+    The loss is handed to ``watch`` before backward: when a check is due and it finds a NaN/inf loss,
+    :class:`smelib.training.TrainingDiverged` is raised and the step is not taken.
+    """
+    device, tc = run.device, run.cfg["train"]
+    images = images.to(device, non_blocking=True)
+    masks = masks.to(device, non_blocking=True)
+    if run.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    lr = run.schedule.apply()
+    with torch.autocast(device_type=device.type, dtype=run.amp or torch.float32, enabled=run.amp is not None):
+        logits = run.net(images)
+    loss = run.criterion(logits, masks)  # in fp32, outside autocast
+    watch.add(loss, run.state["global_step"] + 1)
+    if watch.due():
+        watch.flush(epoch)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if tc["grad_clip"]:
+        run.scaler.unscale_(run.optimizer)  # clip the true gradients, not the scaled ones
+        torch.nn.utils.clip_grad_norm_(run.net.parameters(), float(tc["grad_clip"]))
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.schedule.advance()
+    return lr
+
+
+def _loss_check_every(device: torch.device) -> int:
+    """Steps between loss checks: every step on the CPU (reading the loss costs nothing there), else
+    :data:`smelib.training.LOSS_CHECK_STEPS`."""
+    return 1 if device.type == "cpu" else LOSS_CHECK_STEPS
+
+
+class _LossWatch:
+    """The step losses, kept on the device and checked for NaN/inf every ``every`` steps instead of every step.
+
+    Reading a CUDA loss on the host (and all-reducing it under DDP) every step makes the host wait for each step
+    before it can queue the next. Here the losses wait on the device; ``flush`` reduces them over ranks in one
+    collective, raises :class:`smelib.training.TrainingDiverged` naming the first non-finite one and its step,
+    and adds them to the epoch's loss sum in step order (the same float64 sum as reading them one by one). A
+    flush runs when ``every`` losses are pending (before that step's backward), before every checkpoint and at
+    every epoch end, so a checkpoint never holds weights updated from a non-finite loss; with ``every > 1`` up to
+    ``every - 1`` steps may run after it before it is found.
+    """
+
+    def __init__(self, run: Run, every: int) -> None:
+        self.run, self.every = run, max(int(every), 1)
+        self.pending: list[torch.Tensor] = []
+        self.steps: list[int] = []
+        self.last = math.nan  # the latest checked loss (what the progress line shows)
+
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        """Keep a step's scalar loss (a 0-dim tensor on the device) and its 1-based global step."""
+        self.pending.append(loss.detach())
+        self.steps.append(step)
+
+    def due(self) -> bool:
+        return len(self.pending) >= self.every
+
+    def flush(self, epoch: int) -> None:
+        """Check and account the pending losses (a no-op when none are pending)."""
+        if not self.pending:
+            return
+        values = D.all_reduce_mean(self.run.ctx, torch.stack(self.pending)).tolist()
+        steps, self.pending, self.steps = self.steps, [], []
+        st = self.run.state["stats"]
+        for value, step in zip(values, steps):
+            if not math.isfinite(value):
+                raise self.run.log.diverged(value, epoch, step)
+            st["epoch_loss_sum"] += value
+        self.last = values[-1]
 
 
 def _end_epoch(run: Run, epoch: int, n_batches: int, last: bool) -> bool:
@@ -580,7 +661,10 @@ def _distribute(model: nn.Module, cfg: Mapping[str, Any], ctx: DistContext, devi
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     elif _has_bn(net) and not tc["freeze_bn"] and ctx.is_main:
         warnings.warn("DDP without SyncBatchNorm: BatchNorm statistics are per process", stacklevel=2)
-    return nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    # SyncBatchNorm keeps the running statistics equal on every rank: broadcasting rank 0's buffers before every
+    # forward would be a wasted collective per step. Without it, the broadcast keeps per-process statistics equal.
+    return nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None,
+                                               broadcast_buffers=not sync_bn)
 
 
 def _fresh_state() -> dict[str, Any]:
@@ -594,20 +678,56 @@ def _fresh_state() -> dict[str, Any]:
 
 def _restore(ckpt: dict[str, Any], cfg: Mapping[str, Any], num_classes: int, model: nn.Module,
              optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, schedule: Any,
-             state: dict[str, Any]) -> None:
-    """Load a resumed run's weights, optimiser, scaler, schedule, progress and RNG states (the RNG last)."""
+             state: dict[str, Any], ctx: DistContext | None = None) -> None:
+    """Load a resumed run's weights, optimiser, scaler, schedule, progress and RNG states (the RNG last; each
+    rank its own)."""
     if ckpt["model_name"] != cfg["model"]["name"] or int(ckpt["num_classes"]) != num_classes:
         raise CheckpointError("the checkpoint's model or class count does not match the run's config")
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
+    if ckpt["scaler"]:  # a disabled scaler saves {}; loading {} into an enabled one (fp16 now) raises
+        scaler.load_state_dict(ckpt["scaler"])
     schedule.load_state_dict(ckpt["schedule"])
     for key in ("epoch", "batches_done", "global_step", "epoch_complete", "best", "history", "stats"):
         state[key] = copy.deepcopy(ckpt[key])
     state["segments"] = copy.deepcopy(ckpt.get("segments", []))  # checkpoints before segments: none
     if state["epoch_complete"]:
         state["epoch"], state["batches_done"], state["epoch_complete"] = state["epoch"] + 1, 0, False
-    restore_rng(ckpt["rng"])  # last: nothing random may run between here and the first step
+    restore_rng(_rank_rng(ckpt, ctx or DistContext()))  # last: nothing random may run before the first step
+
+
+def _rank_rng(ckpt: dict[str, Any], ctx: DistContext) -> dict[str, Any]:
+    """This rank's RNG state in a checkpoint: its own when the checkpoint holds one per rank of a run of the same
+    size (``rng_ranks``), else rank 0's (``rng``, with a warning when the process count changed)."""
+    ranks = ckpt.get("rng_ranks") or []
+    if len(ranks) == ctx.world_size:
+        return ranks[ctx.rank]
+    if ctx.distributed or len(ranks) > 1:
+        warnings.warn(f"the checkpoint holds the RNG states of {len(ranks) or 'an unknown number of'} processes and "
+                      f"this run has {ctx.world_size}: every process continues from rank 0's state", stacklevel=2)
+    return ckpt["rng"]
+
+
+def _resume_precision(ckpt: dict[str, Any], amp_setting: str, device: torch.device, amp: torch.dtype | None,
+                      reason: str) -> tuple[torch.dtype | None, str]:
+    """The autocast dtype of a resumed run, and why.
+
+    ``amp: auto`` re-resolved on another device would change the precision mid-run (a CPU fp32 run resumed on a
+    GPU would continue in bf16): the checkpoint's ``precision`` is kept when this device runs it natively. When
+    the precision must change anyway (e.g. bf16 on a GPU without native bf16), a warning says so and the record
+    keeps the reason. Checkpoints without ``precision`` (older ones) resume as resolved here.
+    """
+    saved = ckpt.get("precision")
+    here = precision_name(amp)
+    if saved is None or saved == here:
+        return amp, reason
+    runs_here = saved == "fp32" or (saved == "bf16" and bf16_native(device)) or (saved == "fp16"
+                                                                                   and device.type == "cuda")
+    if amp_setting == "auto" and runs_here:
+        return PRECISIONS[saved], f"resumed in the checkpoint's precision {saved} (amp: auto chooses {here} here)"
+    warnings.warn(f"resume changes the precision from the checkpoint's {saved} to {here} ({reason}): the continued "
+                  "run differs from an uninterrupted one", stacklevel=2)
+    return amp, f"{reason}; changed from the checkpoint's {saved} on resume"
 
 
 def _run_dir(cfg: Mapping[str, Any], ctx: DistContext, ckpt: dict[str, Any] | None,
@@ -632,13 +752,13 @@ def _run_dir(cfg: Mapping[str, Any], ctx: DistContext, ckpt: dict[str, Any] | No
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _count_step(state: dict[str, Any], seconds: float, images: int, loss_value: float) -> None:
-    """Add one optimiser step to the run's counters (the record's images/s excludes validation and saving)."""
+def _count_step(state: dict[str, Any], seconds: float, images: int) -> None:
+    """Add one optimiser step to the run's counters (the record's images/s excludes validation and saving; the
+    step's loss is added by ``_LossWatch`` when it is checked)."""
     st = state["stats"]
     st["train_seconds"] += seconds
     st["epoch_seconds"] += seconds
     st["train_images"] += images
-    st["epoch_loss_sum"] += loss_value
     st["epoch_loss_steps"] += 1
     state["global_step"] += 1
     state["batches_done"] += 1
@@ -691,7 +811,9 @@ def _save_predictions(run: Run, final_path: Path) -> dict[str, Any]:
     if test is None or not len(test):
         return {}
     dc = run.cfg["data"]
-    maps = predict_dataset(run.model, test, size=dc["size"], batch_size=dc["eval_batch_size"], device=run.device)
+    # the evaluation's precision and layout, so the saved maps reproduce the evaluated confusion matrix
+    maps = predict_dataset(run.model, test, size=dc["size"], batch_size=dc["eval_batch_size"], device=run.device,
+                           amp_dtype=run.amp, channels_last=run.channels_last)
     pred_path = R.write_predictions(run.log.run_dir / R.PREDICTIONS_FILE, [str(i) for i in test.ids], maps)
     return {"predictions": {"relpath": R.PREDICTIONS_FILE, "subset": "test", "n": len(maps),
                             "checkpoint": final_path.stem, "decision": "argmax", "tta": False,
@@ -741,6 +863,7 @@ class RunLog:
             "host": {**R.host_info(run.device), "reuse_freed_memory": reuse_memory,
                      "channels_last": run.channels_last},
             "world_size": ctx.world_size, "torch_version": str(torch.__version__),
+            "precision": {"autocast": precision_name(run.amp), "reason": run.precision_reason},
             "smelib_version": __version__, "started_utc": R.utc_iso(), "epochs": cfg["train"]["epochs"],
             "batch_size": run.batch, "steps_per_epoch": steps_per_epoch,
             "train_stats": train_stats.to_dict(), "model_init": mechanisms,
@@ -756,11 +879,15 @@ class RunLog:
                                           "cpu_others_fraction": R.others_fraction(self.cpu_at_start,
                                                                                    R.cpu_times())}]
 
-    def checkpoint(self, kind: str) -> dict[str, Any]:
-        """The checkpoint dict (the keys :mod:`smelib.checkpoint` documents)."""
+    def checkpoint(self, kind: str, rng_ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The checkpoint dict (the keys :mod:`smelib.checkpoint` documents).
+
+        ``rng_ranks``: every rank's RNG state, in rank order (default: this process's only).
+        """
         run, state = self.run, self.state
         assert run is not None
         cfg = run.cfg
+        rng_ranks = rng_ranks or [capture_rng()]
         return {
             "format": FORMAT, "version": CHECKPOINT_VERSION, "kind": kind, "run_id": self.run_dir.name,
             "smelib_version": __version__, "torch_version": str(torch.__version__),
@@ -770,7 +897,8 @@ class RunLog:
             "config": cfg, "train_stats": self.train_stats.to_dict(),
             "model": {k: v.detach().to("cpu").clone() for k, v in run.model.state_dict().items()},
             "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
-            "schedule": run.schedule.state_dict(), "rng": capture_rng(), "threads": torch.get_num_threads(),
+            "schedule": run.schedule.state_dict(), "rng": rng_ranks[0], "rng_ranks": rng_ranks,
+            "precision": precision_name(run.amp), "threads": torch.get_num_threads(),
             **copy.deepcopy({k: state[k] for k in ("epoch", "batches_done", "global_step", "epoch_complete", "best",
                                                    "history")}),
             "segments": self.segments(),
@@ -780,8 +908,11 @@ class RunLog:
 
     def save(self, kind: str) -> None:
         """Write ``best.pt`` or ``last.pt`` atomically; after ``last``, the record says how far the run has come."""
+        # every rank's RNG stream (dropout, drop-path), so that each rank resumes its own: a collective, and every
+        # rank calls save at the same points
+        rng_ranks = D.all_gather_object(self.ctx, capture_rng())
         if self.ctx.is_main:
-            atomic_save(self.checkpoint(kind), self.best_path if kind == "best" else self.last_path)
+            atomic_save(self.checkpoint(kind, rng_ranks), self.best_path if kind == "best" else self.last_path)
             if kind == "last":
                 self.write_record("running")
 
@@ -806,9 +937,11 @@ class RunLog:
             R.write_json(self.run_dir / "record.json", rec)
         return rec
 
-    def diverged(self, loss_value: float, epoch: int) -> TrainingDiverged:
-        """Record a non-finite loss (status ``diverged``) and return the error to raise."""
-        message = (f"non-finite loss ({loss_value}) at step {self.state['global_step'] + 1} (epoch {epoch + 1}); "
+    def diverged(self, loss_value: float, epoch: int, step: int | None = None) -> TrainingDiverged:
+        """Record a non-finite loss of global ``step`` (1-based; default the step after the last counted one)
+        (status ``diverged``) and return the error to raise."""
+        step = self.state["global_step"] + 1 if step is None else step
+        message = (f"non-finite loss ({loss_value}) at step {step} (epoch {epoch + 1}); "
                    f"training stopped. The last good state is {self.last_path}"
                    + ("" if self.last_path.is_file() else " (none was written yet)")
                    + "; lower optim.lr, set train.grad_clip, or use train.amp=none")

@@ -150,6 +150,20 @@ def test_shape_errors() -> None:
         aug(torch.zeros(2, 3, 4, 4), torch.zeros(3, 4, 4))
 
 
+def masks_agree(a: torch.Tensor, b: torch.Tensor, tolerance: float = 0.01) -> bool:
+    """Whether two label maps (any devices) have the same shape and differ in at most ``tolerance`` of pixels."""
+    return a.shape == b.shape and (a.cpu() != b.cpu()).float().mean().item() <= tolerance
+
+
+def test_masks_agree_tolerates_boundary_pixels_only() -> None:
+    mask = torch.zeros(10, 10, dtype=torch.long)
+    mask[2:6, 2:6] = 1
+    shifted = mask.clone()
+    shifted[6, 2] = 1  # one boundary pixel rounded to the other neighbour
+    assert masks_agree(mask, shifted) and not masks_agree(mask, torch.roll(mask, 3, 0))
+    assert not masks_agree(mask, mask[:9])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here; the CPU path is tested above")
 def test_same_result_on_cuda() -> None:
     aug = A.Augment(hflip=0.5, vflip=0.5, rot90=True, rotate_deg=10, scale=(0.8, 1.2), crop=32)
@@ -157,4 +171,7 @@ def test_same_result_on_cuda() -> None:
     a = aug(image, mask, torch.Generator().manual_seed(4))
     b = aug(image.cuda(), mask.cuda(), torch.Generator().manual_seed(4))
     assert b[0].is_cuda and b[1].is_cuda
-    assert torch.equal(a[1], b[1].cpu()) and torch.allclose(a[0], b[0].cpu(), atol=1e-4)
+    assert torch.allclose(a[0], b[0].cpu(), atol=1e-4)
+    # Nearest-neighbour masks: a sampling coordinate within float rounding of a pixel boundary may round to the
+    # other neighbour on another device, so a few boundary pixels may differ; not more than 1 %.
+    assert masks_agree(a[1], b[1])

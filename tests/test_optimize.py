@@ -167,7 +167,7 @@ def test_from_names_only_and_unknown() -> None:
 def test_compile_failure_falls_back_to_eager(lite: nn.Module, x: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
-    def broken_compile(module: nn.Module, device: torch.device):
+    def broken_compile(module: nn.Module, device: torch.device, cuda_graphs: bool = False):
         def run(*args: object) -> None:
             calls.append(1)
             raise RuntimeError("simulated: no working C++ compiler\nmore detail")

@@ -59,11 +59,17 @@ def derive_seed(*parts: int) -> int:
 
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Run a block with python/numpy/torch global generators seeded from ``seed``, restoring them afterwards."""
+    """Run a block with python/numpy/torch CPU global generators seeded from ``seed``, restoring them afterwards.
+
+    Only torch's CPU generator: ``torch.manual_seed`` would also reseed every CUDA generator, which this block
+    does not restore, so per-sample seeding would overwrite the GPU dropout/drop-path stream (making GPU results
+    depend on the worker count and a checkpoint's saved CUDA state meaningless). The CPU stream is the same as
+    ``torch.manual_seed``'s.
+    """
     py, npst, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.random.default_generator.manual_seed(seed)
     try:
         yield
     finally:

@@ -216,7 +216,8 @@ def to_gray(images: Tensor, normalization: Mapping[str, Any] | None = None) -> n
     norm = normalization or {}
     mean = norm.get("mean", NEU_SEG_MEAN)[0]
     std = norm.get("std", NEU_SEG_STD)[0]
-    return (images[:, 0] * std + mean).clamp(0, 1).mul(255).byte().numpy()
+    # numpy(force=True) here and below: images and maps may live on a GPU (copied to the host, detached)
+    return (images[:, 0] * std + mean).clamp(0, 1).mul(255).byte().numpy(force=True)
 
 
 def attention_figure(
@@ -257,14 +258,14 @@ def attention_figure(
     grays = to_gray(images, normalization)
     fig, axes = plt.subplots(len(ids), 3, figsize=(6.5, 2.3 * len(ids)), dpi=110, squeeze=False)
     for i, sid in enumerate(ids):
-        axes[i, 0].imshow(overlay(grays[i], masks[i].numpy(), alpha=0.45))
+        axes[i, 0].imshow(overlay(grays[i], masks[i].numpy(force=True), alpha=0.45))
         axes[i, 0].set_title(f"{sid.split('/')[-1]}: ground truth", fontsize=8)
         for j, (mp, name) in enumerate(((ela_up[i], f"ELA  a_h ⊗ a_w ({he} × {we})"),
                                         (sa_up[i], f"MSAA spatial attention ({hs} × {ws})")), start=1):
             ax = axes[i, j]
             ax.imshow(grays[i], cmap="gray")
-            im = ax.imshow(mp.numpy(), cmap="magma", alpha=0.6, vmin=float(mp.min()), vmax=float(mp.max()))
-            ax.contour(masks[i].numpy() > 0, levels=[0.5], colors=[rgb01(class_index)], linewidths=0.8)
+            im = ax.imshow(mp.numpy(force=True), cmap="magma", alpha=0.6, vmin=float(mp.min()), vmax=float(mp.max()))
+            ax.contour(masks[i].numpy(force=True) > 0, levels=[0.5], colors=[rgb01(class_index)], linewidths=0.8)
             ax.set_title(f"{name}\nrange {float(mp.min()):.3f}–{float(mp.max()):.3f}", fontsize=7)
             cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
             cb.ax.tick_params(labelsize=6)
@@ -297,7 +298,7 @@ def channel_attention_figure(channel: Mapping[int, Tensor], class_names: Sequenc
     d = next(iter(channel.values())).shape[1]
     width = 0.27
     for j, (k, a) in enumerate(channel.items()):
-        ax.bar(np.arange(d) + (j - (len(channel) - 1) / 2) * width, a.mean(0).numpy(), width, color=rgb01(k),
+        ax.bar(np.arange(d) + (j - (len(channel) - 1) / 2) * width, a.mean(0).numpy(force=True), width, color=rgb01(k),
                label=class_names[k])
     ax.set(xlabel="MSAA fusion channel", ylabel="channel attention (sigmoid)", xticks=range(d),
            title="MSAA channel attention, mean over the shown images")

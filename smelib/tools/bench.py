@@ -37,9 +37,12 @@ backward and ``torch.optim.SGD`` (momentum 0.9, default ``foreach``). "Optimised
 channels_last, ``torch.compile`` (when asked and working) and the fused SGD kernel where torch has one; graph
 rewrites (BatchNorm folding, fusions) are inference-only.
 
-On CUDA the timings are bracketed by ``torch.cuda.synchronize()``, inputs come from pinned host memory with
+On CUDA the timings are bracketed by ``torch.cuda.synchronize()``, inputs come from host memory pinned once with
 ``non_blocking`` copies (inside the timed region), and the optimised mode may use autocast (``amp``); its peak
-is then measured in that dtype.
+is then measured in that dtype. The fp32 peak is measured in the convolutions' math mode: cuDNN convolutions run
+in TF32 by default (``torch.backends.cudnn.allow_tf32``) while cuBLAS matmuls do not, so the peak's matmuls use
+TF32 exactly when the convolutions do (``peak_math`` in the record says which); an IEEE fp32 peak would be several
+times lower than what TF32 convolutions reach, and the percent of peak could pass 100.
 
 :func:`profile_ops` writes the table the book's Speed chapter reads: top operators by self CPU time, and the
 share of time per operator class (7x7 depthwise convolutions, other convolutions, elementwise, ...).
@@ -47,6 +50,7 @@ share of time per operator class (7x7 depthwise convolutions, other convolutions
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -54,7 +58,7 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +76,8 @@ from smelib.tools.optimize_inference import (
 from smelib.runtime import reuse_freed_memory, set_threads
 from smelib.records import cpu_flags, cpu_model
 
-__all__ = ["benchmark", "format_result", "machine_info", "measure_peak", "peak_gap", "profile_ops", "write_profile"]
+__all__ = ["benchmark", "format_result", "machine_info", "measure_peak", "peak_gap", "peak_math", "profile_ops",
+           "write_profile"]
 
 MODES = ("eager", "optimised")
 
@@ -140,8 +145,32 @@ def _timed(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
+def peak_math(device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """The math mode of the peak's matmuls: ``tf32`` for an fp32 peak on CUDA while cuDNN convolutions use TF32,
+    else the dtype's name (``float32``, ``bfloat16``, ``float16``)."""
+    if device.type == "cuda" and dtype == torch.float32 and torch.backends.cudnn.allow_tf32:
+        return "tf32"
+    return str(dtype).removeprefix("torch.")
+
+
+@contextlib.contextmanager
+def _conv_math(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """Run the block's CUDA fp32 matmuls in the convolutions' math mode (TF32 iff ``cudnn.allow_tf32``), then
+    restore the matmul setting. A no-op on the CPU and for other dtypes."""
+    if device.type != "cuda" or dtype != torch.float32:
+        yield
+        return
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = bool(torch.backends.cudnn.allow_tf32)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
 class _Peak:
-    """Large square matmuls: ``n**3`` multiply-adds each; keeps every sample in GMAC/s."""
+    """Large square matmuls: ``n**3`` multiply-adds each, in the convolutions' math mode
+    (:func:`smelib.tools.bench.peak_math`); keeps every sample in GMAC/s."""
 
     def __init__(self, device: torch.device, dtype: torch.dtype = torch.float32, n: int | None = None) -> None:
         self.device, self.dtype = device, dtype
@@ -154,7 +183,8 @@ class _Peak:
         self.samples.clear()
 
     def sample(self) -> float:
-        dt = _timed(lambda: torch.mm(self.a, self.b), self.device)
+        with _conv_math(self.device, self.dtype):
+            dt = _timed(lambda: torch.mm(self.a, self.b), self.device)
         g = self.n**3 / dt / 1e9
         self.samples.append(g)
         return g
@@ -171,6 +201,7 @@ def measure_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.
     for _ in range(repeats):
         peak.sample()
     return {"peak_gmacs_per_s": peak.best, "n": peak.n, "dtype": str(dtype).removeprefix("torch."),
+            "peak_math": peak_math(peak.device, dtype),
             "samples": [round(s, 2) for s in peak.samples]}
 
 
@@ -222,7 +253,9 @@ def _train_runner(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: to
     if optimised and options.compile:
         ok, why = compile_available(device)
         if ok:
-            compile_state.update(status="pending", fn=torch.compile(model, dynamic=False))
+            # CUDA graphs (when asked) remove the per-kernel launch cost that bounds a small batch's step
+            mode = "reduce-overhead" if device.type == "cuda" and options.cuda_graphs else None
+            compile_state.update(status="pending", fn=torch.compile(model, dynamic=False, mode=mode))
         else:
             compile_state["status"] = f"fallback: {why}"
     if optimised and device.type == "cpu" and options.reuse_memory:
@@ -350,6 +383,7 @@ def _summarise(mode: str, t: list[float], paired: list[float], peak_meas: _Peak,
         "gmacs_per_s_best": ips_best * gmacs_per_image,
         "peak_gmacs_per_s": peak,
         "peak_dtype": str(peak_meas.dtype).removeprefix("torch."),
+        "peak_math": peak_math(dev, peak_meas.dtype),
         "percent_of_peak": 100 * ips * gmacs_per_image / peak,
         "percent_of_peak_best": 100 * ips_best * gmacs_per_image / peak,
         "percent_of_adjacent_peak_p50": 100 * _percentile(paired, 0.5),
@@ -461,7 +495,8 @@ def benchmark(
         "macs_convention": ("fvcore multiply-adds of the original model in eval mode; training step counted as "
                             "3 x forward (forward + input gradients + weight gradients)" if train else
                             "fvcore multiply-adds of the original model in eval mode"),
-        "peak": {"n": peaks["eager"].n, "samples_gmacs_per_s": [round(s, 2) for s in peaks["eager"].samples],
+        "peak": {"n": peaks["eager"].n, "math": peak_math(dev, torch.float32),
+                 "samples_gmacs_per_s": [round(s, 2) for s in peaks["eager"].samples],
                  "best_gmacs_per_s": peaks["eager"].best},
         "iters": iters,
         "warmup": warmup,
@@ -488,7 +523,7 @@ def format_result(r: dict[str, Any]) -> str:
         f"torch {r['torch']}  threads {rec['threads']}",
         f"work: {rec['gmacs_per_image']:.3f} GMACs per image ({rec['macs_convention']})",
         f"peak: {rec['peak']['best_gmacs_per_s']:.1f} GMAC/s (best of {len(rec['peak']['samples_gmacs_per_s'])} "
-        f"{rec['peak']['n']}^3 fp32 matmuls)",
+        f"{rec['peak']['n']}^3 {rec['peak'].get('math', 'float32')} matmuls)",
         "",
         f"{'mode':10s} {'img/s p50':>10s} {'img/s best':>10s} {'p50 ms':>9s} {'p95 ms':>9s} {'GMAC/s':>8s} "
         f"{'% peak':>7s} {'% best':>7s} {'% adj':>6s} {'thr':>3s}",

@@ -15,7 +15,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 
 class CLIError(Exception):
@@ -277,6 +280,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from smelib.checkpoint import resolve_checkpoint
     from smelib.mechanisms import rule_for_checkpoint
+    from smelib.runtime import precision_name
     from smelib.metrics import format_table
     from smelib.training import evaluate, load_checkpoint
 
@@ -296,6 +300,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         # a release name resolves to its verified file: the record hashes that file
         checkpoint_file = resolve_checkpoint(args.checkpoint)
         model, meta = load_checkpoint(checkpoint_file, device=args.device, verify=not args.no_verify)
+        autocast = _eval_autocast(args.bf16, torch.device(args.device))
         split = args.split or meta["config"]["eval"]["split"]
         bundle = _eval_bundle(meta, args.data_root, args.limit)
         _check_classes(meta, bundle, args.checkpoint)
@@ -307,26 +312,27 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         metrics = evaluate(model, dataset, tta=args.tta, num_classes=meta["num_classes"],
                            ignore_index=meta["config"]["data"]["ignore_index"], size=meta["config"]["data"]["size"],
                            batch_size=meta["config"]["data"]["eval_batch_size"], progress=sys.stderr.isatty(),
-                           decision=rule, amp_dtype=torch.bfloat16 if args.bf16 else None)
+                           decision=rule, amp_dtype=autocast)
     except (*user_errors(), ValueError) as err:
         raise CLIError(str(err)) from None
     if record_path is not None:
         from smelib.records import write_eval_record
 
         write_eval_record(record_path, metrics, meta, checkpoint=checkpoint_file, subset=split, images=len(dataset),
-                          tta=bool(args.tta), decision=rule.to_dict(), autocast="bf16" if args.bf16 else None,
+                          tta=bool(args.tta), decision=rule.to_dict(),
+                          autocast=precision_name(autocast) if autocast else None,
                           limit=args.limit, device=args.device, wall_seconds=time.time() - started,
                           git=git_at_start)
         print(f"wrote {record_path}", file=sys.stderr)
     if args.json:
         out = metrics.to_dict()
         out.update({"split": split, "images": len(dataset), "tta": bool(args.tta), "checkpoint": args.checkpoint,
-                    "decision": rule.to_dict(), "autocast": "bf16" if args.bf16 else None})
+                    "decision": rule.to_dict(), "autocast": precision_name(autocast) if autocast else None})
         print(json.dumps(out, indent=2))
     else:
         how = rule.mode + (f" (tau0={rule.tau0:g})" if rule.mode != "argmax" else "")
         print(f"{args.checkpoint}: {split} split, {len(dataset)} images, tta={'on' if args.tta else 'off'}, "
-              f"decision={how}" + (", bf16 autocast" if args.bf16 else ""))
+              f"decision={how}" + (f", {precision_name(autocast)} autocast" if autocast else ""))
         print(format_table(metrics, meta.get("class_names")))
     return 0
 
@@ -338,6 +344,21 @@ def _add_threshold_flags(p: argparse.ArgumentParser) -> None:
                         "checkpoint config's eval.decision (argmax unless the run set it)")
     p.add_argument("--tau0", type=float, help="the static threshold / the dynamic rule's base "
                                               "(default: eval.threshold.tau0, 0.5)")
+
+
+def _eval_autocast(bf16: bool, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``eval --bf16`` on ``device``: bf16, or fp16 on a GPU without native bf16 (capability
+    below 8.0, where bf16 is emulated); None without ``--bf16``."""
+    import torch
+
+    from smelib.runtime import choose_precision
+
+    if not bf16:
+        return None
+    dtype, why = choose_precision("bf16", device)
+    if dtype != torch.bfloat16:
+        print(f"--bf16: {why}", file=sys.stderr)
+    return dtype
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -876,6 +897,32 @@ def _add_release(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_release)
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from smelib.tools.doctor import doctor
+
+    try:
+        report = doctor(gpu=args.gpu, steps=args.steps, config=args.config, data_root=args.data_root,
+                        out_dir=args.out, say=lambda line: print(line, file=sys.stderr, flush=True))
+    except user_errors() as err:
+        raise CLIError(str(err)) from None
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    return 1 if report["status"] == "failed" else 0
+
+
+def _add_doctor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="torch/CUDA, GPU, precision and why; --gpu: train, compare, torchrun, bench")
+    p.add_argument("--gpu", action="store_true",
+                   help="on a GPU: train configs/paper.yaml for --steps steps with AMP + channels_last and in fp32, "
+                        "compare; torchrun on 2 GPUs; bench; write results/doctor/doctor_<stamp>.json")
+    p.add_argument("--steps", type=int, default=30, help="optimiser steps of each training check (default 30)")
+    p.add_argument("--config", help="training config of the checks (default configs/paper.yaml)")
+    p.add_argument("--data-root", help="dataset folder (default: NEU-Seg if installed, else the bundled sample)")
+    p.add_argument("--out", help="folder of the record (default results/doctor)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_cmd_doctor)
+
+
 #: The product commands, in the order ``smelib --help`` lists them.
 PRODUCT_COMMANDS = [_add_info, _add_models, _add_flops, _add_train, _add_eval, _add_predict, _add_data,
-            _add_bench, _add_export, _add_release]
+            _add_bench, _add_export, _add_release, _add_doctor]

@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smelib.runtime import reuse_freed_memory
+from smelib.runtime import bf16_native, reuse_freed_memory
 
 __all__ = [
     "FastMSAA",
@@ -101,12 +101,18 @@ class OptimizeOptions:
         reuse_memory: on CPU, :func:`~smelib.runtime.reuse_freed_memory` (process-wide).
         threads: intra-op threads around each optimised forward (``None``: leave as is).
         amp: CUDA autocast dtype, ``"bf16"``, ``"fp16"`` or ``None`` (fp32). Ignored on CPU unless ``cpu_amp``.
+            ``"bf16"`` becomes fp16 on a GPU without native bf16 (:func:`smelib.runtime.bf16_native`).
         cpu_amp: also autocast on CPU, in bf16 (``amp`` must then be ``"bf16"``). On CPUs with AMX or AVX-512-BF16
             units convolutions run at a multiple of their fp32 rate; off by default because it changes the
             numbers (bf16 keeps 8 bits of mantissa): measure the accuracy before deploying it
             (``smelib eval --bf16``).
         cudnn_benchmark: ``torch.backends.cudnn.benchmark = True`` on CUDA.
-        pinned_memory: copy host inputs to CUDA from pinned memory, ``non_blocking``.
+        pinned_memory: copy host inputs to CUDA from pinned memory, ``non_blocking``. Inputs that are already
+            pinned are copied ``non_blocking``; others are not pinned per call (pinning allocates page-locked memory
+            and copies, which costs more than it saves): pin a reused input once (:mod:`smelib.tools.bench` does).
+        cuda_graphs: with ``compile`` on CUDA, compile in ``mode="reduce-overhead"`` (CUDA graphs), which removes
+            the per-kernel launch cost that dominates small batches. Off by default: a graph's outputs are
+            overwritten by its next call (clone what you keep).
         fused_optimizer: training step only (:mod:`smelib.tools.bench`): the optimiser's fused kernel, where the
             device has one.
     """
@@ -124,6 +130,7 @@ class OptimizeOptions:
     pinned_memory: bool = True
     cpu_amp: bool = False
     fused_optimizer: bool = True
+    cuda_graphs: bool = False
 
     def autocast_dtype(self, device: torch.device | str) -> torch.dtype | None:
         """The autocast dtype on ``device`` (None: fp32).
@@ -133,6 +140,8 @@ class OptimizeOptions:
         """
         dev = torch.device(device)
         if dev.type == "cuda" and self.amp:
+            if self.amp == "bf16" and not bf16_native(dev):
+                return torch.float16  # emulated bf16 (capability < 8.0): no bf16 cuDNN convolutions
             return {"bf16": torch.bfloat16, "fp16": torch.float16}[self.amp]
         if dev.type == "cpu" and self.cpu_amp:
             if self.amp != "bf16":
@@ -509,7 +518,10 @@ def compile_available(device: torch.device | str = "cpu") -> tuple[bool, str]:
     return True, f"C++ compiler {path}"
 
 
-def _compile(module: nn.Module, device: torch.device) -> Callable[..., Any]:
+def _compile(module: nn.Module, device: torch.device, cuda_graphs: bool = False) -> Callable[..., Any]:
+    """``torch.compile`` of ``module``: frozen weights on the CPU; CUDA graphs on CUDA when ``cuda_graphs``."""
+    if device.type == "cuda" and cuda_graphs:
+        return torch.compile(module, dynamic=False, mode="reduce-overhead")
     options = {"freezing": True} if device.type == "cpu" else {}
     return torch.compile(module, dynamic=False, options=options)
 
@@ -536,7 +548,7 @@ class OptimizedModel(nn.Module):
         if options.compile:
             ok, why = compile_available(device)
             if ok:
-                self._compiled = _compile(module, device)
+                self._compiled = _compile(module, device, options.cuda_graphs)
                 self.compile_status = "pending"
             else:
                 self.compile_status = f"fallback: {why}"
@@ -562,10 +574,12 @@ class OptimizedModel(nn.Module):
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Move ``x`` to the model's device (pinned, non-blocking from the host on CUDA) in the chosen layout."""
-        if self.device.type == "cuda" and x.device.type == "cpu" and self.options.pinned_memory and not x.is_pinned():
-            x = x.pin_memory()
+        # A host input is copied non_blocking only when already pinned (non_blocking from pageable memory is a
+        # synchronous copy anyway); it is never pinned here, per call (see OptimizeOptions.pinned_memory).
+        non_blocking = (self.device.type == "cuda" and x.device.type == "cpu" and self.options.pinned_memory
+                        and x.is_pinned())
         fmt = torch.channels_last if self.options.channels_last and x.dim() == 4 else torch.contiguous_format
-        return x.to(self.device, non_blocking=self.device.type == "cuda").contiguous(memory_format=fmt)
+        return x.to(self.device, non_blocking=non_blocking).contiguous(memory_format=fmt)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with self.context(), threads_for(self.options.threads if self.device.type == "cpu" else None):
