@@ -67,7 +67,6 @@ from smelib.checkpoint import (
     atomic_save,
     capture_rng,
     check_state_dict,
-    load_checkpoint,
     read_checkpoint,
     restore_rng,
     sha256_file,
@@ -83,7 +82,7 @@ from smelib.data.loading import (
     size_tuple,
     worker_init,
 )
-from smelib.inference import evaluate, predict, predict_dataset, predict_proba, unwrap
+from smelib.inference import evaluate, predict_dataset, unwrap
 from smelib.losses import build_loss
 from smelib.models import DeepLabV3Plus, build
 from smelib.models.complexity import fvcore_macs
@@ -107,11 +106,7 @@ __all__ = [
     "RunResult",
     "TrainingDiverged",
     "build_model",
-    "evaluate",
     "fit",
-    "load_checkpoint",
-    "predict",
-    "predict_proba",
     "train",
 ]
 

@@ -15,6 +15,7 @@ import torch
 from engine_helpers import make_neu, tiny_config
 from torch import nn
 
+from smelib import inference
 from smelib import training as engine
 from smelib.checkpoint import CheckpointError, atomic_save, load_checkpoint, read_checkpoint
 from smelib.config import ConfigError, resolve
@@ -148,7 +149,7 @@ def test_checkpoint_mismatches_give_clear_errors(run: engine.RunResult, tmp_path
 def test_evaluate_checkpoint_metrics_in_range(run: engine.RunResult) -> None:
     meta = load_checkpoint(run.checkpoint)[1]
     test = load_data(meta["config"]).test
-    metrics = engine.evaluate(run.checkpoint, test).to_dict()
+    metrics = inference.evaluate(run.checkpoint, test).to_dict()
     for key in ("miou", "iou", "precision", "recall", "mpa", "pixel_acc", "defects_only"):
         assert key in metrics
     assert all(v is None or 0 <= v <= 1 for v in metrics["iou"])
@@ -173,13 +174,13 @@ def test_tta_inverts_each_transform() -> None:
     torch.manual_seed(0)
     model = _Pointwise().eval()
     x = torch.randn(2, 3, 20, 28)  # non-square: a wrong inverse would not even have the right shape
-    plain = engine.predict_proba(model, x)
-    tta = engine.predict_proba(model, x, tta=True)
+    plain = inference.predict_proba(model, x)
+    tta = inference.predict_proba(model, x, tta=True)
     assert tta.shape == (2, 4, 20, 28)
     torch.testing.assert_close(tta, plain, atol=1e-6, rtol=0)
     # A model that is not rotation-equivariant gives a different (averaged) answer with TTA.
     model.conv = nn.Conv2d(3, 4, (1, 5), padding=(0, 2))
-    assert not torch.allclose(engine.predict_proba(model, x, tta=True), engine.predict_proba(model, x), atol=1e-4)
+    assert not torch.allclose(inference.predict_proba(model, x, tta=True), inference.predict_proba(model, x), atol=1e-4)
 
 
 def test_predict_returns_masks_at_each_image_size(run: engine.RunResult, tmp_path: Path) -> None:
@@ -190,7 +191,7 @@ def test_predict_returns_masks_at_each_image_size(run: engine.RunResult, tmp_pat
         p = tmp_path / f"im{i}.png"
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (h, w), dtype=np.uint8)).save(p)
         paths.append(p)
-    masks = engine.predict(run.checkpoint, paths)
+    masks = inference.predict(run.checkpoint, paths)
     assert [m.shape for m in masks] == [(48, 48), (37, 61)]
     assert all(m.dtype == np.uint8 and m.max() < 4 for m in masks)
 

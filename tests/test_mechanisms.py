@@ -14,6 +14,7 @@ import torch
 from engine_helpers import TINY_MODEL, make_neu, tiny_config
 from torch import nn
 
+from smelib import inference
 from smelib import training as engine
 from smelib import mechanisms as M
 from smelib.checkpoint import read_checkpoint
@@ -264,7 +265,8 @@ def test_options_on_run_records_training_split_statistics(neu: Path, tmp_path: P
         assert outs[mode]["decision"]["mode"] == mode and 0 <= outs[mode]["miou"] <= 1
     assert outs["dynamic"]["miou"] == pytest.approx(rec["final"]["test"]["miou"])
     rule = M.rule_for_checkpoint(read_checkpoint(run.checkpoint), mode="argmax")
-    assert engine.evaluate(ckpt, bundle.test).to_dict() == engine.evaluate(ckpt, bundle.test, decision=rule).to_dict()
+    plain = inference.evaluate(ckpt, bundle.test).to_dict()
+    assert plain == inference.evaluate(ckpt, bundle.test, decision=rule).to_dict()
     image = bundle.test.raw(0)[0]
-    assert engine.predict(ckpt, [image], decision="dynamic")[0].shape == tuple(image.shape[-2:])
-    assert np.array_equal(engine.predict(ckpt, [image])[0], engine.predict(ckpt, [image], decision="argmax")[0])
+    assert inference.predict(ckpt, [image], decision="dynamic")[0].shape == tuple(image.shape[-2:])
+    assert np.array_equal(inference.predict(ckpt, [image])[0], inference.predict(ckpt, [image], decision="argmax")[0])

@@ -43,7 +43,7 @@ def is_package(name: str) -> bool:
 
 def page(name: str) -> str:
     # Packages show their docstring only: their names are documented where they are defined.
-    options = "" if is_package(name) else "   :members:\n"
+    options = "" if is_package(name) else "   :members:\n   :undoc-members:\n"
     return f"# `{name}`\n\n```{{eval-rst}}\n.. automodule:: {name}\n{options}```\n"
 
 

@@ -101,8 +101,7 @@ def seed_pairs(records: Sequence[Mapping[str, Any]], option_config: str, base_co
         base_config: the protocol it modifies.
         model, split: which runs (``split`` is the split kind, ``"grouped"`` or ``"official"``).
         epochs: the training length both must have; None: the base protocol's
-        (:func:`~smelib.study.plan.protocol_epochs`), so
-            learning-curve runs of other lengths never pair up.
+            (:func:`~smelib.study.plan.protocol_epochs`), so learning-curve runs of other lengths never pair up.
 
     Returns:
         one :class:`SeedPair` per seed that both protocols have, sorted by seed.

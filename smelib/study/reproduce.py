@@ -65,7 +65,9 @@ def reproduce(config: Mapping[str, Any], runs_dir: str | os.PathLike | None = No
         A text report (run directory, per-class test table, the summary row, the reference's table, the files
         written).
     """
-    from smelib.training import evaluate, load_checkpoint, train
+    from smelib.checkpoint import load_checkpoint
+    from smelib.inference import evaluate
+    from smelib.training import train
     from smelib.data.loading import load_data
     from smelib.metrics import format_table
     from smelib.records import write_json

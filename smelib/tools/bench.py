@@ -426,7 +426,7 @@ def benchmark(
             threads is credited against the whole machine's peak.
         device: ``"cpu"`` or ``"cuda[:N]"``.
         options: optimisations of the optimised mode (default:
-        :class:`~smelib.tools.optimize_inference.OptimizeOptions` with ``compile=True``).
+            :class:`~smelib.tools.optimize_inference.OptimizeOptions` with ``compile=True``).
         num_classes: output classes.
         peak_n: matmul size of the peak measurement (default 2048 on CPU, 8192 on CUDA).
         seed: seeds the model weights and the data.

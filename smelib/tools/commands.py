@@ -282,7 +282,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from smelib.mechanisms import rule_for_checkpoint
     from smelib.runtime import precision_name
     from smelib.metrics import format_table
-    from smelib.training import evaluate, load_checkpoint
+    from smelib.checkpoint import load_checkpoint
+    from smelib.inference import evaluate
 
     record_path = None
     if args.record:
@@ -430,7 +431,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from smelib.data import read_image
     from smelib.mechanisms import rule_for_checkpoint
     from smelib.palette import overlay, palette_image, write_legend
-    from smelib.training import load_checkpoint, predict
+    from smelib.checkpoint import load_checkpoint
+    from smelib.inference import predict
 
     files = _predict_inputs(args.images)
     out = Path(args.out)

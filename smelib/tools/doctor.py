@@ -42,8 +42,8 @@ from smelib.settings import repo_root
 
 __all__ = ["DOCTOR_TOLERANCE", "doctor", "gpu_environment"]
 
-#: How far the AMP run may end from the fp32 reference before the check fails: relative difference of the final
-#: training loss, and absolute difference of test mIoU (fraction, not percent).
+#: How far the AMP run may end from the fp32 reference before the check fails (the relative difference of the
+#: final training loss, and the absolute difference of test mIoU as a fraction, not percent).
 DOCTOR_TOLERANCE = {"train_loss_rel": 0.10, "test_miou_abs": 0.05}
 
 

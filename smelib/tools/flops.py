@@ -4,10 +4,9 @@ Three conventions, because the literature mixes them:
 
 * **True parameters**: every tensor in ``model.parameters()``.
 * **fvcore multiply-adds** (:func:`smelib.models.complexity.fvcore_macs`): one per multiply-add of convolutions,
-matmuls and a few more
-  ops; elementwise ops are skipped. With ``elementwise=True`` we register handles for the elementwise work that
-  matters in these models — the star operation's and the attention modules' products (``aten::mul``), sigmoid,
-  ReLU6 (``aten::hardtanh``) — one op per output element.
+  matmuls and a few more ops; elementwise ops are skipped. With ``elementwise=True`` we register handles for the
+  elementwise work that matters in these models — the star operation's and the attention modules' products
+  (``aten::mul``), sigmoid, ReLU6 (``aten::hardtanh``) — one op per output element.
 * **The paper's convention** (:func:`thop_count`): the DeepLabV3+ template's ``summary.py`` reports
   ``2 × thop.profile(...)`` multiply-adds as "GFLOPs" and thop's parameter count, at 1×3×512×512. We re-implement
   thop's rules (version 0.1.1.post2209072238) with forward hooks instead of depending on thop, so the rules are
