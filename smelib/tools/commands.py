@@ -249,7 +249,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         write_eval_record(record_path, metrics, meta, checkpoint=args.checkpoint, subset=split, images=len(dataset),
                           tta=bool(args.tta), decision=rule.to_dict(), autocast="bf16" if args.bf16 else None,
                           limit=args.limit, device=args.device, wall_seconds=time.time() - started,
-                          git=git_at_start)
+                          git=git_at_start, weights_label=args.weights_label)
         print(f"wrote {record_path}", file=sys.stderr)
     if args.json:
         out = metrics.to_dict()
@@ -287,6 +287,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--record", metavar="FILE.json",
                    help="also write an evaluation record (checkpoint hash, source run, subset, TTA, decision rule, "
                         "git commit, host, wall time, metrics) to this new file, e.g. results/headroom/<name>.json")
+    p.add_argument("--weights-label", help="with --record: what the weights are, in words (default: the run that "
+                   "trained them and its epoch); the record names them by this label and their SHA256")
     _add_threshold_flags(p)
     p.set_defaults(func=_cmd_eval)
 
