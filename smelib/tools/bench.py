@@ -586,9 +586,7 @@ def benchmark(
 
     result = {"model": model, "task": "train" if train else "inference", "batch": batch, "size": [h, w],
               "device": str(dev), "torch": torch.__version__}
-    # a mode that beats every peak kernel raises its dtype's peak (for both modes when they share it)
-    ceilings = {id(p): peak_ceiling(p.best, {m: batch * gmacs_per_image / min(times[m]) for m in MODES
-                                             if peaks[m] is p}) for p in peaks.values()}
+    ceilings = _ceilings(peaks, times, batch * gmacs_per_image)
     for mode in MODES:
         result[mode] = _summarise(mode, times[mode], paired[mode], peaks[mode], ceilings[id(peaks[mode])], batch,
                                   gmacs_per_image, dev, mode_threads[mode], notes[mode])
@@ -617,6 +615,13 @@ def benchmark(
         result["record"]["peak_optimised"] = {**_peak_record(peaks["optimised"], ceilings[id(peaks["optimised"])],
                                                              dev), "dtype": str(opt_dtype)}
     return result
+
+
+def _ceilings(peaks: dict[str, _Peak], times: dict[str, list[float]], gmacs_per_batch: float) -> dict[int, dict]:
+    """:func:`smelib.tools.bench.peak_ceiling` of each distinct peak (by ``id``): a mode that beats every peak
+    kernel raises its dtype's peak, for both modes when they share it."""
+    return {id(p): peak_ceiling(p.best, {m: gmacs_per_batch / min(times[m]) for m in MODES if peaks[m] is p})
+            for p in peaks.values()}
 
 
 def _peak_record(peak: _Peak, ceiling: dict[str, Any], dev: torch.device) -> dict[str, Any]:
