@@ -360,6 +360,7 @@ def write_eval_record(
     path: str | os.PathLike, metrics: Any, meta: Mapping[str, Any], *, checkpoint: str | os.PathLike, subset: str,
     images: int, tta: bool, decision: Mapping[str, Any], autocast: str | None = None, limit: int | None = None,
     device: str = "cpu", wall_seconds: float | None = None, git: Mapping[str, Any] | None = None,
+    weights_label: str | None = None,
 ) -> Path:
     """Write the record of one evaluation of a checkpoint (``smelib eval --record``) to a new JSON file.
 
@@ -372,6 +373,8 @@ def write_eval_record(
         metrics: a :class:`smelib.metrics.SegMetrics` (anything with ``to_dict()``).
         meta: the checkpoint's metadata from :func:`smelib.checkpoint.load_checkpoint`.
         git: :func:`git_info` taken when the evaluation started (the code that ran); default: read now.
+        weights_label: what the weights are, in words (default: the run that trained them and its epoch); stored
+            with their SHA256 under ``weights``, because a checkpoint path can later hold other weights.
 
     Raises:
         FileExistsError: ``path`` exists.
@@ -383,8 +386,11 @@ def write_eval_record(
 
     config = meta.get("config") or {}
     split = config.get("data", {}).get("split") if isinstance(config.get("data"), Mapping) else None
+    sha = sha256_file(checkpoint)
+    label = weights_label or f"run {meta.get('run_id')}, epoch index {meta.get('epoch')}"
     record = {
-        "kind": "evaluation", "checkpoint": os.fspath(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),
+        "kind": "evaluation", "weights": {"sha256": sha, "label": label}, "checkpoint": os.fspath(checkpoint),
+        "checkpoint_sha256": sha,
         "run_id": meta.get("run_id"), "model": meta.get("model_name"), "config_name": config.get("name"),
         "epoch": meta.get("epoch"), "class_names": meta.get("class_names"), "split": split, "subset": subset,
         "images": images, "limit": limit,

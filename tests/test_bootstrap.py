@@ -1,7 +1,8 @@
 """Paired bootstrap over test images (smelib.study.bootstrap, `smelib bootstrap`): per-image confusions add up to the
 dataset's, the resampled mIoU is the metric module's, the interval behaves (zero for identical runs, one-sided for
 a run better on every image, narrower for a larger test set), the per-class intervals single out the class that
-differs, and the command works on two tiny trained runs."""
+differs, groups of copies are resampled whole (wider than images, the image bootstrap when every group is one
+image), and the command works on two tiny trained runs."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from smelib.study.bootstrap import (
     bootstrap_record,
     bootstrap_table,
     image_confusions,
+    image_groups,
     iou_of_confusions,
     load_bootstrap_records,
     miou_of_confusions,
@@ -145,6 +147,41 @@ def test_per_class_intervals_single_out_the_class_that_differs() -> None:
         bootstrap_class_table(old)
 
 
+def test_copies_are_resampled_as_whole_groups() -> None:
+    """Each of 30 pictures shown 4 times (exact copies): resampling images treats 120 images as independent and
+    gives an interval about half as wide as the truth; resampling groups gives exactly the bootstrap of the 30
+    pictures (mIoU does not change when every confusion is multiplied by 4)."""
+    rng = np.random.default_rng(5)
+    gts, good = _maps(rng, 30, 0.2)
+    _, bad = _maps(rng, 30, 0.3, gts)
+    ca, cb = image_confusions(good, gts, 4), image_confusions(bad, gts, 4)
+    ra, rb = np.repeat(ca, 4, axis=0), np.repeat(cb, 4, axis=0)  # copies next to each other, groups in image order
+    labels = [f"picture {i}" for i in range(30) for _ in range(4)]
+    pictures = paired_bootstrap(ca, cb, n_boot=400, seed=2)
+    images = paired_bootstrap(ra, rb, n_boot=400, seed=2)
+    groups = paired_bootstrap(ra, rb, n_boot=400, seed=2, groups=labels, unit="copy-group")
+    assert (images.unit, images.n_units, groups.unit, groups.n_units) == ("image", 120, "copy-group", 30)
+    assert groups.n_images == 120 and groups.difference == pytest.approx(images.difference)
+    assert (groups.low, groups.high, groups.std) == pytest.approx((pictures.low, pictures.high, pictures.std))
+    assert groups.class_low_joint == pytest.approx(pictures.class_low_joint, nan_ok=True)
+    assert (groups.high - groups.low) > 1.5 * (images.high - images.low)
+    # every group one image: the image bootstrap, field for field
+    alone = paired_bootstrap(ca, cb, n_boot=400, seed=2, groups=list(range(30)))
+    assert alone == pictures and alone.unit == "image"
+    with pytest.raises(BootstrapError, match="29 group labels for 30 images"):
+        paired_bootstrap(ca, cb, n_boot=400, groups=list(range(29)))
+    with pytest.raises(BootstrapError, match="1 test copy-group"):
+        paired_bootstrap(ra, rb, n_boot=400, groups=["one"] * 120, unit="copy-group")
+
+
+def test_image_groups_come_from_the_groups_file(tmp_path: Path) -> None:
+    path = tmp_path / "groups.json"
+    path.write_text(json.dumps({"groups": [["a", "b", "x"], ["c"]], "copy_groups": [["a", "x"], ["b"], ["c"]]}))
+    # "x" is not a test image here; "d" is in no group: a group of its own
+    assert image_groups(["b", "c", "a", "d"], path) == [0, 1, 0, 2]
+    assert image_groups(["b", "c", "a", "d"], path, key="copy_groups") == [1, 2, 0, 3]
+
+
 def test_bad_arguments_are_refused() -> None:
     c = np.zeros((5, 4, 4), np.int64)
     with pytest.raises(BootstrapError, match="both be"):
@@ -169,6 +206,8 @@ def test_runs_records_and_the_command(two_runs: list[Path], tmp_path: Path, caps
         assert m["run_id"] == run["run_id"] and m["source"] == "checkpoint"
         assert value == pytest.approx(run["final"]["test"]["miou"], abs=1e-9)  # the record's test mIoU, recomputed
     assert out.n_images == 4 and rec["verdict"] == out.verdict and rec["split"]["kind"] == "official"
+    # the tiny runs' configs name no groups file: images are the unit, and the record says so
+    assert (out.unit, out.n_units, rec["groups_file"]) == ("image", 4, None)
     path = write_bootstrap_record(rec, tmp_path)
     assert path.name == "official_s0_vs_s1.json"
     with pytest.raises(BootstrapError, match="exists"):
@@ -184,7 +223,7 @@ def test_runs_records_and_the_command(two_runs: list[Path], tmp_path: Path, caps
                  "--force"]) == 0
     printed = capsys.readouterr().out
     assert "over 4 images" in printed and out.verdict in printed and "official_s0_vs_s1.json" in printed
-    assert "per class (official split, 4 test images; joint: Bonferroni over the classes)" in printed
+    assert "per class (official split, 4 images resampled; joint: Bonferroni over the classes)" in printed
     assert main(["bootstrap", f"s0={two_runs[0]}", f"s0={two_runs[1]}"]) != 0
     assert "both runs are labelled 's0'" in capsys.readouterr().err
     assert main(["bootstrap", "s0", f"s1={two_runs[1]}"]) != 0

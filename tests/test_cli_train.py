@@ -97,6 +97,13 @@ def test_eval_record_states_what_was_evaluated_and_is_never_overwritten(
     rec = json.loads(path.read_text())
     assert rec["kind"] == "evaluation" and rec["tta"] is True and rec["subset"] == "test" and rec["images"] == 4
     assert rec["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    # the weights by hash and in words (the run and epoch by default): a path can later hold other weights
+    assert rec["weights"] == {"sha256": rec["checkpoint_sha256"],
+                              "label": f"run {rec['run_id']}, epoch index {rec['epoch']}"}
+    labelled = tmp_path / "headroom" / "labelled.json"
+    assert _run(capsys, "eval", "--checkpoint", ckpt, "--record", labelled, "--weights-label", "tiny, 1 epoch")[0] == 0
+    assert json.loads(labelled.read_text())["weights"]["label"] == "tiny, 1 epoch"
+    labelled.unlink()
     assert rec["run_id"] and rec["decision"] == {"mode": "argmax"} and rec["wall_seconds"] > 0
     assert rec["class_names"] == ["background", "inclusion", "patches", "scratches"]
     assert rec["metrics"]["miou"] == pytest.approx(json.loads(out)["miou"]) and "commit" in rec["git"]

@@ -23,7 +23,7 @@ from smelib.distributed import DistContext, shard
 from smelib.data.loading import epoch_batches, load_data
 from smelib.optim import LRSchedule
 from smelib.records import LOG_COLUMNS, RECORD_KEYS, RunDirError, create_run_dir
-from smelib.study.results import format_summary, load_records, summarize, write_csv
+from smelib.study.results import DIRTY_MARK, format_summary, is_dirty, load_records, summarize, write_csv
 
 
 @pytest.fixture(scope="module")
@@ -300,6 +300,15 @@ def test_summarize_means_and_stds_over_seeds(tmp_path: Path) -> None:
     b["host"], b["cpu_steal_fraction"] = {"cpu": "EPYC", "cpu_flags": ["avx2"], "cpu_cores": 2}, 0.4
     mixed = summarize([a, b])[0]
     assert mixed["hosts"] == "EPYC [avx2] x2 | Xeon [avx512] x2" and mixed["cpu_steal_mean"] == pytest.approx(0.4)
+    # A run made from a tree with uncommitted changes is counted and marked, in the CSV and in the text table.
+    assert row["dirty_runs"] == 0 and not is_dirty(row) and DIRTY_MARK not in format_summary(rows)
+    a["git"], b["git"] = {"commit": "x", "dirty": True}, {"commit": "x", "dirty": False}
+    [flagged] = summarize([a, b])
+    assert flagged["dirty_runs"] == 1 and is_dirty(flagged) and is_dirty({"dirty_runs": "1"})
+    assert f"60.00 ± 14.14 {DIRTY_MARK}" in format_summary([flagged])
+    write_csv([flagged], tmp_path / "summary.csv")
+    with open(tmp_path / "summary.csv", encoding="utf-8") as fh:
+        assert is_dirty(next(csv.DictReader(fh)))
     # A seed re-trained for more epochs under the same config name is its own row, not a replacement.
     longer = summarize([_fake_record(0, 0.5), _fake_record(1, 0.7), _fake_record(0, 0.8, epochs=6)])
     assert [(r["epochs"], r["n_seeds"], round(r["miou_mean"], 6)) for r in longer] == [(3, 2, 0.6), (6, 1, 0.8)]

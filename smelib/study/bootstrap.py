@@ -2,9 +2,17 @@
 
 Two runs scored on the same test images differ for two reasons: the models differ (seed, architecture) and the
 test set is a sample of images. Seed-to-seed spread (:func:`smelib.study.conclusions.pooled_seed_std`) measures the
-first; this module measures the second. It resamples the test images with replacement, ``n_boot`` times, and
+first; this module measures the second. It resamples the test set with replacement, ``n_boot`` times, and
 recomputes both runs' dataset-level mIoU on each resample from per-image confusion matrices, *the same images for
 both runs* (paired), so that images that are hard for every model do not widen the interval.
+
+The unit resampled is the one that is independent. NEU-Seg shows most pictures several times (rotated copies, and
+composites sharing half a picture; :func:`smelib.data.splits.find_groups`): a grouped test set of 839 images holds
+only about two hundred independent pictures, and resampling its images one by one as if they were independent
+gives an interval too narrow. When test images share the groups of the split's groups file (the run config's
+``data.groups``, the same groups the grouped split keeps together), whole groups are resampled (a cluster
+bootstrap: a group's images enter or leave a resample together); the record names the unit and how many there
+were. A test set of singletons (the official split, nearly) gives the image bootstrap back exactly.
 
 The interval answers "would these two trained models rank the same way on another test set drawn like this
 one?"; it does not answer "would another training run rank the same way?". A difference can be well outside
@@ -29,9 +37,9 @@ import numpy as np
 
 __all__ = ["BootstrapError", "PairedBootstrap", "bootstrap_class_table", "bootstrap_record", "bootstrap_table",
            "image_confusions", "iou_of_confusions", "load_bootstrap_records", "miou_of_confusions", "paired_bootstrap",
-           "paired_bootstrap_runs", "write_bootstrap_record"]
+           "paired_bootstrap_runs", "image_groups", "UNITS", "write_bootstrap_record"]
 
-BOOTSTRAP_FORMAT = 1
+BOOTSTRAP_FORMAT = 2  # 2: the resampled unit (image or group) and the groups file are recorded
 
 
 class BootstrapError(ValueError):
@@ -105,7 +113,9 @@ class PairedBootstrap:
         low, high: the central ``level`` percentile interval of the resampled differences.
         p_not_better: the fraction of resamples where ``better`` does not beat ``worse`` (difference <= 0).
         std: the resampled differences' standard deviation (the test set's standard error of the difference).
-        n_images, n_boot, seed, level: what was resampled, how often, with which generator seed.
+        n_images, n_boot, seed, level: how many test images, how many resamples, the generator seed, the coverage.
+        unit, n_units: what was resampled, ``"image"`` or ``"group"`` (whole groups of near-duplicate images),
+            and how many of them the test set holds (``n_units == n_images`` for images).
         class_iou_better, class_iou_worse, class_difference, class_low, class_high: the same per class (K values
             each, class order of the confusion matrices; NaN for a class absent from the test set), from the same
             resamples. They say which classes a difference of mIoU comes from; several intervals read together
@@ -137,6 +147,8 @@ class PairedBootstrap:
     class_high: tuple[float, ...] = ()
     class_low_joint: tuple[float, ...] = ()
     class_high_joint: tuple[float, ...] = ()
+    unit: str = "image"
+    n_units: int = 0
 
     @property
     def verdict(self) -> str:
@@ -149,30 +161,49 @@ class PairedBootstrap:
 
 
 def paired_bootstrap(conf_better: np.ndarray, conf_worse: np.ndarray, better: str = "better", worse: str = "worse",
-                     n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> PairedBootstrap:
-    """Resample test images (with replacement, the same ones for both runs) and compare the two runs' mIoU.
+                     n_boot: int = 2000, seed: int = 0, level: float = 0.95,
+                     groups: Sequence[Any] | np.ndarray | None = None, unit: str = "group") -> PairedBootstrap:
+    """Resample the test set (with replacement, the same draws for both runs) and compare the two runs' mIoU.
 
     Args:
         conf_better, conf_worse: ``(N, K, K)`` per-image confusion matrices of the two runs on the same N images
             (:func:`image_confusions`), in the same image order.
         n_boot: resamples; seed: the generator's seed (the outcome is a function of the inputs and these).
         level: the interval's coverage, in (0, 1).
+        groups: ``(N,)`` labels (any hashable values), equal for images that are not independent (copies of one
+            picture, :func:`smelib.study.bootstrap.image_groups`); whole groups are resampled (a cluster
+            bootstrap). None, or N distinct labels: images are resampled, exactly the image bootstrap.
+        unit: what a group is called in the outcome (``"group"``, ``"copy-group"``).
 
     Returns:
-        A :class:`PairedBootstrap`.
+        A :class:`PairedBootstrap`; its ``unit`` is ``unit`` when some group holds two or more images, else
+        ``"image"``.
     """
     a, b = np.asarray(conf_better), np.asarray(conf_worse)
     if a.shape != b.shape or a.ndim != 3 or a.shape[1] != a.shape[2]:
         raise BootstrapError(f"per-image confusions must both be (N, K, K), got {a.shape} and {b.shape}")
-    n = a.shape[0]
-    if n < 2:
-        raise BootstrapError(f"{n} test image(s): a bootstrap needs at least 2")
+    n_images = a.shape[0]
     if n_boot < 100:
         raise BootstrapError(f"n_boot={n_boot}: use at least 100 resamples for a percentile interval")
     if not 0 < level < 1:
         raise BootstrapError(f"level={level}: must lie in (0, 1)")
     k2 = a.shape[1] * a.shape[2]
-    flat = np.concatenate([a.reshape(n, k2), b.reshape(n, k2)], axis=1).astype(np.float64)
+    flat = np.concatenate([a.reshape(n_images, k2), b.reshape(n_images, k2)], axis=1).astype(np.float64)
+    resampled = "image"
+    if groups is not None:
+        if len(groups) != n_images:
+            raise BootstrapError(f"{len(groups)} group labels for {n_images} images")
+        first: dict[Any, int] = {}  # groups numbered in order of first appearance, so the draws do not depend
+        label = np.array([first.setdefault(g, len(first)) for g in groups], dtype=np.int64)  # on how labels sort
+        if len(first) < n_images:
+            resampled = unit
+            # a group's confusions summed: resampling the sums resamples the group's images together
+            summed = np.zeros((int(label.max()) + 1, flat.shape[1]), dtype=np.float64)
+            np.add.at(summed, label, flat)
+            flat = summed
+    n = flat.shape[0]
+    if n < 2:
+        raise BootstrapError(f"{n} test {resampled}(s): a bootstrap needs at least 2")
     rng = np.random.default_rng(seed)
     diffs = np.empty(n_boot, dtype=np.float64)
     class_diffs = np.empty((n_boot, a.shape[1]), dtype=np.float64)
@@ -202,19 +233,59 @@ def paired_bootstrap(conf_better: np.ndarray, conf_worse: np.ndarray, better: st
         return tuple(float(v) for v in x)
 
     return PairedBootstrap(better, worse, mb, mw, mb - mw, float(low), float(high),
-                           float(np.mean(diffs <= 0)), float(np.std(diffs, ddof=1)), n, n_boot, seed, level,
+                           float(np.mean(diffs <= 0)), float(np.std(diffs, ddof=1)), n_images, n_boot, seed, level,
                            floats(ib), floats(iw), floats(ib - iw), floats(c_low), floats(c_high),
-                           floats(j_low), floats(j_high))
+                           floats(j_low), floats(j_high), resampled, n)
+
+
+#: What :func:`paired_bootstrap_runs` can resample: the groups file's key, or None for images.
+UNITS = {"group": "groups", "copy-group": "copy_groups", "image": None}
+
+
+def image_groups(ids: Sequence[str], groups_file: str | os.PathLike, key: str = "groups") -> list[int]:
+    """The group of each test image, from a groups file written by ``smelib data groups``.
+
+    Args:
+        ids: the N test image ids, in the order of the per-image confusions.
+        groups_file: the JSON file (a relative path is read from the working directory, else from the repository).
+        key: ``"groups"``, the partition the grouped split keeps on one side (rotated copies, and composites that
+            share half a picture: both are dependent), or ``"copy_groups"`` (rotated copies only; composites count
+            as independent, which they are not quite).
+
+    Returns:
+        N group indices; an id the file does not list is a group of its own.
+    """
+    from smelib.data.splits import load_groups
+    from smelib.settings import repo_root
+
+    path = Path(groups_file)
+    if not path.is_absolute() and not path.exists() and (repo_root() / path).exists():
+        path = repo_root() / path
+    listed = load_groups(path, key)
+    group_of = {sid: gi for gi, g in enumerate(listed) for sid in g}
+    alone = len(listed)
+    out = []
+    for sid in ids:
+        if sid not in group_of:
+            group_of[sid], alone = alone, alone + 1
+        out.append(group_of[sid])
+    return out
 
 
 def paired_bootstrap_runs(better: tuple[str, str | os.PathLike], worse: tuple[str, str | os.PathLike],
                           data_root: str | None = None, n_boot: int = 2000, seed: int = 0, level: float = 0.95,
-                          device: str = "cpu", shared_images: bool = False) -> tuple[PairedBootstrap, dict[str, Any]]:
+                          device: str = "cpu", shared_images: bool = False, groups: str | os.PathLike | None = None,
+                          unit: str = "group") -> tuple[PairedBootstrap, dict[str, Any]]:
     """:func:`paired_bootstrap` of two runs' test predictions (stored in their run folders, else predicted).
 
     Args:
         better, worse: ``(label, run folder or checkpoint)``; both trained on the same split, unless
             ``shared_images``.
+        groups: the groups file whose groups are resampled whole (:func:`smelib.study.bootstrap.image_groups`);
+            None: the one ``better``'s run config names (``data.groups``), if any (none: images are resampled).
+        unit: a key of :data:`smelib.study.bootstrap.UNITS`: ``"group"`` (default: the split's groups, the
+            independent unit), ``"copy-group"`` (rotated copies only) or ``"image"`` (one by one, ignoring the
+            groups: too narrow when test images are copies of each other; for comparison only).
         shared_images: the runs may come from different splits (e.g. a ``leaky`` and a ``grouped`` run, see
             :func:`smelib.data.splits.make_split`); both are scored on the test images their test sets share, in
             ``better``'s order. The record's split kind names both (``"leaky vs grouped"``) and ``shared_images``
@@ -258,13 +329,21 @@ def paired_bootstrap_runs(better: tuple[str, str | os.PathLike], worse: tuple[st
         sources, names = a.sources + b.sources, a.class_names
         kinds = [src.config["data"]["split"] for src in sources]
         split = {**a.bundle.split, "kind": kinds[0] if kinds[0] == kinds[1] else f"{kinds[0]} vs {kinds[1]}"}
-    outcome = paired_bootstrap(ca, cb, better[0], worse[0], n_boot=n_boot, seed=seed, level=level)
+    test_ids = [a.ids[i] for i, _ in pairs] if shared_images else sp.ids
+    if unit not in UNITS:
+        raise BootstrapError(f"unit {unit!r}: must be one of {sorted(UNITS)}")
+    key = UNITS[unit]
+    groups_file = None if key is None else groups if groups is not None else sources[0].config["data"].get("groups")
+    labels = image_groups(test_ids, groups_file, key) if key and groups_file else None
+    outcome = paired_bootstrap(ca, cb, better[0], worse[0], n_boot=n_boot, seed=seed, level=level, groups=labels,
+                               unit=unit)
     runs = []
     for src in sources:
         rec = src.record or {}
         runs.append({"label": src.label, "run_id": rec.get("run_id"), "model": src.model_name, "source": src.kind,
                      "where": src.where, "miou_record": ((rec.get("final") or {}).get("test") or {}).get("miou")})
     record = bootstrap_record(outcome, runs, split, names)
+    record["groups_file"] = None if groups_file is None else {"path": str(groups_file), "key": key}
     if shared_images:
         record["split"]["shared_images"] = len(ca)
     return outcome, record
@@ -323,9 +402,19 @@ def load_bootstrap_records(folder: str | os.PathLike = "results/bootstrap") -> l
     return out
 
 
+def _resampled(outcome: Mapping[str, Any]) -> str:
+    """``"204 groups of 839 images"`` or ``"840 images"``; records written before the unit was recorded resampled
+    images."""
+    n = outcome["n_images"]
+    if outcome.get("unit", "image") == "image":
+        return f"{n} images"
+    return f"{outcome['n_units']} {outcome['unit']}s of {n} images"
+
+
 def bootstrap_table(records: Sequence[Mapping[str, Any]], split: str | None = None) -> Any:
-    """One row per bootstrap record (points, not fractions): the claim, both mIoUs, the difference, its interval,
-    its test-set standard error, the share of resamples against the claim, and the verdict.
+    """One row per bootstrap record (points, not fractions): the claim, what was resampled (images, or groups of
+    near-duplicate images), both mIoUs, the difference, its interval, its test-set standard error, the share of
+    resamples against the claim, and the verdict.
 
     Args:
         records: from :func:`load_bootstrap_records`.
@@ -342,11 +431,12 @@ def bootstrap_table(records: Sequence[Mapping[str, Any]], split: str | None = No
         if split is not None and kind != split:
             continue
         o = rec["outcome"]
-        rows.append([kind, f"{o['better']} > {o['worse']}", 100 * o["miou_better"], 100 * o["miou_worse"],
+        rows.append([kind, f"{o['better']} > {o['worse']}", _resampled(o), 100 * o["miou_better"],
+                     100 * o["miou_worse"],
                      100 * o["difference"], f"[{100 * o['low']:+.2f}, {100 * o['high']:+.2f}]", 100 * o["std"],
                      f"{100 * o['p_not_better']:.1f} %", rec["verdict"]])
     level = f"{100 * records[0]['outcome']['level']:.0f} %" if records else "95 %"
-    return Table(["split", "claim", "mIoU A", "mIoU B", "A − B", f"{level} interval", "test-set s.e.",
+    return Table(["split", "claim", "resampled", "mIoU A", "mIoU B", "A − B", f"{level} interval", "test-set s.e.",
                   "resamples A ≤ B", "verdict"], rows, decimals=2)
 
 
@@ -382,4 +472,4 @@ def bootstrap_class_table(record: Mapping[str, Any]) -> Any:
     return Table(["class", f"IoU {o['better']}", f"IoU {o['worse']}", "difference", f"{level} interval",
                   f"joint {level} interval", "joint interval"], rows, decimals=2,
                  title=f"{o['better']} > {o['worse']}, per class ({record.get('split', {}).get('kind')} split, "
-                       f"{o['n_images']} test images; joint: Bonferroni over the classes)")
+                       f"{_resampled(o)} resampled; joint: Bonferroni over the classes)")

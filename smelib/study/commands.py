@@ -210,14 +210,16 @@ def _cmd_bootstrap(args: argparse.Namespace) -> int:
     try:
         outcome, record = paired_bootstrap_runs(better, worse, data_root=args.data_root, n_boot=args.boot,
                                                 seed=args.seed, level=args.level, device=args.device,
-                                                shared_images=args.shared_images)
+                                                shared_images=args.shared_images, groups=args.groups,
+                                                unit=args.unit)
         path = write_bootstrap_record(record, args.out, force=args.force) if args.out else None
     except (*user_errors(), BootstrapError, ComparisonError, PredictionsError) as err:
         raise CLIError(str(err)) from None
     o = outcome
+    units = f"{o.n_images} images" if o.unit == "image" else f"{o.n_images} images in {o.n_units} {o.unit}s"
     print(f"{o.better} {100 * o.miou_better:.2f} vs {o.worse} {100 * o.miou_worse:.2f} test mIoU over "
-          f"{o.n_images} images: difference {100 * o.difference:+.2f} points, {100 * o.level:.0f} % interval "
-          f"[{100 * o.low:+.2f}, {100 * o.high:+.2f}] ({o.n_boot} paired resamples, seed {o.seed}); "
+          f"{units}: difference {100 * o.difference:+.2f} points, {100 * o.level:.0f} % interval "
+          f"[{100 * o.low:+.2f}, {100 * o.high:+.2f}] ({o.n_boot} paired resamples of whole {o.unit}s, seed {o.seed}); "
           f"{o.better} not better in {100 * o.p_not_better:.1f} % of them: {o.verdict}")
     print(bootstrap_class_table(record))
     if path is not None:
@@ -226,14 +228,19 @@ def _cmd_bootstrap(args: argparse.Namespace) -> int:
 
 
 def _add_bootstrap(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bootstrap", help="paired bootstrap over test images: does run A beat run B beyond test-set "
-                       "noise?")
+    p = sub.add_parser("bootstrap", help="paired bootstrap over the test set: does run A beat run B beyond test-set "
+                       "noise? Resamples whole groups of near-duplicate images when the test images share groups")
     p.add_argument("better", metavar="LABEL=RUN", help="the run claimed better: run folder (stored test predictions "
                    "if it has them, else its checkpoint) or checkpoint")
     p.add_argument("worse", metavar="LABEL=RUN", help="the run claimed worse, trained on the same split (unless "
                    "--shared-images)")
     p.add_argument("--shared-images", action="store_true", help="runs of different splits (e.g. leaky and grouped), "
                    "scored on the test images both test sets hold")
+    p.add_argument("--groups", help="groups JSON whose groups are resampled whole (default: the first run config's "
+                   "data.groups, e.g. results/audit/neu_seg_groups.json)")
+    p.add_argument("--unit", choices=["group", "copy-group", "image"], default="group", help="what is resampled "
+                   "whole: the groups file's groups (default; the split's independent unit), its copy groups (rotated "
+                   "copies only), or single images (too narrow when test images are copies; for comparison only)")
     p.add_argument("--boot", type=int, default=2000, help="resamples (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="resampling seed (default 0)")
     p.add_argument("--level", type=float, default=0.95, help="interval coverage (default 0.95)")

@@ -8,7 +8,7 @@ Each row (all metrics fractions in [0, 1], measured on the run's final evaluatio
     config, model, split, epochs, metric_split, n_seeds, seeds,
     miou_mean, miou_std, precision_mean, mpa_mean, recall_mean, pixel_acc_mean,
     iou_<class>_mean, iou_<class>_std (one pair per class), miou_defects_mean, miou_defects_std,
-    gmacs, params_m, train_minutes, images_per_s, cpu_steal_mean, hosts, run_ids
+    gmacs, params_m, train_minutes, images_per_s, cpu_steal_mean, hosts, dirty_runs, run_ids
 
 ``*_std`` is the sample standard deviation over seeds (None with one seed). Only records with
 ``status == "completed"`` count; when one seed was run more than once, the latest record is used. Runs of one
@@ -17,6 +17,10 @@ config trained for different epoch counts (``--epochs`` overrides) are different
 ``train_minutes`` and ``images_per_s`` are means over the seeds' machines, which need not be one machine: ``hosts``
 names each distinct one (:func:`host_label`) and ``cpu_steal_mean`` is the mean share of CPU time the hypervisor
 took during the runs (empty for records older than that field), so a reader can tell a slow model from a slow host.
+
+``dirty_runs`` counts the row's runs made from a tree with uncommitted changes (``git.dirty`` in the record): their
+code is not exactly the recorded commit's. :func:`smelib.study.results.is_dirty` reads it, and tables mark such rows
+with :data:`smelib.study.results.DIRTY_MARK`.
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONTENDED", "format_summary", "host_label", "load_eval_records", "load_records", "summarize", "timed_alone",
-           "timed_on_one_host", "write_csv"]
+__all__ = ["CONTENDED", "DIRTY_MARK", "format_summary", "host_label", "is_dirty", "load_eval_records", "load_records",
+           "summarize", "timed_alone", "timed_on_one_host", "write_csv"]
 
 
 def load_records(runs_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -178,6 +182,8 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         row["images_per_s"] = _mean([r.get("images_per_s") for r in recs])
         row["cpu_steal_mean"] = _mean([r.get("cpu_steal_fraction") for r in recs])
         row["hosts"] = " | ".join(sorted({host_label(r) for r in recs}))
+        # runs made from a tree with uncommitted changes: their code is not exactly the recorded commit's
+        row["dirty_runs"] = sum(bool((r.get("git") or {}).get("dirty")) for r in recs)
         row["run_ids"] = " ".join(str(r.get("run_id")) for r in recs)
         rows.append(row)
     return rows
@@ -198,6 +204,20 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Pat
     return path
 
 
+#: The mark tables put beside a summary row some of whose runs were made from a dirty tree.
+DIRTY_MARK = "†"
+
+
+def is_dirty(row: Mapping[str, Any]) -> bool:
+    """Whether a summary row (:func:`smelib.study.results.summarize`, or a row read back from ``summary.csv``)
+    holds a run made from a tree with uncommitted changes (its ``dirty_runs`` count)."""
+    value = row.get("dirty_runs")
+    try:
+        return value not in (None, "") and int(float(value)) > 0
+    except (TypeError, ValueError):
+        return False
+
+
 def format_summary(rows: Sequence[Mapping[str, Any]]) -> str:
     """A fixed-width text table of summary rows; metrics in percent, ``±`` the std over seeds."""
 
@@ -212,6 +232,7 @@ def format_summary(rows: Sequence[Mapping[str, Any]]) -> str:
     table = []
     for r in rows:
         miou = pct(r["miou_mean"]) + (f" ± {100 * r['miou_std']:.2f}" if r.get("miou_std") is not None else "")
+        miou += f" {DIRTY_MARK}" if is_dirty(r) else ""
         table.append([r["config"], r["model"], r["split"], str(r.get("epochs") or "-"), r.get("metric_split", ""),
                       str(r["n_seeds"]), miou,
                       pct(r["miou_defects_mean"]), pct(r["mpa_mean"]), pct(r["precision_mean"]),
@@ -225,4 +246,6 @@ def format_summary(rows: Sequence[Mapping[str, Any]]) -> str:
     lines += ["  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(t, widths)))
               for t in table]
     lines.append("metrics in percent (mean over seeds ± sample std); 'on' = the subset measured")
+    if any(is_dirty(r) for r in rows):
+        lines.append(f"{DIRTY_MARK} some of the row's runs were made from a tree with uncommitted changes (git.dirty)")
     return "\n".join(lines)

@@ -323,7 +323,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                           tta=bool(args.tta), decision=rule.to_dict(),
                           autocast=precision_name(autocast) if autocast else None,
                           limit=args.limit, device=args.device, wall_seconds=time.time() - started,
-                          git=git_at_start)
+                          git=git_at_start, weights_label=args.weights_label)
         print(f"wrote {record_path}", file=sys.stderr)
     if args.json:
         out = metrics.to_dict()
@@ -379,6 +379,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--record", metavar="FILE.json",
                    help="also write an evaluation record (checkpoint hash, source run, subset, TTA, decision rule, "
                         "git commit, host, wall time, metrics) to this new file, e.g. results/headroom/<name>.json")
+    p.add_argument("--weights-label", help="with --record: what the weights are, in words (default: the run that "
+                   "trained them and its epoch); the record names them by this label and their SHA256")
     _add_threshold_flags(p)
     p.set_defaults(func=_cmd_eval)
 
@@ -799,7 +801,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     # torch-free).
     optimisations = ("fold_bn, fuse_msaa, fuse_star, channels_last, inference_mode, compile, reuse_memory, amp, "
                      "cudnn_benchmark, pinned_memory, fused_optimizer")
-    p = sub.add_parser("bench", help="images/s and %% of the measured matmul peak, eager vs optimised, interleaved")
+    p = sub.add_parser("bench", help="images/s and %% of the peak (best of matmul and convolution kernels, raised "
+                       "to any faster mode: never above 100 %%), eager vs optimised, interleaved")
     p.add_argument("model", help="a registered model name (see `smelib models`)")
     p.add_argument("--size", nargs="+", type=int, default=[200, 200], metavar="H",
                    help="input size: H or H W (default 200 200, NEU-Seg's)")
@@ -820,7 +823,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                    help="autocast dtype of the optimised mode on CUDA (ignored on CPU unless --cpu-bf16; default bf16)")
     p.add_argument("--cpu-bf16", action="store_true",
                    help="optimised mode also autocasts to bf16 on the CPU (AMX/AVX-512-BF16), measured against a bf16 "
-                        "matmul peak; changes the numbers (check with `smelib eval --bf16`)")
+                        "peak; changes the numbers (check with `smelib eval --bf16`)")
     p.add_argument("--only", action="append", metavar="A,B",
                    help=f"optimised mode uses only these optimisations ({optimisations})")
     p.add_argument("--disable", action="append", metavar="A,B", help="optimised mode leaves these out")
