@@ -11,11 +11,11 @@ import json
 import sys
 from pathlib import Path
 
-from smelib.tools.commands import CLIError, add_train_flags, device_arg, format_rows, train_config, user_errors
+from smelib.tools.commands import CLIError, add_train_flags, device_arg, train_config, user_errors
 
 
 def _cmd_table2(args: argparse.Namespace) -> int:
-    from smelib.study.table2 import table2
+    from smelib.study.table2 import table2, table2_display
 
     if not args.json:
         print("counting the 4 configurations of the paper's Table 2 at 1x3x512x512 (about a minute on 2 cores) ...",
@@ -24,11 +24,7 @@ def _cmd_table2(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    head = ["paper label", "our config", "paper GFLOPs", "ours (paper conv.)", "paper params M",
-            "ours (paper conv.)", "true params M", "fvcore GMACs"]
-    keys = ["paper_label", "config", "paper_gflops", "gflops_paper_convention", "paper_params_m",
-            "params_m_paper_convention", "params_m_true", "gmacs_fvcore"]
-    print(format_rows(head, [[r[k] for k in keys] for r in rows]))
+    print(table2_display(rows))
     print("\nGFLOPs in the paper's convention = 2 x thop multiply-adds at 1x3x512x512; "
           "the paper's numbers are the paper's, the rest are ours.")
     print("Why two rows read 56.845 and 'StarNet + ASPP' maps to starnet_aspp_msaa: thop does not see ELA's "

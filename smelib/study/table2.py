@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from smelib.study.tables import Table
 from smelib.tools.flops import cost_report
 
 
@@ -45,3 +46,25 @@ def table2(height: int = 512, width: int = 512) -> list[dict[str, Any]]:
             "gmacs_fvcore": round(rep.gmacs_fvcore, 3),
         })
     return rows
+
+
+#: The displayed Table 2: (header, key of a :func:`table2` row) for each column, in order. The "our" columns are
+#: counted in the paper's convention (2 x thop's multiply-adds at 512 x 512; thop's parameter count).
+TABLE2_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("paper's label", "paper_label"),
+    ("our config", "config"),
+    ("paper GFLOPs", "paper_gflops"),
+    ("our GFLOPs", "gflops_paper_convention"),
+    ("paper params (M)", "paper_params_m"),
+    ("our params (M)", "params_m_paper_convention"),
+    ("true params (M)", "params_m_true"),
+    ("fvcore GMACs", "gmacs_fvcore"),
+)
+
+
+def table2_display(rows: list[dict[str, Any]]) -> Table:
+    """The rows of :func:`table2` as a :class:`~smelib.study.tables.Table`, each cell picked by its key.
+
+    The columns are :data:`TABLE2_COLUMNS`; ``Counting FLOPs`` in the book and ``smelib flops --table2`` show it.
+    """
+    return Table([h for h, _ in TABLE2_COLUMNS], [[r[k] for _, k in TABLE2_COLUMNS] for r in rows])
