@@ -48,8 +48,8 @@ def table2(height: int = 512, width: int = 512) -> list[dict[str, Any]]:
     return rows
 
 
-#: The displayed Table 2: (header, key of a :func:`table2` row) for each column, in order. The "our" columns are
-#: counted in the paper's convention (2 x thop's multiply-adds at 512 x 512; thop's parameter count).
+#: Columns of the displayed Table 2 in order, each a pair (header, key of a :func:`table2` row). The "our"
+#: columns are counted in the paper's convention (2 x thop's multiply-adds at 512 x 512, thop's parameters).
 TABLE2_COLUMNS: tuple[tuple[str, str], ...] = (
     ("paper's label", "paper_label"),
     ("our config", "config"),
