@@ -111,7 +111,7 @@ def evaluate_decisions(
 #: Format version of the files :func:`write_decision_record` writes.
 DECISION_FORMAT = 1
 
-#: The largest |record mIoU - argmax mIoU recomputed| that counts as agreement (float noise of a different
+#: The largest ``abs(record mIoU - argmax mIoU recomputed)`` that counts as agreement (float noise of a different
 #: memory layout can flip a handful of pixels; a different test subset moves mIoU far more).
 DECISION_TOLERANCE = 1e-4
 
