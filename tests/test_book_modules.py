@@ -81,3 +81,26 @@ def test_a_changed_computation_is_caught() -> None:
         compare_modules(Drifted(32), models.ELA(32, "B"), torch.randn(1, 32, 8, 8))
     with pytest.raises(AssertionError, match="conv.weight"):
         compare_modules(ns["ELA"](32), models.ELA(32, "T"), torch.randn(1, 32, 8, 8))
+
+
+def test_diagrams_are_drawn_from_the_modules() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from smelib.study import diagrams
+
+    model = models.build("sme_deeplabv3plus_lite", num_classes=4)
+
+    def texts(fig: Any) -> str:
+        out = " ".join(t.get_text() for t in fig.axes[0].texts)
+        plt.close(fig)
+        return out
+
+    net = texts(diagrams.network_diagram(model, image_size=96))
+    assert "24×24×24" in net and "MSAA" in net and "ELA" in net and "stride 8" in net
+    assert "1×1 conv\n576→24" in texts(diagrams.msaa_diagram(model.context))
+    assert "GroupNorm(8)" in texts(diagrams.ela_diagram(model.low_attention, (24, 24)))
+    assert "24→96" in texts(diagrams.star_block_diagram(model.backbone.stages[0][1]))
+    assert "12 star blocks" in texts(diagrams.starnet_diagram(models.starnet("s4", features_only=True), 64))

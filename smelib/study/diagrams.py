@@ -22,8 +22,8 @@ def _hex(rgb: tuple[int, int, int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
-#: Colour of each role a box can play, the same in every diagram and chart of the book: convolutions sky blue,
-#: attention orange, elementwise products and sums vermillion, pooling yellow, resampling reddish purple, the
+#: The colour of each role a box can play, the same in every diagram and chart of the book. Convolutions are sky
+#: blue, attention orange, elementwise products and sums vermillion, pooling yellow, resampling reddish purple, the
 #: backbone blue, the decoder bluish green, inputs and outputs gray.
 ROLE_COLORS: dict[str, str] = {
     "conv": _hex(CLASS_COLORS[2]),
@@ -36,7 +36,7 @@ ROLE_COLORS: dict[str, str] = {
     "io": "#999999",
 }
 
-_FONT = 8.5
+_FONT = 10.5
 
 
 def _tint(color: str, amount: float = 0.72) -> tuple[float, float, float]:
@@ -107,8 +107,8 @@ def _conv_text(conv: nn.Module, name: str) -> str:
     k = conv.kernel_size
     kernel = f"{k[0]}×{k[1]}" if len(k) == 2 else f"k={k[0]}"
     if conv.groups == conv.in_channels == conv.out_channels and conv.groups > 1:
-        return f"{name}\n{kernel} depthwise, {conv.in_channels}"
-    return f"{name}\n{kernel} conv {conv.in_channels}→{conv.out_channels}"
+        return f"{name}\n{kernel} depthwise\n{conv.in_channels} ch"
+    return f"{name}\n{kernel} conv\n{conv.in_channels}→{conv.out_channels}"
 
 
 def star_block_diagram(block: nn.Module) -> Any:
@@ -117,16 +117,16 @@ def star_block_diagram(block: nn.Module) -> Any:
     Widths and kernels come from the block's layers; ``BN`` is shown where the layer has one.
     """
     def label(seq: nn.Module, name: str) -> str:
-        return _conv_text(seq.conv, name) + ("\n+ BN" if "bn" in seq._modules else "")
+        return _conv_text(seq.conv, name) + (" + BN" if "bn" in seq._modules else "")
 
     d = block.dwconv.conv.in_channels
-    c = _Canvas(12.6, 3.7, (9.0, 2.65), f"Star block, width d = {d}, ratio r = {block.f1.conv.out_channels // d}")
+    c = _Canvas(12.6, 3.8, (9.0, 2.75), f"Star block, width d = {d}, ratio r = {block.f1.conv.out_channels // d}")
     y = 1.5
     x_in = c.box(0.55, y, 0.9, 0.6, f"x\n{d} ch", "io")
     dw = c.box(2.15, y, 1.85, 1.05, label(block.dwconv, "dwconv"), "conv")
-    f1 = c.box(4.45, y + 0.9, 1.85, 0.75, label(block.f1, "f1"), "conv")
-    f2 = c.box(4.45, y - 0.9, 1.85, 0.75, label(block.f2, "f2"), "conv")
-    act = c.box(6.15, y + 0.9, 0.95, 0.55, "ReLU6", "conv")
+    f1 = c.box(4.45, y + 0.95, 1.85, 1.0, label(block.f1, "f1"), "conv")
+    f2 = c.box(4.45, y - 0.95, 1.85, 1.0, label(block.f2, "f2"), "conv")
+    act = c.box(6.15, y + 0.95, 1.0, 0.55, "ReLU6", "conv")
     star = c.op(7.05, y, "×")
     g = c.box(8.4, y, 1.85, 1.05, label(block.g, "g"), "conv")
     dw2 = c.box(10.45, y, 1.85, 1.05, label(block.dwconv2, "dwconv2"), "conv")
@@ -140,7 +140,7 @@ def star_block_diagram(block: nn.Module) -> Any:
     c.arrow(star["r"], g["l"])
     c.arrow(g["r"], dw2["l"])
     c.arrow(dw2["r"], add["l"])
-    c.arrow(x_in["t"], (0.55, 3.45), (add["c"][0], 3.45), add["t"], label="identity (residual)", label_at=1,
+    c.arrow(x_in["t"], (0.55, 3.55), (add["c"][0], 3.55), add["t"], label="identity (residual)", label_at=1,
             offset=(0.0, 0.02))
     c.arrow(add["r"], (12.5, y))
     return c.done()
@@ -162,16 +162,16 @@ def starnet_diagram(backbone: nn.Module, image_size: int = 200) -> Any:
     Box heights shrink with the map size and widths grow with the channels, so the pyramid reads at a glance.
     """
     rows = _stage_rows(backbone.eval(), image_size)
-    c = _Canvas(14.8, 4.4, (9.0, 2.7), f"StarNet backbone on a {image_size} × {image_size} image")
-    x = c.box(0.6, 2.2, 1.0, 1.2, f"image\n3 ch\n{image_size}²", "io")["r"]
+    c = _Canvas(16.3, 4.4, (9.0, 2.55), f"StarNet backbone on a {image_size} × {image_size} image")
+    x = c.box(0.65, 2.2, 1.1, 1.2, f"image\n3 ch\n{image_size}²", "io", size=_FONT - 1.5)["r"]
     max_ch = max(r[1] for r in rows)
     left = 1.55
     for name, ch, size, stride, blocks in rows:
-        w = 1.9 + 0.9 * ch / max_ch
+        w = 2.25 + 0.8 * ch / max_ch
         h = 1.0 + 2.3 * size / rows[0][2]
-        body = "3×3 conv s2\n+ BN + ReLU6" if name == "stem" else f"3×3 conv s2 + BN\n{blocks} × star block"
+        body = "3×3 s2 conv\nBN, ReLU6" if name == "stem" else f"3×3 s2 conv, BN\n{blocks} star blocks"
         b = c.box(left + 0.35 + w / 2, 2.2, w, h, f"{name}\n{body}", "conv" if name == "stem" else "backbone",
-                  size=_FONT - 0.5)
+                  size=_FONT - 1.5)
         c.arrow(x, b["l"])
         c.note(b["c"][0], 2.2 - h / 2 - 0.12, f"{ch} ch, {size}×{size}\nstride {stride}", ha="center", va="top")
         x, left = b["r"], left + 0.35 + w
@@ -184,7 +184,7 @@ def msaa_diagram(msaa: nn.Module) -> Any:
     fu = msaa.fusion
     num_inputs, dim = getattr(msaa, "num_inputs", 1), fu.down.out_channels
     c_in = fu.down.in_channels // (msaa.repeat * num_inputs)
-    c = _Canvas(14.4, 4.3, (9.0, 2.95), f"MSAA, {c_in} → {fu.up.out_channels} channels, fusion width d = {dim}")
+    c = _Canvas(14.4, 4.45, (9.0, 3.05), f"MSAA, {c_in} → {fu.up.out_channels} channels, fusion width d = {dim}")
     y = 2.3
     x_in = c.box(0.55, y, 0.9, 0.7, f"x\n{c_in} ch", "io")
     if num_inputs > 1:
@@ -192,9 +192,9 @@ def msaa_diagram(msaa: nn.Module) -> Any:
     else:
         cat_text = f"repeat ×{msaa.repeat}\n→ {fu.down.in_channels} ch"
     cat = c.box(1.95, y, 1.4, 0.8, cat_text, "resample")
-    down = c.box(3.9, y, 2.1, 0.8, _conv_text(fu.down, "down"), "conv")
+    down = c.box(3.9, y, 2.1, 1.05, _conv_text(fu.down, "down"), "conv")
     hidden = fu.channel_attention.mlp[0].out_channels
-    ca = c.box(6.4, y + 1.3, 2.3, 0.9, f"channel attention\navg+max pool, MLP\n{dim}→{hidden}→{dim}, σ",
+    ca = c.box(6.4, y + 1.35, 2.5, 1.05, f"channel attention\navg+max pool\nMLP {dim}→{hidden}→{dim}, σ",
                "attention")
     scales = ((3, fu.conv3x3), (5, fu.conv5x5), (7, fu.conv7x7))
     convs = [c.box(6.4, y - 0.45 - 0.62 * i, 2.3, 0.52,
@@ -203,11 +203,11 @@ def msaa_diagram(msaa: nn.Module) -> Any:
     ys = y - 1.07
     summ = c.op(8.0, ys, "+")
     k_sa = fu.spatial_attention.conv.kernel_size[0]
-    sa = c.box(9.8, y - 0.25, 2.1, 0.8, f"spatial attention\n[mean, max] {k_sa}×{k_sa}, σ", "attention")
+    sa = c.box(9.8, y - 0.2, 2.2, 1.05, f"spatial attention\n[mean, max]\n{k_sa}×{k_sa} conv, σ", "attention")
     mul_s = c.op(11.25, ys, "×")
     mul_c = c.op(8.8, y + 1.3, "×")
     add = c.op(11.95, y, "+")
-    up = c.box(13.3, y, 2.1, 0.8, _conv_text(fu.up, "up"), "conv")
+    up = c.box(13.3, y, 2.1, 1.05, _conv_text(fu.up, "up"), "conv")
     c.arrow(x_in["r"], cat["l"])
     c.arrow(cat["r"], down["l"])
     split = 5.1
@@ -232,9 +232,10 @@ def ela_diagram(ela: nn.Module, size: tuple[int, int] = (50, 50)) -> Any:
     and the rescaling of the input by both strips, for a ``size`` map."""
     ch, (h, w) = ela.conv.in_channels, size
     k, groups, gn = ela.conv.kernel_size[0], ela.conv.groups, ela.norm.num_groups
-    c = _Canvas(12.4, 3.3, (9.0, 2.4), f"ELA{'-' + ela.variant if hasattr(ela, 'variant') else ''} on {ch} × {h} × {w}")
+    name = f"ELA-{ela.variant}" if hasattr(ela, "variant") else "ELA"
+    c = _Canvas(12.45, 3.3, (9.0, 2.4), f"{name} on {ch} × {h} × {w}")
     y = 1.6
-    x_in = c.box(0.7, y, 1.15, 0.7, f"x\n{ch}×{h}×{w}", "io")
+    x_in = c.box(0.8, y, 1.5, 0.7, f"x\n{ch}×{h}×{w}", "io")
     shared = f"Conv1d k={k}, {'depthwise' if groups == ch else f'{groups} groups'}\n→ GroupNorm({gn}) → σ"
     pool_h = c.box(3.0, y + 0.85, 1.9, 0.7, f"mean over W\n{ch}×{h}", "pool")
     pool_w = c.box(3.0, y - 0.85, 1.9, 0.7, f"mean over H\n{ch}×{w}", "pool")
@@ -243,7 +244,7 @@ def ela_diagram(ela: nn.Module, size: tuple[int, int] = (50, 50)) -> Any:
     c.note(6.0, y + 1.35, "one Conv1d and GroupNorm, shared by both strips", ha="center", va="center",
            style="italic")
     mul = c.op(9.6, y, "×")
-    out = c.box(11.4, y, 1.15, 0.7, f"y\n{ch}×{h}×{w}", "io")
+    out = c.box(11.6, y, 1.5, 0.7, f"y\n{ch}×{h}×{w}", "io")
     c.arrow(x_in["r"], (1.75, y), (1.75, pool_h["l"][1]), pool_h["l"])
     c.arrow((1.75, y), (1.75, pool_w["l"][1]), pool_w["l"])
     c.arrow(pool_h["r"], att_h["l"])
@@ -294,11 +295,11 @@ def network_diagram(model: nn.Module, image_size: int = 200) -> Any:
                 "attention")
     att = c.box(low["c"][0], 4.2, 2.05, 0.85, f"{type(model.low_attention).__name__}\n"
                 f"{_shape(rows, 'low_attention')}", "attention")
-    short = c.box(low["c"][0], 2.85, 2.05, 0.85, f"1×1 conv+BN+ReLU\n{_shape(rows, 'decoder.shortcut')}",
+    short = c.box(low["c"][0], 2.75, 2.05, 1.1, f"1×1 conv\n+ BN + ReLU\n{_shape(rows, 'decoder.shortcut')}",
                   "decoder", size=_FONT - 0.5)
     resize = c.box(8.3, 2.85, 1.7, 0.75, "bilinear\nresize", "resample", size=_FONT - 0.5)
     cat = c.op(6.6, 1.35, "‖")
-    fuse = c.box(8.9, 1.35, 2.9, 0.85, f"2 × (3×3 conv+BN+ReLU,\ndropout) → {_shape(rows, 'decoder.fuse')}",
+    fuse = c.box(8.9, 1.35, 2.9, 1.1, f"2 × 3×3 conv\n+ BN + ReLU, dropout\n{_shape(rows, 'decoder.fuse')}",
                  "decoder", size=_FONT - 0.5)
     cls = c.box(11.4, 1.35, 1.6, 0.85, f"1×1 conv\n{_shape(rows, 'decoder.classifier')}", "decoder",
                 size=_FONT - 0.5)
@@ -307,7 +308,7 @@ def network_diagram(model: nn.Module, image_size: int = 200) -> Any:
     c.arrow(deep["b"], up["t"])
     c.arrow(up["b"], ctx["t"])
     c.arrow(ctx["l"], resize["r"])
-    c.arrow(resize["l"], (cat["c"][0], resize["l"][1]), cat["t"], label="context", offset=(0.35, 0.02))
+    c.arrow(resize["l"], (cat["c"][0], resize["l"][1]), cat["t"], label="context", label_at=1, offset=(0.55, -0.1))
     c.arrow(low["b"], att["t"], label="low-level", offset=(0.55, -0.05))
     c.arrow(att["b"], short["t"])
     c.arrow(short["b"], (short["b"][0], cat["c"][1]), cat["l"])
