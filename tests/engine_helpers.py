@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 #: A StarNet-s050-based lite model with 16-wide heads: ~0.4 M parameters, fast on one core.
@@ -111,3 +112,16 @@ def train_tiny_runs(root: Path, seeds: tuple[int, ...] = (0, 1)) -> list[Path]:
         out.append(engine.train(cfg, runs_dir=root / "runs", quiet=True).run_dir)
     return out
 
+
+class NaNAtCall(torch.nn.Module):
+    """A loss that turns NaN at its ``at``-th call: the fault is injected from outside the training loop
+    (``monkeypatch.setattr(training, "build_loss", ...)``)."""
+
+    def __init__(self, inner: torch.nn.Module, at: int) -> None:
+        super().__init__()
+        self.inner, self.at, self.calls = inner, at, 0
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        loss = self.inner(logits, target)
+        return loss * float("nan") if self.calls == self.at else loss

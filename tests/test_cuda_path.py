@@ -19,7 +19,7 @@ from unittest import mock
 
 import pytest
 import torch
-from engine_helpers import make_neu, tiny_config
+from engine_helpers import NaNAtCall, make_neu, tiny_config
 from torch import nn
 
 from smelib import runtime
@@ -211,23 +211,12 @@ def test_checkpoint_gathers_every_ranks_rng(neu: Path, tmp_path: Path, monkeypat
 # 8. the loss is checked every N steps, on the device
 
 
-class _NaNAtCall(nn.Module):
-    def __init__(self, inner: nn.Module, at: int) -> None:
-        super().__init__()
-        self.inner, self.at, self.calls = inner, at, 0
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        loss = self.inner(logits, target)
-        return loss * float("nan") if self.calls == self.at else loss
-
-
 def test_loss_checked_every_n_steps_names_the_bad_step_and_keeps_the_good_checkpoint(
         neu: Path, tmp_path: Path, monkeypatch) -> None:
     """Every 4 steps (as on a GPU): the NaN of step 2 is found at step 4's check, named as step 2; the checkpoint
     of step 1 stays, never one of the steps after the NaN."""
     real = engine.build_loss
-    monkeypatch.setattr(engine, "build_loss", lambda *a, **kw: _NaNAtCall(real(*a, **kw), at=2))
+    monkeypatch.setattr(engine, "build_loss", lambda *a, **kw: NaNAtCall(real(*a, **kw), at=2))
     monkeypatch.setattr(engine, "_loss_check_every", lambda device: 4)
     reads = []
     real_flush = engine._LossWatch.flush

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from engine_helpers import make_neu, tiny_config
+from engine_helpers import NaNAtCall, make_neu, tiny_config
 from torch import nn
 
 from smelib import inference
@@ -200,22 +200,9 @@ def test_predict_returns_masks_at_each_image_size(run: engine.RunResult, tmp_pat
 # Failure handling and CPU code paths
 
 
-class _NaNAtCall(torch.nn.Module):
-    """A loss that turns NaN at its n-th call: the fault is injected from outside the training loop."""
-
-    def __init__(self, inner: torch.nn.Module, at: int) -> None:
-        super().__init__()
-        self.inner, self.at, self.calls = inner, at, 0
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        loss = self.inner(logits, target)
-        return loss * float("nan") if self.calls == self.at else loss
-
-
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(neu: Path, tmp_path: Path, monkeypatch) -> None:
     real = engine.build_loss
-    monkeypatch.setattr(engine, "build_loss", lambda *a, **kw: _NaNAtCall(real(*a, **kw), at=3))
+    monkeypatch.setattr(engine, "build_loss", lambda *a, **kw: NaNAtCall(real(*a, **kw), at=3))
     cfg = tiny_config(neu, train={"max_steps": 5, "checkpoint_every_steps": 1, "epochs": 2})
     with pytest.raises(engine.TrainingDiverged, match="non-finite loss .* at step 3"):
         engine.train(cfg, out=tmp_path / "nan", quiet=True)

@@ -189,3 +189,23 @@ def test_readme_status_numbers_come_from_the_run_records() -> None:
     assert quoted, "the status table quotes no accuracy figure: the pattern no longer matches the README"
     stale = sorted(set(quoted) - known)
     assert not stale, f"README.md status table quotes figures no row of results/summary.csv gives: {stale}"
+
+
+def test_readme_table_is_the_generated_one_and_short() -> None:
+    """The README's status table is exactly :func:`headline_table` (the book's title page shows the same): at most
+    ten rows, no cell over 200 characters, and no stale copy (regenerate with ``markdown_table(headline_table())``)."""
+    from smelib.settings import repo_root
+
+    table = status.headline_table()
+    assert 1 <= len(table.rows) <= 10
+    assert max(len(str(cell)) for row in table.rows for cell in row) <= 200
+    readme = (repo_root() / "README.md").read_text()
+    section = readme.split("## How far the reproduction has come", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    assert "\n".join(lines) == status.markdown_table(table)
+
+
+def test_markdown_table_escapes_pipes() -> None:
+    from smelib.study.tables import Table
+
+    assert status.markdown_table(Table(["a", "b"], [["x|y", 1]])).splitlines()[-1] == "| x\\|y | 1 |"

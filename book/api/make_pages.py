@@ -15,11 +15,11 @@ import smelib
 ROOT = Path(__file__).resolve().parents[2]
 API = ROOT / "book" / "api"
 LAYERS = (
-    ("core", "The core: what a user of the library imports (models, data, losses, metrics, training, inference, "
-             "checkpoints, config)."),
-    ("tools", "The tools beside the core: the CLI's product commands, benchmarks, inference optimisation, export, "
-              "FLOP counting, releases."),
-    ("study", "The study layer: what exists for this book's reproduction of the paper."),
+    ("core", "What a user of the library imports: models, data, losses, metrics, training, inference, checkpoints, "
+             "config."),
+    ("tools", "Beside the core: the CLI's product commands, benchmarks, inference optimisation, export, FLOP "
+              "counting, releases."),
+    ("study", "What exists for this book's reproduction of the paper, importing the core and the tools."),
 )
 
 
@@ -44,7 +44,8 @@ def is_package(name: str) -> bool:
 def page(name: str) -> str:
     # Packages show their docstring only: their names are documented where they are defined.
     options = "" if is_package(name) else "   :members:\n   :undoc-members:\n"
-    return f"# `{name}`\n\n```{{eval-rst}}\n.. automodule:: {name}\n{options}```\n"
+    # a plain-text title wraps in the sidebar, where a long code-formatted module name would be cut off
+    return f"# {name}\n\n```{{eval-rst}}\n.. automodule:: {name}\n{options}```\n"
 
 
 def slug(name: str) -> str:
@@ -58,7 +59,7 @@ def main() -> None:
     index = ["# API reference", "", "One page per module, generated from the docstrings; the layers are those that "
              "`lint-imports` enforces (`CONTRIBUTING.md`).", ""]
     for key, text in LAYERS:
-        index += [f"## The {key}" if key != "core" else "## The core", "", text, ""]
+        index += [f"## The {key}", "", text, ""]
         for name in (n for n in modules() if layer(n) == key):
             (API / f"{slug(name)}.md").write_text(page(name), encoding="utf-8")
             toc.append(f"      - file: book/api/{slug(name)}")

@@ -400,7 +400,7 @@ def validate_mask_values(mask: torch.Tensor, num_classes: int, path: str | os.Pa
     """Raise :class:`DatasetError` unless every value of ``mask`` (any shape) is < ``num_classes`` or 255."""
     if num_classes <= 0:
         return
-    # numpy: a few elementwise torch ops on small uint8 CPU tensors cost ~10 ms each here (thread start-up).
+    # numpy: elementwise torch ops on small uint8 CPU tensors pay a thread start-up each, which dominates here.
     m = mask.numpy() if mask.device.type == "cpu" else mask.cpu().numpy()
     bad = (m >= num_classes) & (m != IGNORE_INDEX)
     if bad.any():

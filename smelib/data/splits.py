@@ -288,7 +288,8 @@ def find_groups(
     """
     ids = list(info.ids)
     n = len(ids)
-    # libjpeg's draft mode decodes at the smallest 1/2^k scale still >= 2x the largest thumbnail: 4x faster.
+    # libjpeg's draft mode decodes at the smallest 1/2^k scale still >= 2x the largest thumbnail, far faster than
+    # decoding at full size and shrinking.
     images = _load_gray(info, ids, draft=2 * _STRIP_SIZE, progress=progress)
     copy_desc = _copy_descriptors(_thumbnails(images, _COPY_SIZE))
     ci, cj, cs, ck = _links_above(copy_desc[:, 0], copy_desc, copy_threshold)

@@ -46,6 +46,9 @@ class DeepLabV3Plus(nn.Module):
         drop_path_rate: StarNet's stochastic depth.
 
     Shapes: ``(N, in_channels, H, W)`` → logits ``(N, num_classes, H, W)`` for any ``H, W`` ≥ 1.
+
+    The ``sme_deeplabv3plus`` configuration is written out as one class in the book's chapter
+    :ref:`chap-sme-deeplabv3plus` and checked equal to this class there.
     """
 
     def __init__(

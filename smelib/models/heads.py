@@ -18,6 +18,9 @@ class DeepLabV3PlusDecoder(nn.Module):
 
     Shapes: ``context (N, context_channels, h, w)``, ``low (N, low_channels, H4, W4)`` →
     ``(N, num_classes, H4, W4)``.
+
+    Written out in the book's chapter :ref:`chap-sme-deeplabv3plus` and checked equal to this class there and in
+    ``tests/test_book_modules.py``.
     """
 
     def __init__(

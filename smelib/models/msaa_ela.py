@@ -15,7 +15,10 @@ from torch import nn
 
 
 class ChannelAttention(nn.Module):
-    """CBAM-style channel attention: ``sigmoid(MLP(avgpool(x)) + MLP(maxpool(x)))``, shape ``(N, C, 1, 1)``."""
+    """CBAM-style channel attention: ``sigmoid(MLP(avgpool(x)) + MLP(maxpool(x)))``, shape ``(N, C, 1, 1)``.
+
+    Written out in the book's chapter :ref:`chap-msaa-ela`.
+    """
 
     def __init__(self, channels: int, reduction: int = 4) -> None:
         super().__init__()
@@ -34,7 +37,10 @@ class ChannelAttention(nn.Module):
 
 
 class SpatialAttention(nn.Module):
-    """CBAM-style spatial attention: ``sigmoid(conv7x7([mean_c(x), max_c(x)]))``, shape ``(N, 1, H, W)``."""
+    """CBAM-style spatial attention: ``sigmoid(conv7x7([mean_c(x), max_c(x)]))``, shape ``(N, 1, H, W)``.
+
+    Written out in the book's chapter :ref:`chap-msaa-ela`.
+    """
 
     def __init__(self, kernel_size: int = 7) -> None:
         super().__init__()
@@ -53,7 +59,8 @@ class MSAAFusion(nn.Module):
     ``fs = conv3x3(f) + conv5x5(f) + conv7x7(f)`` (full d→d convolutions), ``fs = fs · SA(fs)``; output
     ``conv1x1(fs + fc)`` (to ``out_channels``). No residual, normalisation or activation at the output.
 
-    Shapes: ``(N, in_channels, H, W)`` → ``(N, out_channels, H, W)``.
+    Shapes: ``(N, in_channels, H, W)`` → ``(N, out_channels, H, W)``. Written out in the book's chapter
+    :ref:`chap-msaa-ela`.
     """
 
     def __init__(self, in_channels: int, out_channels: int, factor: int = 4) -> None:
@@ -91,6 +98,9 @@ class MSAA(nn.Module):
 
     Shapes: ``(N, in_channels, H, W)`` (or a list of ``num_inputs`` such tensors, which must share H and W) →
     ``(N, out_channels, H, W)``.
+
+    Written out (the one-input form) in the book's chapter :ref:`chap-msaa-ela` and checked equal to this class
+    there and in ``tests/test_book_modules.py``.
     """
 
     def __init__(
@@ -128,7 +138,8 @@ class ELA(nn.Module):
     both through the same ``Conv1d(C, C, k, groups=g) → GroupNorm(n, C) → sigmoid`` and rescale
     ``x · a_h · a_w`` by broadcasting. One kernel size per module; variants T/B/S/L fix ``(k, g, n)``.
 
-    Shapes: ``(N, C, H, W)`` → ``(N, C, H, W)``.
+    Shapes: ``(N, C, H, W)`` → ``(N, C, H, W)``. Written out (variant B) in the book's chapter
+    :ref:`chap-msaa-ela` and checked equal to this class there and in ``tests/test_book_modules.py``.
 
     Args:
         channels: C.

@@ -232,7 +232,8 @@ def attention_figure(
     """One row per image: the ground truth over the image, then ELA's and MSAA's spatial attention over it.
 
     Each heat map (``magma``) is upsampled to the image size and scaled to its own range, printed in its
-    title; the defect's outline is drawn in the colour of ``class_index`` (:data:`smelib.palette.CLASS_COLORS`).
+    title and at the ends of its colour bar; the defect's outline is drawn in the colour of ``class_index``
+    (:data:`smelib.palette.CLASS_COLORS`).
 
     Args:
         images: ``(N, 3, H, W)`` normalised images, as given to :func:`attention_maps`.
@@ -264,12 +265,16 @@ def attention_figure(
                                         (sa_up[i], f"MSAA spatial attention ({hs} × {ws})")), start=1):
             ax = axes[i, j]
             ax.imshow(grays[i], cmap="gray")
-            im = ax.imshow(mp.numpy(force=True), cmap="magma", alpha=0.6, vmin=float(mp.min()), vmax=float(mp.max()))
+            lo, hi = float(mp.min()), float(mp.max())
+            im = ax.imshow(mp.numpy(force=True), cmap="magma", alpha=0.6, vmin=lo, vmax=hi)
             ax.contour(masks[i].numpy(force=True) > 0, levels=[0.5], colors=[rgb01(class_index)], linewidths=0.8)
-            ax.set_title(f"{name}\nrange {float(mp.min()):.3f}–{float(mp.max()):.3f}", fontsize=7)
-            cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+            # .3g keeps tiny ranges readable (MSAA's spatial attention can be ~1e-10); two labelled ticks and no
+            # offset text keep the colour bar's labels from overlapping the axes
+            ax.set_title(f"{name}\nrange {lo:.3g} to {hi:.3g}", fontsize=7)
+            cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, ticks=[lo, hi])
+            cb.ax.set_yticklabels([f"{lo:.2g}", f"{hi:.2g}"])
             cb.ax.tick_params(labelsize=6)
-            cb.set_label("attention", fontsize=6)
+            cb.set_label("attention", fontsize=6, labelpad=-2)
     for ax in axes.flat:
         ax.set_xlabel("x (px)", fontsize=7)
         ax.set_ylabel("y (px)", fontsize=7)

@@ -111,8 +111,9 @@ def evaluate_decisions(
 #: Format version of the files :func:`write_decision_record` writes.
 DECISION_FORMAT = 1
 
-#: The largest |record mIoU - argmax mIoU recomputed| that counts as agreement (float noise of a different
-#: memory layout can flip a handful of pixels; a different test subset moves mIoU far more).
+#: The largest absolute difference between the record's mIoU and the argmax mIoU recomputed here that counts as
+#: agreement (float noise of a different memory layout can flip a handful of pixels; a different test subset moves
+#: mIoU far more).
 DECISION_TOLERANCE = 1e-4
 
 #: The metrics whose paired differences the book reports, as (label, path into ``SegMetrics.to_dict()``).

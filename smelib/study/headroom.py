@@ -85,9 +85,8 @@ class HeadroomStep:
                          *name, *self.overrides])
 
 
-#: The steps, in the order they are meant to be taken. Epoch counts fill the budget at the speeds the headroom
-#: chapter measures (:func:`budget_epochs`: 265 s per epoch for the width-64 model, 554 s at the paper's width 256,
-#: 209 s for the lite model).
+#: The steps, in the order they are meant to be taken. Epoch counts fill the budget at each model's epoch time,
+#: read from its run records (:func:`budget_epochs`; the headroom chapter shows the times).
 HEADROOM_STEPS: tuple[HeadroomStep, ...] = (
     HeadroomStep("protocol", "none: the tables' CPU-budget protocol (width-64 heads, 6 epochs, focal + Dice)"),
     HeadroomStep("tta", "inference averages softmax over the 8 flips x right-angle rotations", kind="eval",
@@ -111,8 +110,7 @@ HEADROOM_STEPS: tuple[HeadroomStep, ...] = (
                  config="headroom_lite", model="sme_deeplabv3plus_lite", epochs=34, against="schedule"),
     HeadroomStep("lite_tta", "the tta step's inference on the lite step's weights", kind="eval",
                  eval_files=("lite34_official_plain", "lite34_official_tta")),
-    # the best training step of the official split (lite: 83.09 % against schedule's 82.96, in 88 min against 122),
-    # re-run where no rotated copy of a test image is in training
+    # the best training step of the official split, re-run where no rotated copy of a test image is in training
     HeadroomStep("grouped", "the lite step's recipe (StarNet-s1, width 64, 34 epochs, focal + Dice) on the grouped "
                  "split, 3 seeds", config="headroom_lite", model="sme_deeplabv3plus_lite", epochs=34,
                  split="grouped", seeds=(0, 1, 2)),

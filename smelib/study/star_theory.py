@@ -126,6 +126,7 @@ class StarLayer(nn.Module):
     """The bare star operation on vectors: ``(W1 x + b1) * (W2 x + b2)``, ``(N, d)`` → ``(N, h)``.
 
     StarNet's block applies ReLU6 to the first branch; this layer omits it, which is the form the algebra is about.
+    Written out in the book's chapter :ref:`chap-star-operation`.
     """
 
     def __init__(self, d: int, h: int) -> None:

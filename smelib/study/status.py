@@ -207,3 +207,113 @@ def mechanism_rows(records: list[dict] | None = None, decisions: list[dict] | No
     out.append(["Dynamic threshold adjustment (our reading: per-image decision threshold from defect size)",
                 "credited, no number or ablation row", cell(diffs, base, "dynamic vs argmax, same probabilities")])
     return out
+
+
+#: Short display names of the registry models the status table names.
+_SHORT = {"sme_deeplabv3plus": "SME", "deeplabv3plus_mobilenetv2": "MobileNetV2", "deeplabv3plus_xception": "Xception",
+          "hrnet": "HRNet", "pspnet": "PSPNet", "resunet": "Res-UNet", "starnet_msaa": "MSAA", "starnet_aspp": "ASPP",
+          "starnet_aspp_ela": "ASPP + ELA"}
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.2f}".replace("-", "−")
+
+
+def _verdict_word(verdict: str) -> str:
+    """The verdict of :func:`smelib.study.conclusions.conclusion_verdict` without its explanation."""
+    return verdict.split(" (")[0]
+
+
+def _mean_std(row: dict[str, str] | None) -> str:
+    if row is None:
+        return "not run yet"
+    std = row.get("miou_std")
+    return f"{100 * float(row['miou_mean']):.2f}" + (f" ± {100 * float(std):.2f}" if std not in (None, "") else "")
+
+
+def _bench_cell() -> str:
+    import json
+
+    folder = repo_root() / "results" / "bench"
+    found, hosts = [], set()
+    for name, label in (("sme_deeplabv3plus_infer.json", "fp32"), ("sme_deeplabv3plus_infer_cpu_bf16.json", "bf16")):
+        path = folder / name
+        if path.is_file():
+            rec = json.loads(path.read_text())
+            found.append(f"{rec['optimised']['images_per_s']:.0f} images/s {label}")
+            machine = rec["record"]["machine"]
+            hosts.add(f"{machine['cpu_count']} cores of an {machine['cpu_model'].split(' Processor')[0]}")
+    if not found:
+        return "not measured yet"
+    return f"{', '.join(found)} ({', '.join(sorted(hosts))}; the paper's model, 200 px; chapter 'Speed')"
+
+
+def headline_table() -> Table:
+    """The reproduction at a glance: at most ten rows, each cell a line (the README's table and the book's title
+    page both show it; :func:`reproduction_table` has every claim in detail)."""
+    from smelib.study.conclusions import PAPER_MIOU, CONCLUSIONS, conclusion_verdict, pooled_seed_std, split_gap
+    from smelib.study.headroom import HEADROOM_STEPS, step_result
+    from smelib.study.plan import pick_row
+    from smelib.study.results import load_eval_records
+
+    summary = read_summary()
+    matches = table2_matches()
+    rows: list[list[object]] = [["Table 2: GFLOPs and parameters", "74.604 / 71.281 / 56.845 G (thop × 2, 512 px)",
+                                 f"{sum(ok for _, ok in matches)} of {len(matches)} rows equal to 3 decimals"]]
+    sme = [pick_row(summary, "sme_deeplabv3plus", split) for split in ("official", "grouped")]
+    rows.append(["Test mIoU of SME-DeepLabV3+", f"{PAPER_SME['miou']:.2f} (512 px, 300 GPU epochs)",
+                 f"{_mean_std(sme[0])} official, {_mean_std(sme[1])} grouped split (200 px, 6 CPU epochs)"])
+    evals = load_eval_records(repo_root() / "results" / "headroom")
+    steps = [(s, step_result(s, summary, evals)) for s in HEADROOM_STEPS if s.kind == "train"]
+    done = [(s, r) for s, r in steps if r is not None and r["miou"] is not None]
+    best = {split: max(((s, r) for s, r in done if s.split == split), key=lambda d: d[1]["miou"], default=None)
+            for split in ("official", "grouped")}
+    parts = [f"{100 * r['miou']:.2f}" + (f" ± {100 * r['std']:.2f}" if r["std"] is not None else "")
+             + f" {split} ({s.model.removeprefix('sme_deeplabv3plus').strip('_') or 'full'} model, {s.epochs} epochs)"
+             for split, found in best.items() if found is not None for s, r in [found]]
+    rows.append(["Best test mIoU in 2 CPU hours per run", "–", "; ".join(parts) or "not run yet"])
+    gap = split_gap(summary)
+    leak = leak_row(summary)[2].split(";")[0]
+    rows.append(["NEU-Seg's official test set is unseen in training", "assumed",
+                 f"no: {leak}; official − grouped {_signed(100 * gap.mean)} points over {len(gap.pairs)} models"
+                 if gap.pairs else f"no: {leak}"])
+    pooled = pooled_seed_std(summary, "grouped")
+
+    def verdicts(claims: list[str]) -> str:
+        out = []
+        for c in (c for c in CONCLUSIONS if c.better != c.worse and c.claim.split(" (")[0] in claims):
+            diff, verdict = conclusion_verdict(pick_row(summary, c.better, "grouped"),
+                                               pick_row(summary, c.worse, "grouped"), pooled=pooled)
+            out.append(f"{_SHORT.get(c.worse, c.worse)} {_verdict_word(verdict)}"
+                       + (f" ({_signed(diff)})" if diff is not None else ""))
+        return "; ".join(out)
+
+    rows.append(["StarNet beats MobileNetV2 and Xception", "claimed",
+                 verdicts(["StarNet beats MobileNetV2", "StarNet beats Xception"])])
+    modules = [c for c in CONCLUSIONS if c.better in PAPER_MIOU and c.worse in PAPER_MIOU]
+    words = {_verdict_word(conclusion_verdict(pick_row(summary, c.better, "grouped"), pick_row(summary, c.worse,
+                                                                                                "grouped"),
+                                              pooled=pooled)[1]) for c in modules}
+    rows.append(["MSAA and ELA help (Table 3)",
+                 ", ".join(_signed(PAPER_MIOU[c.better] - PAPER_MIOU[c.worse]) for c in modules) + " points",
+                 f"all {len(modules)} differences {words.pop()} (chapter 'Ablations')" if len(words) == 1
+                 else "mixed (chapter 'Ablations')"])
+    rows.append(["SME beats HRNet, PSPNet and Res-UNet (Table 1)", "claimed",
+                 verdicts(["SME beats HRNet", "SME beats PSPNet", "SME beats Res-UNet"])])
+    mech = [r[2] for r in mechanism_rows()]
+    names = ("class prior", "class weights", "dynamic threshold")
+    rows.append(["Adaptive initialisation, dynamic threshold", "credited, no number",
+                 "; ".join(f"{n} {m.split(' points')[0].split(' ±')[0].replace('-', '−')}: {m.rsplit(': ', 1)[-1]}"
+                           for n, m in zip(names, mech))])
+    rows.append(['"Efficient"', "claimed", _bench_cell()])
+    return Table(["claim", "paper", "ours"], rows, title="Reproduction status at a glance")
+
+
+def markdown_table(table: Table) -> str:
+    """A :class:`smelib.study.tables.Table` as a GitHub Markdown table (the README's status table)."""
+    def cell(value: object) -> str:
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.rows]
+    return "\n".join(lines)

@@ -48,7 +48,8 @@ STARNET_SPECS: dict[str, StarNetSpec] = {
 class StarBlock(nn.Module):
     """The star block: dw7x7+BN → (f1, f2) 1x1 → ReLU6(f1)·f2 → g 1x1+BN → dw7x7 → drop-path → +x.
 
-    Input and output ``(N, dim, H, W)``.
+    Input and output ``(N, dim, H, W)``. Written out in the book's chapter :ref:`chap-starnet`, together with a
+    StarNet stage, and checked equal to this class there and in ``tests/test_book_modules.py``.
     """
 
     def __init__(self, dim: int, mlp_ratio: int = 4, drop_path: float = 0.0) -> None:
