@@ -61,6 +61,8 @@ Keys (the defaults are in :data:`smelib.config.DEFAULTS`; ``null`` means "decide
                                    # A resumed run keeps its checkpoint's precision (smelib.runtime.choose_precision)
       channels_last: auto | bool   # auto = on (NHWC: faster on CUDA and on CPU)
       grad_clip: float | null      # max global gradient norm; null = no clipping
+      ema: float | null            # decay of an exponential moving average of the weights, validated, saved and
+                                   # evaluated as the model (e.g. 0.999); null = none
       checkpoint_every_steps: int  # also write the resumable "last" checkpoint every N steps (0 = epoch ends only)
       seed: int                    # seeds python, numpy, torch, the data order and the augmentation
       deterministic: bool          # torch.use_deterministic_algorithms(True, warn_only=True) and no cuDNN autotune;
@@ -179,6 +181,7 @@ DEFAULTS: dict[str, Any] = {
         "amp": "auto",
         "channels_last": "auto",
         "grad_clip": None,
+        "ema": None,
         "checkpoint_every_steps": 50,
         "seed": 0,
         "deterministic": True,
@@ -544,6 +547,8 @@ def validate(cfg: Mapping[str, Any]) -> None:
     _choice(cfg, "train", "amp", _AMP)
     _bool(cfg, "train", "channels_last", allow_auto=True)
     _num(cfg, "train", "grad_clip", 0.0, optional=True, lo_open=True)
+    if cfg["train"]["ema"] is not None and not (_is_num(cfg["train"]["ema"]) and 0 < cfg["train"]["ema"] < 1):
+        raise _err("train.ema", f"must be a decay in (0, 1) or null, got {cfg['train']['ema']!r}")
     _int(cfg, "train", "checkpoint_every_steps", 0)
     _int(cfg, "train", "seed", 0)
     _bool(cfg, "train", "deterministic")

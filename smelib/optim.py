@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["LRSchedule", "build_optimizer", "build_schedule"]
+__all__ = ["LRSchedule", "WeightEMA", "build_optimizer", "build_schedule"]
 
 
 class LRSchedule:
@@ -97,3 +97,50 @@ def build_schedule(cfg: Mapping[str, Any], optimizer: torch.optim.Optimizer, ste
     s = cfg["schedule"]
     return LRSchedule(optimizer, cfg["optim"]["lr"], total, round(warmup), s["name"], s["warmup_start_ratio"],
                       s["min_lr_ratio"], s["power"])
+
+
+class WeightEMA:
+    """An exponential moving average of a model's weights (``train.ema``): after every optimiser step,
+    ``ema = decay * ema + (1 - decay) * weights`` for every floating-point parameter and buffer (BatchNorm running
+    statistics included); integer buffers are copied.
+
+    The average is the model that is validated, kept as ``best.pt`` and evaluated at the end; the raw weights go on
+    training. A decay ``d`` averages over about ``1 / (1 - d)`` recent steps.
+
+    Args:
+        model: the module whose weights are averaged (its current weights start the average).
+        decay: in (0, 1).
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"the EMA decay must be in (0, 1), got {decay}")
+        self.decay = float(decay)
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Fold the model's current weights into the average."""
+        for key, value in model.state_dict().items():
+            avg = self.state[key]
+            if avg.is_floating_point():
+                avg.mul_(self.decay).add_(value.detach(), alpha=1.0 - self.decay)
+            else:
+                avg.copy_(value)
+
+    def averaged(self, model: nn.Module) -> nn.Module:
+        """A copy of ``model`` holding the averaged weights (``model`` itself is left as it is)."""
+        import copy
+
+        out = copy.deepcopy(model)
+        out.load_state_dict(self.state)
+        return out
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The averaged weights (CPU copies), as a model ``state_dict``."""
+        return {k: v.detach().to("cpu").clone() for k, v in self.state.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Continue from a saved average."""
+        for key, value in state.items():
+            self.state[key].copy_(value)

@@ -86,7 +86,7 @@ from smelib.inference import evaluate, predict_dataset, unwrap
 from smelib.losses import build_loss
 from smelib.models import DeepLabV3Plus, build
 from smelib.models.complexity import fvcore_macs
-from smelib.optim import build_optimizer, build_schedule
+from smelib.optim import WeightEMA, build_optimizer, build_schedule
 from smelib.runtime import (
     PRECISIONS,
     bf16_native,
@@ -176,6 +176,7 @@ class Run:
     verbose: bool
     bars: bool
     precision_reason: str = ""
+    ema: WeightEMA | None = None
 
     def eval_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`smelib.inference.evaluate` for this run."""
@@ -305,6 +306,10 @@ def _prepare(cfg: dict[str, Any], ctx: DistContext, device: torch.device, ckpt: 
     run = Run(cfg, ctx, device, seed, bundle, num_classes, class_names, batch, rule, model, net, optimizer, schedule,
               scaler, criterion, amp, channels_last, state, log, verbose, verbose and sys.stderr.isatty(),
               precision_reason)
+    if tc["ema"]:
+        run.ema = WeightEMA(model, float(tc["ema"]))
+        if ckpt is not None and "train_model" in ckpt:
+            run.ema.load_state_dict(ckpt["model"])
     log.start(run, train_stats, mechanisms, reuse_memory, steps_per_epoch)
     return run
 
@@ -386,6 +391,8 @@ def _train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, watch: _Los
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.schedule.advance()
+    if run.ema is not None:
+        run.ema.update(run.model)
     return lr
 
 
@@ -446,7 +453,8 @@ def _end_epoch(run: Run, epoch: int, n_batches: int, last: bool) -> bool:
         # The bare model, not the DDP wrapper: ranks evaluate different numbers of batches, and a DDP forward
         # may run collectives (buffer broadcasts) that would then never be matched.
         _broadcast_buffers(run.model, run.ctx)
-        val_metrics = evaluate(run.model, bundle.val, **run.eval_kwargs())
+        val_metrics = evaluate(run.ema.averaged(run.model) if run.ema is not None else run.model, bundle.val,
+                               **run.eval_kwargs())
     st["epoch_seconds"] += time.perf_counter() - t_val
     row = {"epoch": epoch + 1, "step": state["global_step"],
            "lr": run.schedule.lr(max(run.schedule.step_count - 1, 0)),
@@ -632,6 +640,15 @@ def _init_from(model: nn.Module, spec: str, model_name: str, num_classes: int) -
     model.load_state_dict(ckpt["model"])  # a release's fp16 weights are copied into the float32 parameters
 
 
+def _weights(run: Run) -> dict[str, Any]:
+    """A checkpoint's weights: ``model`` is the model that is evaluated (the average under ``train.ema``), and
+    ``train_model`` the weights that go on training when they differ."""
+    raw = {k: v.detach().to("cpu").clone() for k, v in run.model.state_dict().items()}
+    if run.ema is None:
+        return {"model": raw}
+    return {"model": run.ema.state_dict(), "train_model": raw, "ema_decay": run.ema.decay}
+
+
 def _check_threads(ckpt: Mapping[str, Any]) -> None:
     """Refuse to resume with another intra-op thread count than the run trained with: on CPU, float sums then split
     differently and the resumed run is no longer bit-identical to an uninterrupted one."""
@@ -678,7 +695,8 @@ def _restore(ckpt: dict[str, Any], cfg: Mapping[str, Any], num_classes: int, mod
     rank its own)."""
     if ckpt["model_name"] != cfg["model"]["name"] or int(ckpt["num_classes"]) != num_classes:
         raise CheckpointError("the checkpoint's model or class count does not match the run's config")
-    model.load_state_dict(ckpt["model"])
+    # with train.ema, "model" holds the average and "train_model" the weights that go on training
+    model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
     optimizer.load_state_dict(ckpt["optimizer"])
     if ckpt["scaler"]:  # a disabled scaler saves {}; loading {} into an enabled one (fp16 now) raises
         scaler.load_state_dict(ckpt["scaler"])
@@ -890,7 +908,7 @@ class RunLog:
             "num_classes": run.num_classes, "in_channels": int(cfg["model"]["in_channels"]),
             "class_names": run.class_names, "normalization": {"mean": run.bundle.mean, "std": run.bundle.std},
             "config": cfg, "train_stats": self.train_stats.to_dict(),
-            "model": {k: v.detach().to("cpu").clone() for k, v in run.model.state_dict().items()},
+            **_weights(run),
             "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
             "schedule": run.schedule.state_dict(), "rng": rng_ranks[0], "rng_ranks": rng_ranks,
             "precision": precision_name(run.amp), "threads": torch.get_num_threads(),
