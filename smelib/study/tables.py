@@ -7,10 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 
-#: Cells longer than this many characters render as wrapping, left-aligned text in HTML.
-TEXT_CELL = 30
-
-
 class Table:
     """A small table that prints as fixed-width text and renders as HTML in notebooks.
 
@@ -47,16 +43,11 @@ class Table:
 
     def _repr_html_(self) -> str:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns)
-        body = "".join("<tr>" + "".join(self._td(self._cell(c)) for c in r) + "</tr>" for r in self.rows)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(self._cell(c))}</td>" for c in r) + "</tr>" for r in self.rows
+        )
         caption = f"<caption>{html.escape(self.title)}</caption>" if self.title else ""
         return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-    @staticmethod
-    def _td(text: str) -> str:
-        # A long cell is prose: it wraps and reads left-aligned (class "text" in _static/tables.css); short cells
-        # (numbers, names) stay on one line.
-        cls = ' class="text"' if len(text) > TEXT_CELL else ""
-        return f"<td{cls}>{html.escape(text)}</td>"
 
     def to_dicts(self) -> list[dict[str, Any]]:
         """Rows as dicts keyed by column name."""
