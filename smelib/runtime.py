@@ -118,7 +118,7 @@ def setup_runtime(cfg: Mapping[str, Any], device: torch.device) -> None:
     non-deterministic (and is slower for the other ops); a warning says so.
     """
     if cfg["train"]["threads"]:
-        torch.set_num_threads(int(cfg["train"]["threads"]))
+        set_threads(int(cfg["train"]["threads"]))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if cfg["train"]["deterministic"]:
