@@ -4,7 +4,7 @@ A checkpoint is a ``dict`` holding only tensors, plain containers, strings, numb
 loads with ``torch.load(path, weights_only=True)`` (no pickled code runs). Keys::
 
     format            "smelib-checkpoint"      version   CHECKPOINT_VERSION
-    kind              "last" | "best"          smelib_version, torch_version, run_id
+    kind              "last" | "best" | "best_raw"   smelib_version, torch_version, run_id
     model_name        registry name            model_config   the model's constructor config (``model.config``)
     num_classes, in_channels, class_names      config         the full resolved training config
     model             state dict (CPU tensors, no DDP prefix)
@@ -16,6 +16,8 @@ loads with ``torch.load(path, weights_only=True)`` (no pickled code runs). Keys:
     epoch             epoch in progress (0-based)   batches_done   optimiser steps done in that epoch
     global_step       optimiser steps done in all   epoch_complete whether ``epoch`` finished (incl. validation)
     best              {"miou": float | None, "epoch": int | None}
+    best_raw          under ``train.ema`` only: the same for the raw weights (``best_raw.pt`` keeps them)
+    train_model       under ``train.ema`` only: the raw weights that go on training (``model`` is the average)
     history           list of per-epoch log rows    stats  {"train_images", "train_seconds"}
 """
 

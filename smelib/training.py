@@ -448,18 +448,22 @@ def _end_epoch(run: Run, epoch: int, n_batches: int, last: bool) -> bool:
     st = state["stats"]
     t_val = time.perf_counter()
     val_every = int(run.cfg["train"]["val_every"])
-    val_metrics = None
+    val_metrics = raw_metrics = None
     if bundle.val is not None and len(bundle.val) and val_every and ((epoch + 1) % val_every == 0 or last):
         # The bare model, not the DDP wrapper: ranks evaluate different numbers of batches, and a DDP forward
         # may run collectives (buffer broadcasts) that would then never be matched.
         _broadcast_buffers(run.model, run.ctx)
         val_metrics = evaluate(run.ema.averaged(run.model) if run.ema is not None else run.model, bundle.val,
                                **run.eval_kwargs())
+        if run.ema is not None:
+            # the raw weights too, on the same trajectory: the average's effect is then a paired difference
+            raw_metrics = evaluate(run.model, bundle.val, **run.eval_kwargs())
     st["epoch_seconds"] += time.perf_counter() - t_val
     row = {"epoch": epoch + 1, "step": state["global_step"],
            "lr": run.schedule.lr(max(run.schedule.step_count - 1, 0)),
            "train_loss": st["epoch_loss_sum"] / max(st["epoch_loss_steps"], 1),
-           **_metrics_row("val", val_metrics), "seconds": st["epoch_seconds"],
+           **_metrics_row("val", val_metrics), **_metrics_row("val_raw", raw_metrics),
+           "seconds": st["epoch_seconds"],
            "images_per_s": st["train_images"] / st["train_seconds"] if st["train_seconds"] else None}
     state["history"].append(row)
     st["epoch_loss_sum"], st["epoch_loss_steps"], st["epoch_seconds"] = 0.0, 0, 0.0
@@ -468,6 +472,11 @@ def _end_epoch(run: Run, epoch: int, n_batches: int, last: bool) -> bool:
         if state["best"]["miou"] is None or val_metrics.miou > state["best"]["miou"]:
             state["best"] = {"miou": val_metrics.miou, "epoch": epoch + 1, "step": state["global_step"]}
             run.log.save("best")
+    if raw_metrics is not None and not math.isnan(raw_metrics.miou):
+        best_raw = state.setdefault("best_raw", {"miou": None, "epoch": None})
+        if best_raw["miou"] is None or raw_metrics.miou > best_raw["miou"]:
+            state["best_raw"] = {"miou": raw_metrics.miou, "epoch": epoch + 1, "step": state["global_step"]}
+            run.log.save("best_raw")
     run.log.save("last")
     if run.ctx.is_main:
         R.write_log_csv(run.log.run_dir / "log.csv", state["history"])
@@ -497,6 +506,8 @@ def _finish(run: Run) -> RunResult:
     record: dict[str, Any] = {}
     if run.ctx.is_main:
         stored = _save_predictions(run, final_path) if tc["save_predictions"] else {}
+        if run.ema is not None and log.best_raw_path.is_file():
+            final["raw"] = _evaluate_raw(run, log.best_raw_path, tta)
         input_size = size_tuple(dc["size"]) or tuple(int(s) for s in bundle.input_size)
         params = sum(p.numel() for p in run.model.parameters())
         record = log.write_record(
@@ -511,6 +522,21 @@ def _finish(run: Run) -> RunResult:
     record = D.broadcast_object(run.ctx, record)
     best = log.best_path if log.best_path.is_file() else None
     return RunResult(record, log.run_dir, best, log.last_path, state["history"])
+
+
+def _evaluate_raw(run: Run, path: Path, tta: bool) -> dict[str, Any]:
+    """Under ``train.ema``: the raw (not averaged) weights of the epoch whose raw weights validated best, evaluated
+    like the average, so a record holds both sides of the average's paired effect. Leaves ``run.model`` holding
+    them."""
+    ckpt = read_checkpoint(path)
+    run.model.load_state_dict(ckpt["train_model"])
+    bundle = run.bundle
+    out: dict[str, Any] = {"checkpoint": path.stem, "epoch": len(ckpt["history"])}
+    if bundle.val is not None and len(bundle.val):
+        out["val"] = evaluate(run.model, bundle.val, tta=tta, decision=run.rule, **run.eval_kwargs()).to_dict()
+    if run.cfg["train"]["test_at_end"] and bundle.test is not None and len(bundle.test):
+        out["test"] = evaluate(run.model, bundle.test, tta=tta, decision=run.rule, **run.eval_kwargs()).to_dict()
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -703,6 +729,8 @@ def _restore(ckpt: dict[str, Any], cfg: Mapping[str, Any], num_classes: int, mod
     schedule.load_state_dict(ckpt["schedule"])
     for key in ("epoch", "batches_done", "global_step", "epoch_complete", "best", "history", "stats"):
         state[key] = copy.deepcopy(ckpt[key])
+    if "best_raw" in ckpt:
+        state["best_raw"] = copy.deepcopy(ckpt["best_raw"])
     state["segments"] = copy.deepcopy(ckpt.get("segments", []))  # checkpoints before segments: none
     if state["epoch_complete"]:
         state["epoch"], state["batches_done"], state["epoch_complete"] = state["epoch"] + 1, 0, False
@@ -850,6 +878,7 @@ class RunLog:
         self.run_dir, self.ctx, self.started, self.state = run_dir, ctx, started, state
         self.last_path = run_dir / "checkpoints" / "last.pt"
         self.best_path = run_dir / "checkpoints" / "best.pt"
+        self.best_raw_path = run_dir / "checkpoints" / "best_raw.pt"  # train.ema only: the best raw weights
         self.run: Run | None = None
         self.base_record: dict[str, Any] = {}
         self.segment: dict[str, Any] = {}
@@ -913,19 +942,21 @@ class RunLog:
             "schedule": run.schedule.state_dict(), "rng": rng_ranks[0], "rng_ranks": rng_ranks,
             "precision": precision_name(run.amp), "threads": torch.get_num_threads(),
             **copy.deepcopy({k: state[k] for k in ("epoch", "batches_done", "global_step", "epoch_complete", "best",
-                                                   "history")}),
+                                                   "best_raw", "history") if k in state}),
             "segments": self.segments(),
             "stats": {**state["stats"],
                       "wall_seconds_before": state["stats"]["wall_seconds_before"] + time.time() - self.started},
         }
 
     def save(self, kind: str) -> None:
-        """Write ``best.pt`` or ``last.pt`` atomically; after ``last``, the record says how far the run has come."""
+        """Write ``best.pt``, ``best_raw.pt`` or ``last.pt`` atomically; after ``last``, the record says how far the
+        run has come."""
         # every rank's RNG stream (dropout, drop-path), so that each rank resumes its own: a collective, and every
         # rank calls save at the same points
         rng_ranks = D.all_gather_object(self.ctx, capture_rng())
         if self.ctx.is_main:
-            atomic_save(self.checkpoint(kind, rng_ranks), self.best_path if kind == "best" else self.last_path)
+            path = {"best": self.best_path, "best_raw": self.best_raw_path, "last": self.last_path}[kind]
+            atomic_save(self.checkpoint(kind, rng_ranks), path)
             if kind == "last":
                 self.write_record("running")
 

@@ -56,3 +56,24 @@ def test_the_average_is_what_is_saved_and_scored(neu: Path, tmp_path: Path) -> N
     assert metrics.to_dict()["miou"] == pytest.approx(result.record["final"]["test"]["miou"])
     plain = training.train(tiny_config(neu, train={"max_steps": 3}), out=tmp_path / "p", quiet=True)
     assert "train_model" not in read_checkpoint(plain.checkpoint)
+
+
+def test_the_raw_weights_are_validated_and_tested_beside_the_average(neu: Path, tmp_path: Path) -> None:
+    """The average's effect is a paired difference on one trajectory: each epoch validates both, the record tests
+    the best raw weights beside the best average."""
+    cfg = tiny_config(neu, train={"epochs": 2, "ema": 0.5})
+    result = training.train(cfg, out=tmp_path / "r", quiet=True)
+    rows = result.history
+    assert all("val_raw_miou" in row and "val_miou" in row for row in rows)
+    raw = result.record["final"]["raw"]
+    assert raw["checkpoint"] == "best_raw" and 0.0 <= raw["test"]["miou"] <= 1.0
+    best_raw = read_checkpoint(tmp_path / "r" / "checkpoints" / "best_raw.pt")
+    assert best_raw["best_raw"]["miou"] == max(row["val_raw_miou"] for row in rows)
+    model, _ = load_checkpoint(tmp_path / "r" / "checkpoints" / "best_raw.pt")
+    model.load_state_dict(best_raw["train_model"])
+    bundle = training.load_data(result.record["config"], seed=0)
+    metrics = inference.evaluate(model, bundle.test, num_classes=4, ignore_index=255, batch_size=8,
+                                 channels_last=True)
+    assert metrics.to_dict()["miou"] == pytest.approx(raw["test"]["miou"])
+    plain = training.train(tiny_config(neu, train={"epochs": 1}), out=tmp_path / "p", quiet=True)
+    assert "raw" not in plain.record["final"] and "val_raw_miou" not in plain.history[0]
