@@ -162,7 +162,7 @@ def leak_row(summary: list[dict[str, str]] | None = None, bootstrap: list[dict] 
                      f"{100 * o['difference']:+.2f} points, test-set interval [{100 * o['low']:+.2f}, "
                      f"{100 * o['high']:+.2f}] ({rec['runs'][0]['model']}, one run each)")
     if not fixed:
-        parts.append("the copies alone, on fixed test pictures: not yet measured")
+        parts.append("no record of the copies alone on fixed test pictures")
     return ["NEU-Seg's official test set holds pictures unseen in training", "assumed (no audit)", "; ".join(parts)]
 
 
