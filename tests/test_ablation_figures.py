@@ -103,3 +103,17 @@ def test_split_gap_figure_plots_one_dot_per_model() -> None:
     assert len(dots) == 2  # mIoU and inclusion, three models each
     assert sorted(x for x, _ in dots[0].get_offsets()) == pytest.approx([2.0, 2.0, 2.0])
     plt.close(fig)
+
+
+def test_verdict_table_states_each_split_in_a_word() -> None:
+    from smelib.study.conclusions import verdict_table
+
+    table = verdict_table({"grouped": conclusion_effects(ROWS, "grouped"),
+                           "official": conclusion_effects(ROWS, "official")})
+    assert table.columns == ["the paper's conclusion", "paper (points)", "ours, grouped (points)",
+                             "ours, official (points)"]
+    rows = {r[0]: r[1:] for r in table.rows}
+    assert rows["StarNet beats MobileNetV2"] == ["–", "+2.00 holds", "–"]  # no official rows at all
+    assert rows["MSAA helps"][0] == "-0.25"  # the paper's 88.52 - 88.77
+    assert rows["MSAA helps"][1] == "+5.00 holds"
+    assert rows["SME beats HRNet"][1] == "–"

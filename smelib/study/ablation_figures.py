@@ -42,7 +42,8 @@ def model_label(model: str) -> str:
 
 
 def short_claim(claim: str) -> str:
-    """A conclusion's claim without its parenthesis: ``"MSAA helps (StarNet + MSAA vs ...)"`` -> ``"MSAA helps"``."""
+    """A conclusion's claim without its parenthesis: ``"MSAA helps (StarNet + MSAA vs ...)"`` -> ``"MSAA helps"``
+    (the same shortening :func:`~smelib.study.conclusions.verdict_table` makes)."""
     return claim.split(" (", 1)[0]
 
 

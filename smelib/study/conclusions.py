@@ -447,6 +447,34 @@ def conclusions_table(rows: Sequence[Mapping[str, Any]], split: str = "grouped",
                        + ("" if epochs is None else f", {epochs}-epoch runs"))
 
 
+#: The short word :func:`verdict_table` shows for each :class:`ConclusionEffect` verdict.
+VERDICT_WORDS: dict[str, str] = {"holds": "holds", "reversed": "reversed", "within the seed spread": "within spread",
+                                 "no spread yet": "no spread", "not yet measured": "–"}
+
+
+def verdict_table(effects: Mapping[str, Sequence[ConclusionEffect]], title: str | None = None) -> Table:
+    """One row per conclusion, one column per split of ``effects`` (``{split: conclusion_effects(...)}``): our
+    difference in points and its verdict in a word (:data:`VERDICT_WORDS`), beside the paper's own difference
+    (from :data:`PAPER_MIOU`; "–" where its text states only the claim). Narrow enough for the page: the claims
+    are shortened to the words before their parenthesis."""
+    from smelib.study.tables import Table
+
+    splits = list(effects)
+    body = []
+    for i, first in enumerate(effects[splits[0]]):
+        c = first.conclusion
+        paper = (f"{PAPER_MIOU[c.better] - PAPER_MIOU[c.worse]:+.2f}" if c.better in PAPER_MIOU
+                 and c.worse in PAPER_MIOU else "–")
+        cells: list[object] = [c.claim.split(" (", 1)[0], paper]
+        for split in splits:
+            e = effects[split][i]
+            word = VERDICT_WORDS.get(e.verdict, e.verdict)
+            cells.append(word if e.difference is None else f"{e.difference:+.2f} {word}")
+        body.append(cells)
+    return Table(["the paper's conclusion", "paper (points)", *(f"ours, {s} (points)" for s in splits)], body,
+                 title=title)
+
+
 def resolution_table(rows: Sequence[Mapping[str, Any]], split: str = "grouped", z: float = 2.0) -> Table:
     """Whether the paper's own differences (:data:`PAPER_MIOU`) are larger than what one run against one run can
     resolve when runs scatter like ours: one row per :data:`CONCLUSIONS` entry with both paper numbers, holding
