@@ -110,8 +110,7 @@ def test_verdict_table_states_each_split_in_a_word() -> None:
 
     table = verdict_table({"grouped": conclusion_effects(ROWS, "grouped"),
                            "official": conclusion_effects(ROWS, "official")})
-    assert table.columns == ["the paper's conclusion", "paper (points)", "ours, grouped (points)",
-                             "ours, official (points)"]
+    assert table.columns == ["the paper's conclusion", "paper", "ours, grouped", "ours, official"]
     rows = {r[0]: r[1:] for r in table.rows}
     assert rows["StarNet beats MobileNetV2"] == ["–", "+2.00 holds", "–"]  # no official rows at all
     assert rows["MSAA helps"][0] == "-0.25"  # the paper's 88.52 - 88.77

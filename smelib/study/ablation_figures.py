@@ -87,7 +87,7 @@ def score_figure(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[st
         axp.set_xlabel("paper (%)")
         axp.tick_params(axis="x", labelsize=8)
         axp.set_title("official, 300 ep.", fontsize=8)
-        ax.set_title("ours: dots seeds, diamond mean ± std", fontsize=9)
+        ax.set_title("ours: seeds (dots), mean ± std (diamonds)", fontsize=9)
     return fig
 
 

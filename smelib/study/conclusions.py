@@ -471,8 +471,7 @@ def verdict_table(effects: Mapping[str, Sequence[ConclusionEffect]], title: str 
             word = VERDICT_WORDS.get(e.verdict, e.verdict)
             cells.append(word if e.difference is None else f"{e.difference:+.2f} {word}")
         body.append(cells)
-    return Table(["the paper's conclusion", "paper (points)", *(f"ours, {s} (points)" for s in splits)], body,
-                 title=title)
+    return Table(["the paper's conclusion", "paper", *(f"ours, {s}" for s in splits)], body, title=title)
 
 
 def resolution_table(rows: Sequence[Mapping[str, Any]], split: str = "grouped", z: float = 2.0) -> Table:
