@@ -82,6 +82,37 @@ def short_hosts(hosts: str | None) -> str:
     return ", ".join(dict.fromkeys(out))
 
 
+def seed_scores(rows: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]],
+                models: Sequence[str] = TABLE_MODELS, splits: Sequence[str] = ("official", "grouped"),
+                configs: Collection[str] = DEFAULT_CONFIGS, key: str = "miou") -> list[dict[str, Any]]:
+    """The single runs behind the summary rows the tables read: for each model and split, the row
+    :func:`~smelib.study.plan.pick_row` picks, and for each run id it lists, that run's final metric.
+
+    Args:
+        rows: summary rows (their ``run_ids`` name the runs averaged).
+        records: run records (:func:`smelib.study.results.load_records`).
+        key: a metric of the record's ``final.test`` (``final.val`` when a run has no test metrics).
+
+    Returns:
+        ``[{"model", "split", "config", "seed", "run_id", "value" (points)}]``, models in ``models`` order; a run id
+        without a record is left out.
+    """
+    by_id = {str(r.get("run_id")): r for r in records}
+    out = []
+    for model in models:
+        for split in splits:
+            row = pick_row(rows, model, split, configs)
+            for run_id in str((row or {}).get("run_ids") or "").split():
+                rec = by_id.get(run_id)
+                final = (rec or {}).get("final") or {}
+                metrics = final.get("test") or final.get("val")
+                if rec is None or not metrics or metrics.get(key) is None:
+                    continue
+                out.append({"model": model, "split": split, "config": row["config"],  # type: ignore[index]
+                            "seed": int(rec.get("seed", 0)), "run_id": run_id, "value": 100 * float(metrics[key])})
+    return out
+
+
 def learning_curve(records: Sequence[Mapping[str, Any]], model: str = "sme_deeplabv3plus", split: str = "grouped",
                    seed: int = 0, config: str = "cpu_budget") -> list[dict[str, Any]]:
     """The learning curve behind the protocol's epoch count: one point per epoch count that ``model`` was
@@ -263,6 +294,41 @@ def split_gap(rows: Sequence[Mapping[str, Any]], configs: Collection[str] = DEFA
     return SplitGap(tuple(pairs), mean, se, s, chi2, max(k - 1, 0), p)
 
 
+def _difference_and_se(better: Mapping[str, Any] | None, worse: Mapping[str, Any] | None, key: str,
+                       pooled: tuple[float | None, int] | None, pooled_from: str | None,
+                       pooled_for_all: bool) -> tuple[float | None, float | None, str, int, int]:
+    """``(difference in points, its standard error in points, the borrowed-spread note, n1, n2)`` of two summary
+    rows, with :func:`conclusion_verdict`'s rules for borrowing a spread; the difference is None when a row or its
+    mean is missing, the standard error None when no spread can be estimated."""
+    a, b = summary_value(better, f"{key}_mean"), summary_value(worse, f"{key}_mean")
+    if a is None or b is None:
+        return None, None, "", 0, 0
+    diff = 100 * (a - b)
+    n1, n2 = int(better["n_seeds"]), int(worse["n_seeds"])  # type: ignore[index]
+    s1, s2 = summary_value(better, f"{key}_std"), summary_value(worse, f"{key}_std")
+    borrowed = ""
+    if n1 < 2 and n2 >= 2 and s2 is not None:
+        s1, borrowed = s2, f" (seeds: 1 vs {n2}; the single run assumed to scatter like the {n2})"
+    elif n2 < 2 and n1 >= 2 and s1 is not None:
+        s2, borrowed = s1, f" (seeds: {n1} vs 1; the single run assumed to scatter like the {n1})"
+    if (pooled_for_all or (n1 < 2 and n2 < 2)) and pooled is not None and pooled[0] is not None:
+        s1 = s2 = pooled[0]
+        rows_of = "the pooled multi-seed rows" + ("" if pooled_from is None else f" of the {pooled_from} split")
+        borrowed = (f" (seeds: {n1} vs {n2}; both {'runs' if n1 < 2 and n2 < 2 else 'rows'} assumed to scatter "
+                    f"like {rows_of}, s = {100 * pooled[0]:.2f} points, {pooled[1]} degrees of freedom)")
+    if s1 is None or s2 is None or (n1 < 2 and n2 < 2 and not borrowed):
+        return diff, None, borrowed, n1, n2
+    return diff, 100 * math.sqrt(s1**2 / n1 + s2**2 / n2), borrowed, n1, n2
+
+
+def _verdict_word(diff: float, se: float, z: float) -> str:
+    """``"holds"``, ``"reversed"`` or ``"within the seed spread"``: ``diff`` against ``z`` standard errors ``se``."""
+    if se == 0:
+        return "holds" if diff > 0 else ("reversed" if diff < 0 else "within the seed spread")
+    t = diff / se
+    return "holds" if t > z else ("reversed" if t < -z else "within the seed spread")
+
+
 def conclusion_verdict(better: Mapping[str, Any] | None, worse: Mapping[str, Any] | None,
                        key: str = "miou", z: float = 2.0,
                        pooled: tuple[float | None, int] | None = None,
@@ -286,31 +352,70 @@ def conclusion_verdict(better: Mapping[str, Any] | None, worse: Mapping[str, Any
     Returns:
         ``(difference in points or None, verdict)``.
     """
-    a, b = summary_value(better, f"{key}_mean"), summary_value(worse, f"{key}_mean")
-    if a is None or b is None:
+    diff, se, borrowed, n1, n2 = _difference_and_se(better, worse, key, pooled, pooled_from, pooled_for_all)
+    if diff is None:
         return None, "not yet measured"
-    diff = 100 * (a - b)
-    n1, n2 = int(better["n_seeds"]), int(worse["n_seeds"])  # type: ignore[index]
-    s1, s2 = summary_value(better, f"{key}_std"), summary_value(worse, f"{key}_std")
-    borrowed = ""
-    if n1 < 2 and n2 >= 2 and s2 is not None:
-        s1, borrowed = s2, f" (seeds: 1 vs {n2}; the single run assumed to scatter like the {n2})"
-    elif n2 < 2 and n1 >= 2 and s1 is not None:
-        s2, borrowed = s1, f" (seeds: {n1} vs 1; the single run assumed to scatter like the {n1})"
-    if (pooled_for_all or (n1 < 2 and n2 < 2)) and pooled is not None and pooled[0] is not None:
-        s1 = s2 = pooled[0]
-        rows_of = "the pooled multi-seed rows" + ("" if pooled_from is None else f" of the {pooled_from} split")
-        borrowed = (f" (seeds: {n1} vs {n2}; both {'runs' if n1 < 2 and n2 < 2 else 'rows'} assumed to scatter "
-                    f"like {rows_of}, s = {100 * pooled[0]:.2f} points, {pooled[1]} degrees of freedom)")
-    if s1 is None or s2 is None or (n1 < 2 and n2 < 2 and not borrowed):
+    if se is None:
         return diff, f"no spread yet (seeds: {n1} vs {n2})"
-    se = 100 * math.sqrt(s1**2 / n1 + s2**2 / n2)
-    if se == 0:
-        word = "holds" if diff > 0 else ("reversed" if diff < 0 else "within the seed spread")
-    else:
-        t = diff / se
-        word = "holds" if t > z else ("reversed" if t < -z else "within the seed spread")
-    return diff, word + borrowed
+    return diff, _verdict_word(diff, se, z) + borrowed
+
+
+@dataclass(frozen=True)
+class ConclusionEffect:
+    """One of :data:`CONCLUSIONS` read on one split (:func:`conclusion_effects`); points, not fractions."""
+
+    conclusion: Conclusion
+    split: str
+    #: ``better`` − ``worse`` mean test mIoU, None when a row is missing
+    difference: float | None
+    #: its standard error from the seed spread (:func:`conclusion_verdict`'s rules), None when none can be estimated
+    se: float | None
+    #: how many standard errors a difference must exceed to count as holding or reversed
+    z: float
+    #: ``"holds"``, ``"reversed"``, ``"within the seed spread"``, ``"no spread yet"`` or ``"not yet measured"``
+    verdict: str
+    #: which spread was borrowed and from where (empty when both rows have their own)
+    assumption: str
+    n_better: int
+    n_worse: int
+
+    @property
+    def low(self) -> float | None:
+        """``difference - z * se`` (None without a standard error)."""
+        return None if self.difference is None or self.se is None else self.difference - self.z * self.se
+
+    @property
+    def high(self) -> float | None:
+        """``difference + z * se`` (None without a standard error)."""
+        return None if self.difference is None or self.se is None else self.difference + self.z * self.se
+
+
+def conclusion_effects(rows: Sequence[Mapping[str, Any]], split: str = "grouped", spread_split: str | None = None,
+                       epochs: int | None = None, z: float = 2.0,
+                       conclusions: Sequence[Conclusion] | None = None) -> list[ConclusionEffect]:
+    """Each conclusion (default :data:`CONCLUSIONS`) on ``split`` as a difference with a seed-based interval,
+    ``difference ± z * se``, read as :func:`conclusions_table` reads it (single runs on both sides borrow
+    :func:`pooled_seed_std` of ``spread_split``, default ``split``).
+
+    Args:
+        rows: summary rows (``results/summary.csv`` or :func:`smelib.study.results.summarize`).
+        epochs: compare the rows trained for this many epochs (default: each protocol's own).
+    """
+    source = spread_split or split
+    pooled = pooled_seed_std(rows, source, epochs=epochs)
+    out = []
+    for c in CONCLUSIONS if conclusions is None else conclusions:
+        hi, lo = pick_row(rows, c.better, split, epochs=epochs), pick_row(rows, c.worse, split, epochs=epochs)
+        diff, se, borrowed, n1, n2 = _difference_and_se(hi, lo, "miou", pooled,
+                                                        None if source == split else source, False)
+        if diff is None:
+            verdict = "not yet measured"
+        elif se is None:
+            verdict = "no spread yet"
+        else:
+            verdict = _verdict_word(diff, se, z)
+        out.append(ConclusionEffect(c, split, diff, se, z, verdict, borrowed.strip(" ()"), n1, n2))
+    return out
 
 
 def conclusions_table(rows: Sequence[Mapping[str, Any]], split: str = "grouped", epochs: int | None = None,
@@ -340,6 +445,33 @@ def conclusions_table(rows: Sequence[Mapping[str, Any]], split: str = "grouped",
                   "our difference (points)", "on our records"], body,
                  title=f"The paper's conclusions on our {split}-split records"
                        + ("" if epochs is None else f", {epochs}-epoch runs"))
+
+
+#: The short word :func:`verdict_table` shows for each :class:`ConclusionEffect` verdict.
+VERDICT_WORDS: dict[str, str] = {"holds": "holds", "reversed": "reversed", "within the seed spread": "within spread",
+                                 "no spread yet": "no spread", "not yet measured": "–"}
+
+
+def verdict_table(effects: Mapping[str, Sequence[ConclusionEffect]], title: str | None = None) -> Table:
+    """One row per conclusion, one column per split of ``effects`` (``{split: conclusion_effects(...)}``): our
+    difference in points and its verdict in a word (:data:`VERDICT_WORDS`), beside the paper's own difference
+    (from :data:`PAPER_MIOU`; "–" where its text states only the claim). Narrow enough for the page: the claims
+    are shortened to the words before their parenthesis."""
+    from smelib.study.tables import Table
+
+    splits = list(effects)
+    body = []
+    for i, first in enumerate(effects[splits[0]]):
+        c = first.conclusion
+        paper = (f"{PAPER_MIOU[c.better] - PAPER_MIOU[c.worse]:+.2f}" if c.better in PAPER_MIOU
+                 and c.worse in PAPER_MIOU else "–")
+        cells: list[object] = [c.claim.split(" (", 1)[0], paper]
+        for split in splits:
+            e = effects[split][i]
+            word = VERDICT_WORDS.get(e.verdict, e.verdict)
+            cells.append(word if e.difference is None else f"{e.difference:+.2f} {word}")
+        body.append(cells)
+    return Table(["the paper's conclusion", "paper", *(f"ours, {s}" for s in splits)], body, title=title)
 
 
 def resolution_table(rows: Sequence[Mapping[str, Any]], split: str = "grouped", z: float = 2.0) -> Table:
