@@ -87,3 +87,23 @@ def test_stored_predictions_errors_name_the_file(tmp_path: Path) -> None:
     np.savez_compressed(short, ids=np.asarray(["a"]), shapes=np.asarray([[2, 2]]), masks=np.zeros(3, np.uint8))
     with pytest.raises(R.PredictionsError, match="do not match"):
         R.read_predictions(short)
+
+
+def test_every_run_is_listed_once_under_its_config() -> None:
+    """The appendix "Every run": one row per record, under its config's table, with the marks the page explains."""
+    from smelib.study.results import DIRTY_MARK, every_run_tables
+
+    def rec(config: str, model: str, started: str, **extra: object) -> dict:
+        return {"config_name": config, "model": model, "split": {"kind": "grouped"}, "seed": 0, "epochs": 6,
+                "epochs_done": 6, "final": {"test": {"miou": 0.75}}, "wall_seconds": 600.0,
+                "host": {"cpu": "AMD EPYC", "cpu_flags": ["avx2"], "cpu_cores": 2}, "started_utc": started,
+                "git": {"dirty": False}, **extra}
+
+    records = [rec("b", "hrnet", "2026-12-02"), rec("a", "pspnet", "2026-12-03", git={"dirty": True}),
+               rec("b", "resunet", "2026-12-01", epochs_done=2, cpu_others_fraction=0.5, final={"val": {"miou": 0.5}})]
+    tables = every_run_tables(records)
+    assert [t.title for t in tables] == ["config a: 1 run", "config b: 2 runs"]
+    assert tables[0].rows[0][4] == f"75.00 {DIRTY_MARK}"
+    first, second = tables[1].rows
+    assert first[:2] == ["resunet", "grouped"] and first[3] == "2/6" and first[4] == "50.00 (val)"
+    assert first[5] == "10 *" and second[5] == "10" and second[6] == "EPYC avx2"

@@ -20,7 +20,7 @@ def test_status_reports_percent_and_no_false_spread(monkeypatch) -> None:
     assert "not run yet" in text  # the lite model has no row here
     assert "StarNet beats MobileNetV2" in text and "not yet measured" in text  # no baseline row given
     # the protocol's official row is the headroom's first step, so it is the best one measured here
-    assert "80.00 (step 'protocol'; " in text and "steps measured" in text
+    assert "80.00 (step 'protocol', the best of " in text
     assert "Recipe headroom, step 'grouped'" in text and "not run yet: for S in 0 1 2" in text
 
 
@@ -39,7 +39,7 @@ def test_status_reads_the_grouped_headroom_step_with_its_spread_and_never_as_the
     text = str(status.reproduction_table())
     assert "90.00 ± 1.00 (2 of 3 seeds; the protocol's 76.00 on this split)" in text
     # the grouped step outscores the official protocol here, but the official row names only official steps
-    assert f"78.00 (step 'protocol'; 1 of {len(HEADROOM_STEPS)} steps measured" in text
+    assert "78.00 (step 'protocol', the best of 1; " in text
     # without a protocol row on its split the step still reads, and says what it lacks
     del rows[1]
     assert "90.00 ± 1.00 (2 of 3 seeds; no protocol row on this split)" in str(status.reproduction_table())

@@ -249,3 +249,45 @@ def format_summary(rows: Sequence[Mapping[str, Any]]) -> str:
     if any(is_dirty(r) for r in rows):
         lines.append(f"{DIRTY_MARK} some of the row's runs were made from a tree with uncommitted changes (git.dirty)")
     return "\n".join(lines)
+
+
+def _short_host(rec: Mapping[str, Any]) -> str:
+    """:func:`host_label` in a table cell's width: the CPU family and its widest vector ISA, e.g. ``"Xeon avx512"``."""
+    host = rec.get("host")
+    if not isinstance(host, Mapping) or not host.get("cpu"):
+        return "unknown"
+    words = str(host["cpu"]).replace("(R)", "").split()
+    family = next((w for w in words if w in ("Xeon", "EPYC", "Core", "Ryzen")), " ".join(words[:2]))
+    isa = host_label(rec).split("[", 1)[1].split("]", 1)[0]
+    return family if isa == "isa unknown" else f"{family} {isa}"
+
+
+def every_run_tables(records: Iterable[Mapping[str, Any]]) -> list[Any]:
+    """The appendix "Every run": one :class:`~smelib.study.tables.Table` per config name, one row per run record
+    (any status), oldest first — model, split, seed, epochs done of planned, test mIoU (else validation, marked),
+    training wall time, host (:func:`host_label`) and start date. A run from a tree with uncommitted changes is
+    marked :data:`DIRTY_MARK`; a run whose wall time was shared with other work (:func:`timed_alone`) ``*``.
+    """
+    from smelib.study.tables import Table
+
+    by_config: dict[str, list[Mapping[str, Any]]] = {}
+    for rec in records:
+        by_config.setdefault(str(rec.get("config_name") or "?"), []).append(rec)
+    tables = []
+    for config in sorted(by_config):
+        rows = []
+        for rec in sorted(by_config[config], key=lambda r: str(r.get("started_utc") or "")):
+            part, metrics = _final_metrics(rec)
+            miou = "-" if metrics is None else f"{100 * metrics['miou']:.2f}" + ("" if part == "test" else " (val)")
+            miou += f" {DIRTY_MARK}" if (rec.get("git") or {}).get("dirty") else ""
+            wall = rec.get("wall_seconds")
+            minutes = "-" if wall is None else f"{wall / 60:.0f}" + ("" if timed_alone(rec) else " *")
+            done, planned = rec.get("epochs_done"), rec.get("epochs")
+            epochs = f"{done}/{planned}" if done is not None and done != planned else str(planned or "-")
+            split = rec.get("split")
+            rows.append([str(rec.get("model")), split.get("kind", "?") if isinstance(split, Mapping) else str(split),
+                         rec.get("seed"), epochs, miou, minutes, _short_host(rec),
+                         str(rec.get("started_utc") or "")[:10]])
+        tables.append(Table(["model", "split", "seed", "epochs", "mIoU %", "minutes", "host", "started"], rows,
+                            title=f"config {config}: {len(rows)} run{'s' if len(rows) != 1 else ''}"))
+    return tables
