@@ -377,7 +377,7 @@ def plot_step_curves(records: Sequence[Mapping[str, Any]], steps: Sequence[Headr
     ax.set(xlabel="wall minutes (training + validation)", ylabel="validation mIoU (%)",
            title=f"Headroom training steps, {split} split, seed {seed}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     return ax
 
 
@@ -530,7 +530,10 @@ def plot_tta_gains(pairs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
         ax.annotate(f"{g:+.2f}", (g, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
     ax.set(xlabel="Δ test mIoU with test-time augmentation (points, same weights)", ylabel="")
     ax.set_xlim(0, max(gains) * 1.25)
-    ax.legend(title="split", fontsize=8, title_fontsize=8, loc="lower right")
+    handles, names = ax.get_legend_handles_labels()
+    ax.get_legend().remove()  # below the bars, where it hides none of them
+    ax.figure.legend(handles, [f"{n} split" for n in names], fontsize=8, loc="outside lower center",
+                     ncols=len(names), frameon=False)
     return ax
 
 
