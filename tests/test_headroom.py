@@ -191,3 +191,84 @@ def test_seed_tta_pairs_follow_each_seeds_latest_run() -> None:
     got = H.seed_tta_pairs(step, runs, evals)
     assert [(seed, a["file"], b["file"]) for seed, a, b in got] == [(0, "s0_p", "s0_t"), (1, "s1_p", "s1_t")]
     assert H.seed_tta_pairs(step, runs, evals[:1]) == []  # no TTA record, no pair
+
+
+def _recipe_fixture() -> tuple[list[dict], list[dict], list[dict]]:
+    """Two protocol seeds, a schedule run with a TTA pair on its weights, a grouped protocol run; summary rows from
+    :func:`smelib.study.results.summarize` of those records."""
+    from smelib.study.results import summarize
+
+    def scored(config, epochs, miou, seed=0, split="official", model="sme_deeplabv3plus"):
+        rec = _scored(config, epochs, (miou,) * 4, wall=60.0, names=("bg", "a", "b", "c"), split=split, seed=seed,
+                      model=model)
+        rec["run_id"] += f"_{split}"  # run ids are unique
+        rec["final"]["test"].update(precision=miou, mpa=miou, recall=miou, defects_only={"miou": miou})
+        return rec
+
+    records = [scored("cpu_budget", 6, 0.78), scored("cpu_budget", 6, 0.76, seed=1),
+               scored("headroom_e27", 27, 0.82), scored("cpu_budget", 6, 0.70, split="grouped"),
+               scored(GROUPED.config, GROUPED.epochs, 0.74, split="grouped", model=GROUPED.model)]
+    evals = [dict(_eval("e27_p", False, 0.82), run_id=records[2]["run_id"]),
+             dict(_eval("e27_t", True, 0.83), run_id=records[2]["run_id"])]
+    return records, summarize(records), evals
+
+
+def test_recipe_points_read_seed_means_seeds_deltas_and_the_paired_tta() -> None:
+    records, rows, evals = _recipe_fixture()
+    points = H.recipe_points(records, rows, evals)
+    assert [p["step"] for p in points] == ["protocol", "schedule"]  # steps without a row are left out
+    proto, sched = points
+    assert proto["miou"] == pytest.approx(0.77) and sorted(proto["seeds"]) == [(0, 0.78), (1, 0.76)]
+    assert proto["delta"] is None and proto["tta"] is None
+    assert sched["delta"] == pytest.approx(0.05) and (sched["tta_base"], sched["tta"]) == (0.82, 0.83)
+    grouped = H.recipe_points(records, rows, evals, split="grouped")
+    # the grouped split's step, against the protocol's row on the grouped split
+    assert [(p["step"], p["delta"]) for p in grouped] == [("grouped", pytest.approx(0.04))]
+
+
+def test_plot_recipe_steps_marks_the_steps_tta_and_the_papers_figure() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    records, rows, evals = _recipe_fixture()
+    ax = H.plot_recipe_steps(H.recipe_points(records, rows, evals), paper_miou=88.87)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["protocol (6 ep)", "schedule (27 ep)"]
+    assert "+5.00" in [t.get_text() for t in ax.texts]
+    diamonds = [ln for ln in ax.get_lines() if ln.get_marker() == "D" and len(ln.get_xdata())]
+    assert [float(ln.get_xdata()[0]) for ln in diamonds] == [pytest.approx(83.0)]
+    labels = [t.get_text() for t in ax.figure.legends[0].get_texts()]
+    assert any("paper's 88.87" in lab and "300 epochs" in lab for lab in labels)
+    with pytest.raises(ValueError, match="no headroom"):
+        H.plot_recipe_steps([], paper_miou=88.87)
+
+
+def test_tta_gains_bar_per_checkpoint_named_by_its_run() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    records, _, evals = _recipe_fixture()
+    assert H.run_label(records[2]) == "sme_deeplabv3plus 27 ep, official s0".replace("sme_deeplabv3plus", "SME")
+    ax = H.plot_tta_gains(H.tta_pairs(evals), records)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["SME 27 ep, official s0"]
+    assert [p.get_width() for p in ax.patches if p.get_width()] == [pytest.approx(1.0)]
+    with pytest.raises(ValueError, match="without a record"):
+        H.plot_tta_gains(H.tta_pairs(evals), records[:2])
+    with pytest.raises(ValueError, match="no checkpoint"):
+        H.plot_tta_gains([], records)
+
+
+def test_seed_points_list_each_rows_runs_and_plot_one_dot_per_seed() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    records, rows, _ = _recipe_fixture()
+    points = H.seed_points(records, rows, [("proto", "cpu_budget", "sme_deeplabv3plus", 6),
+                                           ("long", "headroom_e27", "sme_deeplabv3plus", 27)])
+    assert [(p["recipe"], p["split"], p["seed"]) for p in points] == [
+        ("proto", "official", 0), ("proto", "official", 1), ("proto", "grouped", 0), ("long", "official", 0)]
+    assert points[1]["miou"] == pytest.approx(76.0)
+    ax = H.plot_seed_points(points)
+    dots = [c for c in ax.collections if len(c.get_offsets())]
+    assert sum(len(c.get_offsets()) for c in dots) == 4
+    with pytest.raises(ValueError, match="no run"):
+        H.plot_seed_points([])

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["BUDGET_MINUTES", "HEADROOM_STEPS", "HeadroomStep", "budget_epochs", "budget_pair", "budget_pair_table",
+           "plot_recipe_steps", "plot_seed_points", "plot_tta_gains", "recipe_points", "run_label", "seed_points",
            "headroom_table", "pending_steps", "plot_step_curves", "seed_table", "seed_tta_pairs", "step_curve",
            "step_result", "step_run", "tta_pairs"]
 
@@ -366,13 +367,216 @@ def plot_step_curves(records: Sequence[Mapping[str, Any]], steps: Sequence[Headr
         raise ValueError(f"no headroom training step on the {split} split has a completed run with validation at "
                          f"seed {seed}")
     if ax is None:
-        _, ax = plt.subplots(figsize=(7, 3.6))
-    for s, c in curves:
-        ax.plot([m for m, _ in c], [100 * v for _, v in c], marker="o", markersize=3,
+        _, ax = plt.subplots(figsize=(7, 3.4), dpi=110, layout="constrained")
+    import seaborn as sns
+
+    for (s, c), color in zip(curves, sns.color_palette("colorblind", len(curves))):
+        ax.plot([m for m, _ in c], [100 * v for _, v in c], marker="o", markersize=3, color=color,
                 label=f"{s.key} ({s.epochs} epochs)")
     ax.axvline(BUDGET_MINUTES, color="0.5", linestyle="--", linewidth=1, label=f"budget ({BUDGET_MINUTES} min)")
     ax.set(xlabel="wall minutes (training + validation)", ylabel="validation mIoU (%)",
            title=f"Headroom training steps, {split} split, seed {seed}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
+    return ax
+
+
+def _row_of(rows: Sequence[Mapping[str, Any]], config: str, model: str, split: str,
+            epochs: int) -> Mapping[str, Any] | None:
+    """The summary row of one (config, model, split, epochs), or None."""
+    found = [r for r in rows if r.get("config") == config and r.get("model") == model and r.get("split") == split
+             and str(r.get("epochs")) == str(epochs)]
+    return found[0] if found else None
+
+
+def _row_seeds(row: Mapping[str, Any] | None, records: Sequence[Mapping[str, Any]]) -> list[tuple[int, float]]:
+    """``(seed, test mIoU fraction)`` of each run a summary row averages (its ``run_ids``), in the row's order."""
+    if row is None:
+        return []
+    by_id = {r.get("run_id"): r for r in records}
+    runs = [by_id[i] for i in str(row.get("run_ids") or "").split() if i in by_id]
+    return [(int(r["seed"]), float(r["final"]["test"]["miou"])) for r in runs]
+
+
+def recipe_points(records: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]],
+                  eval_records: Sequence[Mapping[str, Any]], steps: Sequence[HeadroomStep] = HEADROOM_STEPS,
+                  split: str = "official") -> list[dict[str, Any]]:
+    """One point per training step on ``split`` that has a summary row: what :func:`plot_recipe_steps` draws.
+
+    Returns:
+        ``[{"step", "epochs", "model", "miou" (the row's seed mean), "seeds": [(seed, miou)], "delta" (against the
+        protocol's seed mean on the split; None for the protocol), "tta": mIoU with test-time augmentation on the
+        step's seed-0 weights (a :func:`tta_pairs` pair whose run is the step's seed-0 run) or None,
+        "tta_base": the same weights without it}]``, fractions, in the steps' order.
+    """
+    from smelib.study.conclusions import summary_value
+
+    pairs = {b.get("run_id"): (a, b) for a, b in tta_pairs(eval_records)}
+    proto = steps[0]
+    base = summary_value(_row_of(rows, proto.config, proto.model, split, proto.epochs), "miou_mean")
+    out = []
+    for step in steps:
+        if step.kind != "train" or step.split != split:
+            continue
+        row = _row_of(rows, step.config, step.model, split, step.epochs)
+        if row is None:
+            continue
+        miou = summary_value(row, "miou_mean")
+        run = step_run(step, records)
+        pair = pairs.get(run["run_id"]) if run is not None else None
+        out.append({"step": step.key, "epochs": step.epochs, "model": step.model, "miou": miou,
+                    "seeds": _row_seeds(row, records),
+                    "delta": None if step.key == proto.key or base is None or miou is None else miou - base,
+                    "tta": None if pair is None else pair[1]["metrics"]["miou"],
+                    "tta_base": None if pair is None else pair[0]["metrics"]["miou"]})
+    return out
+
+
+def plot_recipe_steps(points: Sequence[Mapping[str, Any]], paper_miou: float, ax: Any = None) -> Any:
+    """Each training step's test mIoU (%) as a dot (its seeds as small grey dots), the step's weights with
+    test-time augmentation as an open diamond, the protocol's seed mean ± standard deviation as a band, and the
+    paper's figure as a dashed line; each dot is labelled with its change against the protocol.
+
+    Args:
+        points: :func:`recipe_points`, the protocol first.
+        paper_miou: the paper's test mIoU in percent (labelled as the paper's: 300 epochs, 512 px, GPU).
+
+    Returns:
+        the matplotlib Axes.
+
+    Raises:
+        ValueError: no points (an empty figure would look like a result).
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    if not points:
+        raise ValueError("no headroom training step has a summary row to plot")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 0.42 * len(points) + 1.6), dpi=110, layout="constrained")
+    labels = [f"{p['step']} ({p['epochs']} ep)" for p in points]
+    colors = sns.color_palette("colorblind", len(points))
+    proto = [100 * m for _, m in points[0]["seeds"]]
+    mean = sum(proto) / len(proto)
+    if len(proto) > 1:
+        sd = (sum((m - mean) ** 2 for m in proto) / (len(proto) - 1)) ** 0.5
+        ax.axvspan(mean - sd, mean + sd, color="0.85", zorder=0, label="protocol, mean ± sd over seeds")
+    ax.axvline(mean, color="0.5", linewidth=1, zorder=1)
+    sns.stripplot(x=[100 * m for p in points for _, m in p["seeds"]],
+                  y=[lab for p, lab in zip(points, labels) for _ in p["seeds"]], order=labels, color="0.45",
+                  size=4, jitter=False, ax=ax, zorder=2)
+    for i, (p, c) in enumerate(zip(points, colors)):
+        x = 100 * p["miou"]
+        ax.plot(x, i, "o", color=c, markersize=9, zorder=3)
+        if p["tta"] is not None:
+            t = 100 * (p["miou"] + p["tta"] - p["tta_base"])  # the paired gain, put on the step's figure
+            ax.plot([x, t], [i, i], color=c, linewidth=1, zorder=2)
+            ax.plot(t, i, "D", markerfacecolor="white", markeredgecolor=c, markersize=6, zorder=3)
+        if p["delta"] is not None:
+            ax.annotate(f"{100 * p['delta']:+.2f}", (x, i), xytext=(0, 8), textcoords="offset points",
+                        ha="center", fontsize=8, color=c)
+    ax.plot([], [], "D", markerfacecolor="white", markeredgecolor="0.3", label="+ test-time augmentation (paired)")
+    ax.axvline(paper_miou, color="0.2", linestyle="--", linewidth=1,
+               label=f"paper's {paper_miou:.2f} (300 epochs, 512 px, GPU)")
+    ax.set(xlabel="test mIoU (%, official split; numbers: change against the protocol's mean)", ylabel="")
+    ax.set_xlim(min(min(proto), *(100 * p["miou"] for p in points)) - 1.5, paper_miou + 1)
+    ax.grid(axis="x", alpha=0.3)
+    if ax.get_legend() is not None:  # seaborn's own, from the labelled band: the figure's legend replaces it
+        ax.get_legend().remove()
+    ax.figure.legend(*ax.get_legend_handles_labels(), fontsize=8, loc="outside lower center", ncols=2,
+                     frameon=False)
+    return ax
+
+
+def run_label(record: Mapping[str, Any]) -> str:
+    """A short name for a run record: ``"<model> <epochs> ep, <split> s<seed>"`` with the paper's model as ``SME``
+    and the lite model as ``lite`` (run ids are too long for an axis)."""
+    model = {"sme_deeplabv3plus": "SME", "sme_deeplabv3plus_lite": "lite"}.get(str(record.get("model")),
+                                                                                str(record.get("model")))
+    split = (record.get("split") or {}).get("kind", "?")
+    return f"{model} {record.get('epochs')} ep, {split} s{record.get('seed')}"
+
+
+def plot_tta_gains(pairs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
+                   records: Sequence[Mapping[str, Any]], ax: Any = None) -> Any:
+    """Test-time augmentation's paired gain in test mIoU (points) for each checkpoint scored without and with it
+    (:func:`tta_pairs`), one bar per checkpoint named by :func:`run_label` of the run that trained it and coloured
+    by its split.
+
+    Returns:
+        the matplotlib Axes.
+
+    Raises:
+        ValueError: no pairs, or a pair whose run has no record in ``records``.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    if not pairs:
+        raise ValueError("no checkpoint was evaluated both without and with test-time augmentation")
+    by_id = {r.get("run_id"): r for r in records}
+    missing = sorted({str(b.get("run_id")) for _, b in pairs if b.get("run_id") not in by_id})
+    if missing:
+        raise ValueError(f"evaluation records name runs without a record: {missing}")
+    pairs = sorted(pairs, key=lambda ab: ((by_id[ab[1]["run_id"]].get("split") or {}).get("kind", "?") != "official",
+                                          run_label(by_id[ab[1]["run_id"]])))
+    labels = [run_label(by_id[b["run_id"]]) for _, b in pairs]
+    gains = [100 * (b["metrics"]["miou"] - a["metrics"]["miou"]) for a, b in pairs]
+    splits = [(by_id[b["run_id"]].get("split") or {}).get("kind", "?") for _, b in pairs]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 0.32 * len(pairs) + 1.2), dpi=110, layout="constrained")
+    sns.barplot(x=gains, y=labels, hue=splits, palette="colorblind", dodge=False, ax=ax)
+    for i, g in enumerate(gains):
+        ax.annotate(f"{g:+.2f}", (g, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set(xlabel="Δ test mIoU with test-time augmentation (points, same weights)", ylabel="")
+    ax.set_xlim(0, max(gains) * 1.25)
+    handles, names = ax.get_legend_handles_labels()
+    ax.get_legend().remove()  # below the bars, where it hides none of them
+    ax.figure.legend(handles, [f"{n} split" for n in names], fontsize=8, loc="outside lower center",
+                     ncols=len(names), frameon=False)
+    return ax
+
+
+def seed_points(records: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]],
+                recipes: Sequence[tuple[str, str, str, int]], splits: Sequence[str] = ("official", "grouped"),
+                ) -> list[dict[str, Any]]:
+    """Test mIoU (%) of every seed of some recipes on some splits, one dict per run: ``{"recipe", "split", "seed",
+    "miou"}``. ``recipes`` are ``(label, config, model, epochs)``; a recipe's runs on a split are those its summary
+    row averages (the latest run per seed)."""
+    out = []
+    for label, config, model, epochs in recipes:
+        for split in splits:
+            for seed, miou in _row_seeds(_row_of(rows, config, model, split, epochs), records):
+                out.append({"recipe": label, "split": split, "seed": seed, "miou": 100 * miou})
+    return out
+
+
+def plot_seed_points(points: Sequence[Mapping[str, Any]], ax: Any = None) -> Any:
+    """:func:`seed_points` as a strip plot: one dot per seed, the recipes along x, the splits side by side in two
+    colours, each group's mean as a bar.
+
+    Returns:
+        the matplotlib Axes.
+
+    Raises:
+        ValueError: no points.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    if not points:
+        raise ValueError("no run to plot")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 3.2), dpi=110, layout="constrained")
+    data = {k: [p[k] for p in points] for k in ("recipe", "split", "miou")}
+    order = list(dict.fromkeys(data["recipe"]))
+    hue_order = list(dict.fromkeys(data["split"]))
+    sns.stripplot(data=data, x="recipe", y="miou", hue="split", order=order, hue_order=hue_order, dodge=True,
+                  jitter=0.08, size=6, palette="colorblind", ax=ax)
+    sns.pointplot(data=data, x="recipe", y="miou", hue="split", order=order, hue_order=hue_order, dodge=0.4,
+                  errorbar=None, markers="_", markersize=22, linestyles="none", palette="colorblind", ax=ax,
+                  legend=False)
+    ax.set(xlabel="", ylabel="test mIoU (%)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(title="split (dots: seeds; bars: mean)", fontsize=8, title_fontsize=8)
     return ax

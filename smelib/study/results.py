@@ -35,8 +35,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONTENDED", "DIRTY_MARK", "format_summary", "host_label", "is_dirty", "load_eval_records", "load_records",
-           "summarize", "timed_alone", "timed_on_one_host", "write_csv"]
+__all__ = ["CONTENDED", "DIRTY_MARK", "epoch_histories", "format_summary", "host_label", "is_dirty",
+           "load_eval_records", "load_records", "plot_epoch_histories", "summarize", "timed_alone", "timed_on_one_host",
+           "write_csv"]
 
 
 def load_records(runs_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -291,3 +292,72 @@ def every_run_tables(records: Iterable[Mapping[str, Any]]) -> list[Any]:
         tables.append(Table(["model", "split", "seed", "epochs", "mIoU %", "minutes", "host", "started"], rows,
                             title=f"config {config}: {len(rows)} run{'s' if len(rows) != 1 else ''}"))
     return tables
+
+def epoch_histories(records: Iterable[Mapping[str, Any]], models: Sequence[str], config: str = "cpu_budget",
+                    epochs: int | None = None, splits: Sequence[str] = ("official", "grouped")) -> list[dict[str, Any]]:
+    """Per-epoch history of the completed runs of ``models`` under ``config`` on ``splits``, one dict per epoch:
+    ``{"model", "split", "seed", "epoch", "val_miou" (%), "train_loss", "minutes" (wall minutes so far)}``.
+
+    Only runs of ``epochs`` epochs count (default: every length); when a seed was run more than once, the latest
+    record is used, as in :func:`summarize`. Sorted by model (in ``models``' order), split, seed and epoch.
+    """
+    latest: dict[tuple[str, str, int], Mapping[str, Any]] = {}
+    for rec in records:
+        split = (rec.get("split") or {}).get("kind") if isinstance(rec.get("split"), Mapping) else rec.get("split")
+        if (rec.get("status") != "completed" or rec.get("config_name") != config or rec.get("model") not in models
+                or split not in splits or (epochs is not None and rec.get("epochs") != epochs)):
+            continue
+        key = (str(rec["model"]), str(split), int(rec.get("seed", 0)))
+        if key not in latest or str(rec.get("finished_utc", "")) >= str(latest[key].get("finished_utc", "")):
+            latest[key] = rec
+    out = []
+    for (model, split, seed), rec in sorted(latest.items(), key=lambda kv: (list(models).index(kv[0][0]),
+                                                                           list(splits).index(kv[0][1]), kv[0][2])):
+        seconds = 0.0
+        for h in rec.get("history") or []:
+            seconds += float(h.get("seconds") or 0.0)
+            if h.get("val_miou") is None:
+                continue
+            out.append({"model": model, "split": split, "seed": seed, "epoch": int(h["epoch"]),
+                        "val_miou": 100 * float(h["val_miou"]), "train_loss": h.get("train_loss"),
+                        "minutes": seconds / 60})
+    return out
+
+
+def plot_epoch_histories(rows: Sequence[Mapping[str, Any]], y: str = "val_miou", ncols: int = 3,
+                         ylabel: str = "val mIoU (%)") -> Any:
+    """Small multiples of :func:`epoch_histories`: one panel per model (in the rows' order), ``y`` against the
+    epoch, one line per seed, coloured by split; axes shared, one legend for the figure.
+
+    Returns:
+        the matplotlib Figure.
+
+    Raises:
+        ValueError: no rows (an empty figure would look like a result).
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    if not rows:
+        raise ValueError("no run history to plot")
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    splits = list(dict.fromkeys(r["split"] for r in rows))
+    nrows = -(-len(models) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(7, 1.9 * nrows + 0.6), dpi=110, sharex=True, sharey=True,
+                             layout="constrained", squeeze=False)
+    palette = dict(zip(splits, sns.color_palette("colorblind", len(splits))))
+    for ax, model in zip(axes.flat, models):
+        data = {k: [r[k] for r in rows if r["model"] == model] for k in ("epoch", y, "split", "seed")}
+        sns.lineplot(data=data, x="epoch", y=y, hue="split", units="seed", estimator=None, hue_order=splits,
+                     palette=palette, marker="o", markersize=3, linewidth=1, alpha=0.8, legend=False, ax=ax)
+        ax.set_title(model, fontsize=9)
+        ax.set(xlabel="", ylabel="")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(models):]:
+        ax.set_visible(False)
+    fig.supxlabel("epoch", fontsize=9)
+    fig.supylabel(ylabel, fontsize=9)
+    handles = [plt.Line2D([], [], color=palette[s], marker="o", markersize=3, label=f"{s} split") for s in splits]
+    handles.append(plt.Line2D([], [], color="none", label="(one line per seed)"))
+    fig.legend(handles=handles, loc="outside upper center", ncols=len(handles), fontsize=8, frameon=False)
+    return fig
