@@ -148,3 +148,10 @@ def test_curve_rows_follow_every_epoch_of_every_pair() -> None:
     plt.close("all")
     with pytest.raises(ValueError, match="no curve rows"):
         plot_paired_curves([])
+
+
+def test_short_run_id_keeps_seed_and_start_time() -> None:
+    from smelib.study.results import short_run_id
+
+    assert short_run_id("cpu_budget_prior_sme_deeplabv3plus_grouped_s2_20261203T112340Z") == "s2 · 2026-12-03 11:23"
+    assert short_run_id("my_run") == "my_run"

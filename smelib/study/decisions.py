@@ -450,14 +450,16 @@ def plot_decision_outcomes(outcomes: Mapping[str, DecisionOutcome], base: str = 
     counts = tau_counts(outcomes[rule].taus)
     fig, (left, right) = plt.subplots(1, 2, figsize=(width, 2.8), dpi=110, layout="constrained",
                                       width_ratios=[1, 1.6])
-    sns.barplot(x=[f"{t:g}" for t in counts], y=list(counts.values()), color=sns.color_palette("colorblind")[0],
-                ax=left)
+    # the colours of the rules in the chapter's other figures (initialisation options first, then the rules)
+    colours = dict(zip(["", "", *RULE_NAMES.values()], sns.color_palette("colorblind")))
+    sns.barplot(x=[f"{t:g}" for t in counts], y=list(counts.values()),
+                color=colours.get(RULE_NAMES.get(rule, rule), "0.5"), ax=left)
     left.set_xlabel(f"τ the {RULE_NAMES.get(rule, rule)} chose")
     left.set_ylabel("test images")
-    palette = sns.color_palette("colorblind")[1: 1 + diffs["rule"].nunique()]
+    palette = {name: colours.get(name, "0.5") for name in diffs["rule"].unique()}
     sns.barplot(diffs, y="metric", x="delta", hue="rule", palette=palette, ax=right)
     right.axvline(0, color="0.4", lw=0.8)
     right.set_xlabel(f"paired difference from {base} (points)")
     right.set_ylabel("")
-    right.legend(title=None, fontsize=7, frameon=False)
+    right.legend(title=None, fontsize=7, frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2)
     return fig

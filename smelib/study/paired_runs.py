@@ -259,7 +259,8 @@ def effect_summary(rows: Sequence[Mapping[str, Any]], min_seeds: int = 3) -> lis
 
 
 def effect_table(summary: Sequence[Mapping[str, Any]], title: str | None = None) -> Table:
-    """:func:`effect_summary` as one row per mechanism and one column per metric: ``mean ± std (verdict)``."""
+    """:func:`effect_summary` as one row per mechanism and one column per metric: ``mean ± std (verdict)``, the
+    verdict "within the seed spread" shortened to "within spread"."""
     from smelib.study.tables import Table
 
     metrics = list(dict.fromkeys(s["metric"] for s in summary))
@@ -269,8 +270,9 @@ def effect_table(summary: Sequence[Mapping[str, Any]], title: str | None = None)
         cells = []
         for m in metrics:
             s = by.get((mechanism, m))
+            verdict = s["verdict"].replace("within the seed spread", "within spread") if s else ""
             cells.append("–" if s is None else f"{s['mean']:+.2f} ± " + ("–" if s["std"] is None else
-                                                                        f"{s['std']:.2f}") + f" ({s['verdict']})")
+                                                                        f"{s['std']:.2f}") + f" ({verdict})")
         rows.append([mechanism, *cells])
     return Table(["mechanism", *(f"Δ {m}" for m in metrics)], rows, title=title)
 
