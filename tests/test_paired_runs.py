@@ -129,7 +129,9 @@ def test_effect_rows_summarise_with_the_same_verdict_as_the_tables() -> None:
     noisy = [{**r, "base": r["base"] + (2.0 if r["seed"] == 0 else 0.0)} for r in rows]
     assert {s["metric"]: s for s in effect_summary(noisy)}["mIoU"]["verdict"] == "within the seed spread"
     table = effect_table(effect_summary(rows))
-    assert table.columns[0] == "mechanism" and table.rows[0][1] == "+0.60 ± 0.00 (helps)"
+    assert table.columns[0] == "mechanism" and table.rows[0][1] == "+0.60 ± 0.00 helps"
+    assert effect_table(effect_summary(noisy), metrics=["MPA", "mIoU"]).to_dicts()[0] == {
+        "mechanism": "prior", "Δ MPA": "+0.60 ± 0.00 within", "Δ mIoU": "+0.60 ± 0.00 within"}
     fig = plot_paired_effects(rows, metrics=["mIoU", "MPA"])
     assert [ax.get_title() for ax in fig.axes] == ["Δ mIoU", "Δ MPA"]
     plt.close("all")

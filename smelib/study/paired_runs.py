@@ -258,21 +258,26 @@ def effect_summary(rows: Sequence[Mapping[str, Any]], min_seeds: int = 3) -> lis
     return out
 
 
-def effect_table(summary: Sequence[Mapping[str, Any]], title: str | None = None) -> Table:
-    """:func:`effect_summary` as one row per mechanism and one column per metric: ``mean ± std (verdict)``, the
-    verdict "within the seed spread" shortened to "within spread"."""
+def effect_table(summary: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None = None,
+                 title: str | None = None) -> Table:
+    """:func:`effect_summary` as one row per mechanism and one column per metric (default: all, in order), each
+    cell ``mean ± std`` and the verdict in a word: ``helps``, ``hurts``, ``within`` (the seed spread) or ``–``
+    (no verdict)."""
     from smelib.study.tables import Table
 
-    metrics = list(dict.fromkeys(s["metric"] for s in summary))
+    metrics = list(metrics or dict.fromkeys(s["metric"] for s in summary))
     by = {(s["mechanism"], s["metric"]): s for s in summary}
+    words = {"helps": "helps", "hurts": "hurts", "within the seed spread": "within"}
     rows = []
     for mechanism in dict.fromkeys(s["mechanism"] for s in summary):
         cells = []
         for m in metrics:
             s = by.get((mechanism, m))
-            verdict = s["verdict"].replace("within the seed spread", "within spread") if s else ""
-            cells.append("–" if s is None else f"{s['mean']:+.2f} ± " + ("–" if s["std"] is None else
-                                                                        f"{s['std']:.2f}") + f" ({verdict})")
+            if s is None:
+                cells.append("–")
+                continue
+            std = "–" if s["std"] is None else f"{s['std']:.2f}"
+            cells.append(f"{s['mean']:+.2f} ± {std} {words.get(s['verdict'], '–')}")
         rows.append([mechanism, *cells])
     return Table(["mechanism", *(f"Δ {m}" for m in metrics)], rows, title=title)
 
@@ -318,7 +323,7 @@ def plot_paired_effects(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str
         ax.set_title(f"Δ {metric}", fontsize=8)
         ax.set_xlabel("points", fontsize=8)
         ax.set_ylabel("")
-        ax.tick_params(labelsize=7)
+        ax.tick_params(labelsize=8)
     return fig
 
 
