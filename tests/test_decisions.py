@@ -8,12 +8,14 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from engine_helpers import train_tiny_runs
 
 from smelib.cli import main
 from smelib.study.decisions import (
     DecisionRecordError,
     decision_differences,
+    decision_effect_rows,
     decision_record,
     decision_seed_table,
     decision_spread,
@@ -120,3 +122,36 @@ def test_select_keeps_only_the_protocol_epochs() -> None:
             dict(base, run_id="d", seed=3, checkpoint={"epochs_trained": e})]
     assert [r["run_id"] for r in select_decision_records(recs)] == ["a", "d"]
     assert [r["run_id"] for r in select_decision_records(recs, config=None)] == ["a", "b", "c", "d"]
+
+
+def test_effect_rows_and_the_one_checkpoint_figure() -> None:
+    import matplotlib.pyplot as plt
+
+    from smelib.metrics import ConfusionMatrix
+    from smelib.study.decisions import DecisionOutcome, plot_decision_outcomes
+    from smelib.study.paired_runs import effect_summary
+
+    def metrics(miou: float) -> dict:
+        return {"miou": miou, "precision": miou + 0.1, "mpa": miou - 0.1, "defects_only": {"miou": miou - 0.05}}
+
+    recs = [{"seed": s, "run_id": f"r{s}", "metrics": {"argmax": metrics(m), "dynamic": metrics(m - 0.003)}}
+            for s, m in ((0, 0.760), (1, 0.765), (2, 0.770))]
+    rows = decision_effect_rows(recs)
+    assert len(rows) == 3 * 4 and {r["mechanism"] for r in rows} == {"dynamic threshold"}
+    assert all(r["delta"] == pytest.approx(-0.3) for r in rows)
+    assert [r["base"] for r in rows if r["metric"] == "mIoU"] == pytest.approx([76.0, 76.5, 77.0])
+    # -0.3 in every seed, above the argmax runs' own spread of 0.5 points? no: within it
+    assert effect_summary(rows)[0]["verdict"] == "within the seed spread"
+    assert decision_effect_rows(recs, names={})[0]["mechanism"] == "dynamic"
+
+    cm = ConfusionMatrix(2)
+    cm.update(torch.tensor([[0, 1]]), torch.tensor([[0, 1]]))
+    good = cm.compute()
+    outcomes = {"argmax": DecisionOutcome("argmax", {"mode": "argmax"}, good, [math.nan] * 3),
+                "dynamic": DecisionOutcome("dynamic", {"mode": "dynamic"}, good, [0.3, 0.5, 0.5])}
+    fig = plot_decision_outcomes(outcomes)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0.3", "0.5"]
+    assert [round(p.get_height()) for p in fig.axes[0].patches] == [1, 2]
+    plt.close("all")
+    with pytest.raises(DecisionRecordError, match="outcomes need"):
+        plot_decision_outcomes({"argmax": outcomes["argmax"]})

@@ -2,7 +2,18 @@
 
 import pytest
 
-from smelib.study.paired_runs import paired_seed_table, paired_summary_table, paired_verdict, seed_pairs
+from smelib.study.paired_runs import (
+    curve_rows,
+    effect_rows,
+    effect_summary,
+    effect_table,
+    paired_seed_table,
+    paired_summary_table,
+    paired_verdict,
+    plot_paired_curves,
+    plot_paired_effects,
+    seed_pairs,
+)
 
 
 def record(config: str, seed: int, miou: float, *, epochs: int = 6, finished: str = "2026-12-03T10:00:00Z",
@@ -98,3 +109,51 @@ def test_curve_follows_the_pairs_through_training() -> None:
     assert curve[1] == pytest.approx([5.0, 5.0]) and curve[6] == pytest.approx([0.0, 0.0])
     text = str(paired_curve_table(pairs, "prior"))
     assert "+5.00 ± 0.00" in text and "+0.00 ± 0.00" in text
+
+
+def test_effect_rows_summarise_with_the_same_verdict_as_the_tables() -> None:
+    import matplotlib.pyplot as plt
+
+    base = [record("cpu_budget", s, m) for s, m in ((0, 0.770), (1, 0.765), (2, 0.768))]
+    up = [record("cpu_budget_prior", s, m + 0.006) for s, m in ((0, 0.770), (1, 0.765), (2, 0.768))]
+    pairs = seed_pairs(base + up, "cpu_budget_prior", epochs=6)
+    rows = effect_rows(pairs, "prior")
+    assert len(rows) == 3 * 4 and {r["metric"] for r in rows} == {"mIoU", "defects-only mIoU", "precision", "MPA"}
+    miou = [r for r in rows if r["metric"] == "mIoU"]
+    assert [r["seed"] for r in miou] == [0, 1, 2] and miou[1]["base"] == pytest.approx(76.5)
+    summary = {s["metric"]: s for s in effect_summary(rows)}
+    assert summary["mIoU"]["mean"] == pytest.approx(0.6)
+    assert summary["mIoU"]["base_std"] == pytest.approx(0.2517, abs=1e-4)
+    assert summary["mIoU"]["verdict"] == "helps" == paired_verdict(pairs, 0.25) and summary["mIoU"]["up"] == 3
+    # a noisier base turns the same differences into "within the seed spread"
+    noisy = [{**r, "base": r["base"] + (2.0 if r["seed"] == 0 else 0.0)} for r in rows]
+    assert {s["metric"]: s for s in effect_summary(noisy)}["mIoU"]["verdict"] == "within the seed spread"
+    table = effect_table(effect_summary(rows))
+    assert table.columns[0] == "mechanism" and table.rows[0][1] == "+0.60 ± 0.00 helps"
+    assert effect_table(effect_summary(noisy), metrics=["MPA", "mIoU"]).to_dicts()[0] == {
+        "mechanism": "prior", "Δ MPA": "+0.60 ± 0.00 within", "Δ mIoU": "+0.60 ± 0.00 within"}
+    fig = plot_paired_effects(rows, metrics=["mIoU", "MPA"])
+    assert [ax.get_title() for ax in fig.axes] == ["Δ mIoU", "Δ MPA"]
+    plt.close("all")
+
+
+def test_curve_rows_follow_every_epoch_of_every_pair() -> None:
+    import matplotlib.pyplot as plt
+
+    base = [record("cpu_budget", s, 0.77) for s in (0, 1)]
+    opt = [record("cpu_budget_prior", s, 0.78) for s in (0, 1)]
+    rows = curve_rows(seed_pairs(base + opt, "cpu_budget_prior", epochs=6), "prior")
+    assert len(rows) == 6 * 2 and {r["epoch"] for r in rows} == set(range(1, 7))
+    assert all(r["delta"] == pytest.approx(1.0) for r in rows)  # val_miou - 0.1 / e: the same offset every epoch
+    fig = plot_paired_curves(rows)
+    assert fig.axes[0].get_xlabel() == "epoch"
+    plt.close("all")
+    with pytest.raises(ValueError, match="no curve rows"):
+        plot_paired_curves([])
+
+
+def test_short_run_id_keeps_seed_and_start_time() -> None:
+    from smelib.study.results import short_run_id
+
+    assert short_run_id("cpu_budget_prior_sme_deeplabv3plus_grouped_s2_20261203T112340Z") == "s2 · 2026-12-03 11:23"
+    assert short_run_id("my_run") == "my_run"

@@ -22,8 +22,10 @@ from smelib.study.qualitative import (
     image_miou,
     load_comparison,
     plot_comparison,
+    plot_score_differences,
     plot_score_scatter,
     save_comparison,
+    score_difference_rows,
     select_examples,
 )
 
@@ -115,11 +117,27 @@ def test_plots_draw_every_panel() -> None:
     comp = _toy_comparison()
     fig = plot_comparison(comp)
     assert len(fig.axes) == 1 * (2 + 2)
-    assert fig.axes[2].get_title() == "100.0 %"  # Model A predicts the ground truth
+    assert fig.axes[2].get_xlabel() == "100.0 %"  # Model A predicts the ground truth
+    assert fig.axes[2].get_title() == "Model A" and fig.axes[0].get_ylabel() == "test/000007\ntypical c1"
     ax = plot_score_scatter(comp, "B (base)")
     assert len(ax.collections) == 2  # one point set per dominant class present
     with pytest.raises(ComparisonError, match="no run labelled"):
         plot_score_scatter(comp, "C")
+    plt.close("all")
+
+
+def test_score_differences_pair_images_and_skip_unscored_ones() -> None:
+    import matplotlib.pyplot as plt
+
+    comp = _toy_comparison()
+    rows = score_difference_rows(comp)
+    # image 2 has no score for Model A (NaN): only image 1 pairs, 100 − 25 points, dominant class c1
+    assert rows == [{"id": "test/000007", "defect": "c1", "other": "B (base)", "delta": pytest.approx(75.0)}]
+    assert score_difference_rows(comp, "B (base)")[0]["delta"] == pytest.approx(-75.0)
+    with pytest.raises(ComparisonError, match="no run labelled"):
+        score_difference_rows(comp, "C")
+    fig = plot_score_differences(comp)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["c1\n(1 images)"]
     plt.close("all")
 
 

@@ -401,3 +401,65 @@ def decision_spread_table(records: Sequence[Mapping[str, Any]], base: str = "arg
         body.append([f"{rule} − {base}", n, *cells, f"{ups} of {n}"])
     return Table(["difference", "seeds", *(f"Δ {label}" for label, _ in DECISION_METRICS), "seeds with Δ mIoU > 0"],
                  body, title=f"Paired differences from {base}: mean ± sample std over seeds (points)")
+
+
+#: Display names of the decision rules in the book's figures.
+RULE_NAMES: dict[str, str] = {"static": "static threshold", "dynamic": "dynamic threshold"}
+
+
+def decision_effect_rows(records: Sequence[Mapping[str, Any]], base: str = "argmax",
+                         names: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """The records' paired differences from ``base`` as long-form rows, one per (rule, metric of
+    :data:`DECISION_METRICS`, seed): ``mechanism`` (the rule's display name, :data:`RULE_NAMES` by default),
+    ``metric``, ``seed``, ``delta`` (rule − base, points) and ``base`` (the base rule's value, percent), the format of
+    :func:`smelib.study.paired_runs.effect_rows`."""
+    names = RULE_NAMES if names is None else names
+    rows = []
+    for r in records:
+        for rule, diffs in decision_differences(r, base).items():
+            for label, path in DECISION_METRICS:
+                if diffs[label] is None:
+                    continue
+                rows.append({"mechanism": names.get(rule, rule), "metric": label, "seed": int(r["seed"]),
+                             "delta": diffs[label], "base": 100 * float(_metric(r["metrics"][base], path))})
+    return rows
+
+
+def plot_decision_outcomes(outcomes: Mapping[str, DecisionOutcome], base: str = "argmax", rule: str = "dynamic",
+                           width: float = 6.8) -> Any:
+    """One checkpoint under several rules: how many images received each threshold under ``rule`` (left), and
+    every other rule's paired difference from ``base`` per metric of :data:`DECISION_METRICS` (right, points).
+
+    Args:
+        outcomes: from :func:`evaluate_decisions` (must hold ``base`` and ``rule``).
+        width: figure width in inches.
+
+    Returns:
+        The matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    if base not in outcomes or rule not in outcomes:
+        raise DecisionRecordError(f"outcomes need {base!r} and {rule!r}, have {list(outcomes)}")
+    ref = outcomes[base].metrics.to_dict()
+    diffs = pd.DataFrame([{"rule": RULE_NAMES.get(name, name), "metric": label,
+                           "delta": 100 * (_metric(o.metrics.to_dict(), path) - _metric(ref, path))}
+                          for name, o in outcomes.items() if name != base for label, path in DECISION_METRICS])
+    counts = tau_counts(outcomes[rule].taus)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(width, 2.8), dpi=110, layout="constrained",
+                                      width_ratios=[1, 1.6])
+    # the colours of the rules in the chapter's other figures (initialisation options first, then the rules)
+    colours = dict(zip(["", "", *RULE_NAMES.values()], sns.color_palette("colorblind")))
+    sns.barplot(x=[f"{t:g}" for t in counts], y=list(counts.values()),
+                color=colours.get(RULE_NAMES.get(rule, rule), "0.5"), ax=left)
+    left.set_xlabel(f"τ the {RULE_NAMES.get(rule, rule)} chose")
+    left.set_ylabel("test images")
+    palette = {name: colours.get(name, "0.5") for name in diffs["rule"].unique()}
+    sns.barplot(diffs, y="metric", x="delta", hue="rule", palette=palette, ax=right)
+    right.axvline(0, color="0.4", lw=0.8)
+    right.set_xlabel(f"paired difference from {base} (points)")
+    right.set_ylabel("")
+    right.legend(title=None, fontsize=7, frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2)
+    return fig

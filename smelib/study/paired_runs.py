@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from smelib.study.tables import Table
 
-__all__ = ["PAIRED_METRICS", "SeedPair", "effect_verdict", "paired_curve", "paired_curve_table", "paired_seed_table",
-           "paired_summary_table", "paired_verdict", "seed_pairs"]
+__all__ = ["PAIRED_METRICS", "SeedPair", "curve_rows", "effect_rows", "effect_summary", "effect_table",
+           "effect_verdict", "paired_curve", "paired_curve_table", "paired_seed_table", "paired_summary_table",
+           "paired_verdict", "plot_paired_curves", "plot_paired_effects", "seed_pairs"]
 
 #: The metrics compared, as (label, path into a run record's ``final.test``).
 PAIRED_METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -226,3 +227,142 @@ def paired_curve_table(pairs: Sequence[SeedPair], option_name: str, key: str = "
     return Table(["epoch", f"base {key} %", f"{option_name} {key} %", *(f"Δ seed {p.seed}" for p in pairs),
                   "mean Δ (points)"], rows, decimals=2,
                  title=f"{option_name} − base through training ({key}, validation carve-out, mean over seeds)")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Long-form effects: one row per (mechanism, metric, seed), shared with the decision rules
+# (:func:`smelib.study.decisions.decision_effect_rows`), summarised and drawn together
+
+
+def effect_rows(pairs: Sequence[SeedPair], mechanism: str) -> list[dict[str, Any]]:
+    """The pairs as long-form rows, one per (metric of :data:`PAIRED_METRICS`, seed): ``mechanism``, ``metric``,
+    ``seed``, ``delta`` (option − base, points) and ``base`` (the base run's value, percent)."""
+    return [{"mechanism": mechanism, "metric": label, "seed": p.seed, "delta": p.difference(path),
+             "base": 100 * p.value("base", path)} for p in pairs for label, path in PAIRED_METRICS]
+
+
+def effect_summary(rows: Sequence[Mapping[str, Any]], min_seeds: int = 3) -> list[dict[str, Any]]:
+    """Per (mechanism, metric), in order of first appearance: ``n``, ``mean`` and ``std`` of the paired
+    differences, ``base_std`` (the base's seed-to-seed sample std), ``up`` (seeds with a positive difference)
+    and ``verdict`` (:func:`effect_verdict`)."""
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["mechanism"], r["metric"]), []).append(r)
+    out = []
+    for (mechanism, metric), rs in groups.items():
+        diffs, base = [float(r["delta"]) for r in rs], [float(r["base"]) for r in rs]
+        base_std = statistics.stdev(base) if len(base) > 1 else None
+        out.append({"mechanism": mechanism, "metric": metric, "n": len(diffs), "mean": statistics.fmean(diffs),
+                    "std": statistics.stdev(diffs) if len(diffs) > 1 else None, "base_std": base_std,
+                    "up": sum(d > 0 for d in diffs), "verdict": effect_verdict(diffs, base_std, min_seeds)})
+    return out
+
+
+def effect_table(summary: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None = None,
+                 title: str | None = None) -> Table:
+    """:func:`effect_summary` as one row per mechanism and one column per metric (default: all, in order), each
+    cell ``mean ± std`` and the verdict in a word: ``helps``, ``hurts``, ``within`` (the seed spread) or ``–``
+    (no verdict)."""
+    from smelib.study.tables import Table
+
+    metrics = list(metrics or dict.fromkeys(s["metric"] for s in summary))
+    by = {(s["mechanism"], s["metric"]): s for s in summary}
+    words = {"helps": "helps", "hurts": "hurts", "within the seed spread": "within"}
+    rows = []
+    for mechanism in dict.fromkeys(s["mechanism"] for s in summary):
+        cells = []
+        for m in metrics:
+            s = by.get((mechanism, m))
+            if s is None:
+                cells.append("–")
+                continue
+            std = "–" if s["std"] is None else f"{s['std']:.2f}"
+            cells.append(f"{s['mean']:+.2f} ± {std} {words.get(s['verdict'], '–')}")
+        rows.append([mechanism, *cells])
+    return Table(["mechanism", *(f"Δ {m}" for m in metrics)], rows, title=title)
+
+
+def plot_paired_effects(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] | None = None,
+                        width: float = 6.8) -> Any:
+    """Paired effects with intervals: one panel per metric, one row per mechanism; each seed's difference as a
+    dot, their mean ± sample std as a diamond with a bar, and the base's own seed-to-seed std as a grey band
+    around zero (an effect, by :func:`effect_verdict`, lies outside the band with every dot on one side).
+
+    Args:
+        rows: from :func:`effect_rows` and :func:`smelib.study.decisions.decision_effect_rows`.
+        metrics: which metrics, in order (default: all in ``rows``).
+        width: figure width in inches.
+
+    Returns:
+        The matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    df = pd.DataFrame(list(rows))
+    if df.empty:
+        raise ValueError("no effect rows to draw")
+    metrics = list(metrics or dict.fromkeys(df["metric"]))
+    mechanisms = list(dict.fromkeys(df["mechanism"]))
+    summary = {(s["mechanism"], s["metric"]): s for s in effect_summary(rows)}
+    colours = dict(zip(mechanisms, sns.color_palette("colorblind", len(mechanisms))))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(width, 0.45 * len(mechanisms) + 1.3), dpi=110,
+                             layout="constrained", sharey=True, squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        sub = df[df["metric"] == metric]
+        for i, mech in enumerate(mechanisms):
+            s = summary.get((mech, metric))
+            if s and s["base_std"] is not None:
+                ax.fill_betweenx([i - 0.3, i + 0.3], -s["base_std"], s["base_std"], color="0.88", lw=0)
+        ax.axvline(0, color="0.4", lw=0.8)
+        sns.stripplot(sub, x="delta", y="mechanism", order=mechanisms, color="0.35", size=3.5, jitter=0.12, ax=ax)
+        sns.pointplot(sub, x="delta", y="mechanism", order=mechanisms, hue="mechanism", palette=colours,
+                      errorbar="sd", linestyle="none", markers="D", markersize=5, err_kws={"linewidth": 1.5},
+                      legend=False, ax=ax)
+        ax.set_title(f"Δ {metric}", fontsize=8)
+        ax.set_xlabel("points", fontsize=8)
+        ax.set_ylabel("")
+        ax.tick_params(labelsize=8)
+    return fig
+
+
+def curve_rows(pairs: Sequence[SeedPair], mechanism: str, key: str = "val_miou") -> list[dict[str, Any]]:
+    """:func:`paired_curve` as long-form rows: ``mechanism``, ``epoch``, ``seed`` and ``delta`` (points)."""
+    return [{"mechanism": mechanism, "epoch": epoch, "seed": p.seed, "delta": d}
+            for epoch, diffs in paired_curve(pairs, key).items() for p, d in zip(pairs, diffs)]
+
+
+def plot_paired_curves(rows: Sequence[Mapping[str, Any]], width: float = 6.8,
+                       ylabel: str = "Δ validation mIoU (points)") -> Any:
+    """Paired differences through training: per mechanism, the mean over seeds after every epoch with a ± sample
+    std band, and each seed's difference as a dot.
+
+    Args:
+        rows: from :func:`curve_rows` (one or several mechanisms).
+        width: figure width in inches.
+        ylabel: the y axis' label.
+
+    Returns:
+        The matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    df = pd.DataFrame(list(rows))
+    if df.empty:
+        raise ValueError("no curve rows to draw")
+    mechanisms = list(dict.fromkeys(df["mechanism"]))
+    palette = dict(zip(mechanisms, sns.color_palette("colorblind", len(mechanisms))))
+    fig, ax = plt.subplots(figsize=(width, 2.8), dpi=110, layout="constrained")
+    ax.axhline(0, color="0.4", lw=0.8)
+    sns.lineplot(df, x="epoch", y="delta", hue="mechanism", hue_order=mechanisms, palette=palette, errorbar="sd",
+                 marker="o", ax=ax)
+    sns.stripplot(df, x="epoch", y="delta", hue="mechanism", hue_order=mechanisms, palette=palette, native_scale=True,
+                  dodge=False, jitter=0.08, size=3, alpha=0.6, legend=False, ax=ax)
+    ax.set_xticks(sorted(set(df["epoch"])))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.legend(title=None, fontsize=7, frameon=False)
+    return fig

@@ -27,7 +27,8 @@ import numpy as np
 
 __all__ = ["Comparison", "ComparisonError", "Example", "build_comparison", "image_miou", "load_comparison",
            "plot_comparison",
-           "load_run_predictions", "plot_score_scatter", "save_comparison", "select_examples", "SubsetPredictions"]
+           "load_run_predictions", "plot_score_differences", "plot_score_scatter", "save_comparison",
+           "score_difference_rows", "select_examples", "SubsetPredictions"]
 
 COMPARISON_FORMAT = 1
 
@@ -438,15 +439,23 @@ def load_comparison(folder: str | os.PathLike) -> Comparison:
     return Comparison(models, doc["class_names"], doc["ids"], doc["dominant"], scores, examples, meta)
 
 
-def plot_comparison(comp: Comparison, examples: Sequence[Example] | None = None, size: float = 1.9) -> Any:
+def plot_comparison(comp: Comparison, examples: Sequence[Example] | None = None, size: float = 1.3) -> Any:
     """The Fig.-9-style grid: one row per example; columns image, ground truth, then each run's prediction.
 
-    Each prediction's title carries its per-image score; the row's reason is on the left. Classes use the
-    book-wide palette (:data:`smelib.palette.CLASS_COLORS`).
+    Each prediction carries its per-image score (:func:`image_miou`) below it; the row's image id and the reason
+    it was picked (without the reference's name) are on the left. Classes use the book-wide palette
+    (:data:`smelib.palette.CLASS_COLORS`).
+
+    Args:
+        comp: the comparison.
+        examples: the rows to draw (default: the comparison's own examples).
+        size: width and height of one panel, in inches.
 
     Returns:
         The matplotlib figure.
     """
+    import textwrap
+
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
@@ -456,27 +465,27 @@ def plot_comparison(comp: Comparison, examples: Sequence[Example] | None = None,
     if not examples:
         raise ComparisonError("no examples to draw")
     cols = 2 + len(comp.models)
-    fig, axes = plt.subplots(len(examples), cols, figsize=(size * cols, size * len(examples) + 0.5), squeeze=False)
+    fig, axes = plt.subplots(len(examples), cols, figsize=(size * cols + 0.4, (size + 0.2) * len(examples) + 0.7),
+                             dpi=110, squeeze=False, layout="constrained")
     k = len(comp.class_names)
     for r, ex in enumerate(examples):
         row = axes[r]
         row[0].imshow(ex.image, cmap="gray", vmin=0, vmax=255)
-        row[0].set_ylabel(f"{ex.id}\n{ex.reason}", fontsize=7)
+        reason = ex.reason.replace(f"{comp.labels[0]}: ", "").replace(f"{comp.labels[0]} ", "")
+        row[0].set_ylabel("\n".join([ex.id, *textwrap.wrap(reason, 16)]), fontsize=6.5)
         row[1].imshow(colorize(ex.gt))
         for c, m in enumerate(comp.models):
             pred = ex.preds[m["label"]]
             row[2 + c].imshow(colorize(pred))
-            score = image_miou(pred, ex.gt, k)
-            row[2 + c].set_title(f"{100 * score:.1f} %", fontsize=7, pad=2)
+            row[2 + c].set_xlabel(f"{100 * image_miou(pred, ex.gt, k):.1f} %", fontsize=7, labelpad=1)
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
     for c, name in enumerate(["image", "ground truth", *comp.labels]):
-        axes[0, c].annotate(name, (0.5, 1.22), xycoords="axes fraction", ha="center", va="bottom", fontsize=8,
-                            fontweight="bold")
+        axes[0, c].set_title(name.replace(" ", "\n", 1) if len(name) > 14 else name, fontsize=7.5,
+                             fontweight="bold")
     handles = [Patch(color=np.asarray(class_color(i)) / 255, label=n) for i, n in enumerate(comp.class_names)]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=7.5, frameon=False)
     return fig
 
 
@@ -510,3 +519,56 @@ def plot_score_scatter(comp: Comparison, other: str, reference: str | None = Non
     ax.set_aspect("equal")
     ax.legend(fontsize=7, markerscale=2, loc="lower right")
     return ax
+
+
+def score_difference_rows(comp: Comparison, reference: str | None = None) -> list[dict[str, Any]]:
+    """Per image and other run: ``id``, ``defect`` (the image's dominant defect class, ``"no defect"`` for none),
+    ``other`` (the run's label) and ``delta``, the reference's per-image score minus the other run's, in points;
+    images either run could not score (NaN) are left out."""
+    reference = reference or comp.labels[0]
+    if reference not in comp.scores:
+        raise ComparisonError(f"no run labelled {reference!r}; runs: {comp.labels}")
+    ref = np.asarray(comp.scores[reference], dtype=np.float64)
+    rows = []
+    for other in comp.labels:
+        if other == reference:
+            continue
+        diff = 100 * (ref - np.asarray(comp.scores[other], dtype=np.float64))
+        for sid, k, d in zip(comp.ids, comp.dominant, diff):
+            if np.isfinite(d):
+                rows.append({"id": sid, "defect": comp.class_names[k] if k else "no defect", "other": other,
+                             "delta": float(d)})
+    return rows
+
+
+def plot_score_differences(comp: Comparison, reference: str | None = None, width: float = 6.8) -> Any:
+    """Box plots of the per-image score differences (:func:`score_difference_rows`) by dominant defect class, one
+    box per other run; right of zero, the reference scores higher. Each class's label counts its images.
+
+    Returns:
+        The matplotlib figure.
+    """
+    import warnings
+
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    df = pd.DataFrame(score_difference_rows(comp, reference))
+    if df.empty:
+        raise ComparisonError("no image was scored by both runs")
+    reference = reference or comp.labels[0]
+    order = [n for n in [*comp.class_names[1:], "no defect"] if n in set(df["defect"])]
+    n_images = df.drop_duplicates("id").groupby("defect").size()
+    fig, ax = plt.subplots(figsize=(width, 0.55 * len(order) + 1.4), dpi=110, layout="constrained")
+    ax.axvline(0, color="0.4", lw=0.8)
+    with warnings.catch_warnings():
+        # seaborn 0.13 passes matplotlib's deprecated ``vert`` to bxp (matplotlib >= 3.11 warns); not ours to fix
+        warnings.filterwarnings("ignore", message=".*vert: bool was deprecated", category=DeprecationWarning)
+        sns.boxplot(df, x="delta", y="defect", hue="other", order=order, palette="colorblind", fliersize=1.5,
+                    linewidth=0.8, width=0.7, ax=ax)
+    ax.set_yticks(range(len(order)), [f"{n}\n({n_images[n]} images)" for n in order], fontsize=8)
+    ax.set_ylabel("dominant defect class")
+    ax.set_xlabel(f"{reference} − other run: per-image mIoU (points)")
+    ax.legend(title=None, fontsize=7, frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2)
+    return fig

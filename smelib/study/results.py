@@ -35,9 +35,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONTENDED", "DIRTY_MARK", "epoch_histories", "format_summary", "host_label", "is_dirty",
-           "load_eval_records", "load_records", "plot_epoch_histories", "summarize", "timed_alone", "timed_on_one_host",
-           "write_csv"]
+__all__ = ["CONTENDED", "DIRTY_MARK", "epoch_histories", "every_run_tables", "format_summary", "host_label",
+           "is_dirty", "load_eval_records", "load_records", "plot_epoch_histories", "short_run_id", "summarize",
+           "timed_alone", "timed_on_one_host", "write_csv"]
+
+
+def short_run_id(run_id: str) -> str:
+    """A run id as a reader needs it beside its model and protocol: seed and start time (UTC), e.g.
+    ``"cpu_budget_sme_deeplabv3plus_grouped_s0_20261201T213844Z"`` -> ``"s0 · 2026-12-01 21:38"``; an id of another
+    form is returned unchanged."""
+    import re
+
+    m = re.search(r"_s(\d+)_(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})\d{2}Z$", str(run_id))
+    return f"s{m[1]} · {m[2]}-{m[3]}-{m[4]} {m[5]}:{m[6]}" if m else str(run_id)
 
 
 def load_records(runs_dir: str | os.PathLike) -> list[dict[str, Any]]:
