@@ -88,7 +88,8 @@ _PROBE = r"""
     if (box.width === 0) return;
     const clips = ['auto', 'scroll', 'hidden'].includes(doc.defaultView.getComputedStyle(el).overflowX);
     let why = null;
-    if (clips && el.scrollWidth > el.clientWidth + 2) why = `scrolls sideways (${el.scrollWidth} > ${el.clientWidth} px)`;
+    const over = el.scrollWidth - el.clientWidth;
+    if (clips && over > 2) why = `scrolls sideways (${el.scrollWidth} > ${el.clientWidth} px)`;
     else if (box.right > edge + 2) why = `reaches ${Math.round(box.right - edge)} px past the text column`;
     if (why) {
       flagged.push(el);

@@ -29,7 +29,7 @@ MODEL_LABELS: dict[str, str] = {
     "pspnet": "PSPNet", "hrnet": "HRNet", "sme_deeplabv3plus_lite": "SME lite",
 }
 
-#: Matplotlib RGB of each split: palette blue (official) and vermillion (grouped), hues no NEU-Seg class takes.
+#: Each split's colour as Matplotlib RGB, palette blue for official and vermillion for grouped (hues no class takes).
 SPLIT_COLORS: dict[str, tuple[float, float, float]] = {
     "official": tuple(c / 255 for c in CLASS_COLORS[6]),  # type: ignore[dict-item]
     "grouped": tuple(c / 255 for c in CLASS_COLORS[4]),  # type: ignore[dict-item]
