@@ -809,7 +809,11 @@ class _Progress:
     """Progress bars on a terminal; otherwise a heartbeat line every minute (logs of background runs)."""
 
     def __init__(self, run: Run, epochs: int) -> None:
-        from tqdm.auto import tqdm
+        # tqdm.auto picks notebook widgets inside Jupyter and warns when they are missing, even for disabled bars
+        if run.bars:
+            from tqdm.auto import tqdm
+        else:
+            from tqdm import tqdm
 
         self.run, self.epochs, self.tqdm = run, epochs, tqdm
         self.epoch_bar = tqdm(total=epochs, initial=min(run.state["epoch"], epochs), desc="epochs",
