@@ -272,3 +272,19 @@ def test_seed_points_list_each_rows_runs_and_plot_one_dot_per_seed() -> None:
     assert sum(len(c.get_offsets()) for c in dots) == 4
     with pytest.raises(ValueError, match="no run"):
         H.plot_seed_points([])
+
+
+def test_the_weight_average_pair_reads_both_sides_of_one_run() -> None:
+    from smelib.study.headroom import plot_weight_average, weight_average_pair
+
+    record = {"run_id": "r", "config": {"train": {"ema": 0.998}},
+              "history": [{"epoch": 1, "val_miou": 0.2, "val_raw_miou": 0.6},
+                          {"epoch": 2, "val_miou": 0.7, "val_raw_miou": 0.68}],
+              "final": {"test": {"miou": 0.77}, "raw": {"test": {"miou": 0.765}}}}
+    pair = weight_average_pair(record)
+    assert pair["epochs"] == [1, 2] and pair["val_raw"] == pytest.approx([60.0, 68.0])
+    assert pair["difference"] == pytest.approx(0.5) and pair["decay"] == 0.998
+    fig = plot_weight_average(pair)
+    assert [line.get_ydata().tolist() for line in fig.axes[0].lines] == [pair["val_raw"], pair["val_average"]]
+    with pytest.raises(ValueError, match="train.ema"):
+        weight_average_pair({**record, "final": {"test": {"miou": 0.7}}})

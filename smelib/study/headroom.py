@@ -26,7 +26,7 @@ from typing import Any
 __all__ = ["BUDGET_MINUTES", "HEADROOM_STEPS", "HeadroomStep", "budget_epochs", "budget_pair", "budget_pair_table",
            "plot_recipe_steps", "plot_seed_points", "plot_tta_gains", "recipe_points", "run_label", "seed_points",
            "headroom_table", "pending_steps", "plot_step_curves", "seed_table", "seed_tta_pairs", "step_curve",
-           "step_result", "step_run", "tta_pairs"]
+           "step_result", "step_run", "tta_pairs", "plot_weight_average", "weight_average_pair"]
 
 #: The CPU budget of one headroom run (wall minutes on a 2-core AVX-512 host without steal).
 BUDGET_MINUTES = 120
@@ -580,3 +580,56 @@ def plot_seed_points(points: Sequence[Mapping[str, Any]], ax: Any = None) -> Any
     ax.grid(axis="y", alpha=0.3)
     ax.legend(title="split (dots: seeds; bars: mean)", fontsize=8, title_fontsize=8)
     return ax
+
+
+def weight_average_pair(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The paired effect of ``train.ema`` in one run record: every epoch validates the weight average and the raw
+    weights of the same trajectory (``val_miou``, ``val_raw_miou``), and the end tests each side's best-validating
+    checkpoint (``final.test``, ``final.raw.test``).
+
+    Returns:
+        ``{"decay", "epochs": [..], "val_average": [..], "val_raw": [..], "test_average", "test_raw",
+        "difference"}``: mIoU in percent, ``difference`` = average − raw on the test set, in points.
+
+    Raises:
+        ValueError: the record holds no raw side (a run without ``train.ema``, or written before it was recorded).
+    """
+    final = record.get("final") or {}
+    raw = final.get("raw") or {}
+    rows = [h for h in record.get("history") or [] if h.get("val_raw_miou") is not None]
+    if not raw.get("test") or not rows or not final.get("test"):
+        raise ValueError(f"run {record.get('run_id')!r} holds no paired raw-weights result (train.ema)")
+    test_average, test_raw = 100 * final["test"]["miou"], 100 * raw["test"]["miou"]
+    return {"decay": (record.get("config") or {}).get("train", {}).get("ema"),
+            "epochs": [h["epoch"] for h in rows], "val_average": [100 * h["val_miou"] for h in rows],
+            "val_raw": [100 * h["val_raw_miou"] for h in rows], "test_average": test_average, "test_raw": test_raw,
+            "difference": test_average - test_raw}
+
+
+def plot_weight_average(pair: Mapping[str, Any]) -> Any:
+    """:func:`weight_average_pair` in two panels: validation mIoU per epoch of the average and of the raw weights
+    (left), and the test mIoU of each side's best checkpoint with their difference (right).
+
+    Returns:
+        the matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    colors = sns.color_palette("colorblind", 2)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(6.8, 2.8), dpi=110, layout="constrained",
+                                      gridspec_kw={"width_ratios": [3, 1.2]})
+    left.plot(pair["epochs"], pair["val_raw"], "o-", color=colors[0], label="raw weights")
+    left.plot(pair["epochs"], pair["val_average"], "s--", color=colors[1], label=f"average (decay {pair['decay']})")
+    left.set(xlabel="epoch", ylabel="val mIoU (%)", title="validation, same trajectory")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    values = [pair["test_raw"], pair["test_average"]]
+    right.bar([0, 1], values, color=colors, width=0.6)
+    for x, v in enumerate(values):
+        right.text(x, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    right.set_xticks([0, 1], ["raw", "average"])
+    right.set_ylim(min(values) - 2, max(values) + 1)
+    right.set(title=f"test: {pair['difference']:+.2f} points", ylabel="test mIoU (%)")
+    right.grid(axis="y", alpha=0.3)
+    return fig
