@@ -17,7 +17,8 @@ loads with ``torch.load(path, weights_only=True)`` (no pickled code runs). Keys:
     global_step       optimiser steps done in all   epoch_complete whether ``epoch`` finished (incl. validation)
     best              {"miou": float | None, "epoch": int | None}
     best_raw          under ``train.ema`` only: the same for the raw weights (``best_raw.pt`` keeps them)
-    train_model       under ``train.ema`` only: the raw weights that go on training (``model`` is the average)
+    train_model       under ``train.ema`` only: the raw weights that go on training (``model`` is the average);
+                      ``ema_decay`` and ``ema_updates`` (the average's decay and its warm-up step count) beside them
     history           list of per-epoch log rows    stats  {"train_images", "train_seconds"}
 """
 

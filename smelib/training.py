@@ -310,6 +310,7 @@ def _prepare(cfg: dict[str, Any], ctx: DistContext, device: torch.device, ckpt: 
         run.ema = WeightEMA(model, float(tc["ema"]))
         if ckpt is not None and "train_model" in ckpt:
             run.ema.load_state_dict(ckpt["model"])
+            run.ema.updates = int(ckpt.get("ema_updates", state["global_step"]))
     log.start(run, train_stats, mechanisms, reuse_memory, steps_per_epoch)
     return run
 
@@ -672,7 +673,8 @@ def _weights(run: Run) -> dict[str, Any]:
     raw = {k: v.detach().to("cpu").clone() for k, v in run.model.state_dict().items()}
     if run.ema is None:
         return {"model": raw}
-    return {"model": run.ema.state_dict(), "train_model": raw, "ema_decay": run.ema.decay}
+    return {"model": run.ema.state_dict(), "train_model": raw, "ema_decay": run.ema.decay,
+            "ema_updates": run.ema.updates}
 
 
 def _check_threads(ckpt: Mapping[str, Any]) -> None:

@@ -21,12 +21,19 @@ def test_the_average_follows_its_formula_and_copies_integer_buffers() -> None:
     with torch.no_grad():
         model.weight.fill_(3.0)  # the average starts at 1.0
         model.num_batches_tracked.fill_(7)
+    assert ema.current_decay() == pytest.approx(0.1)  # the warm-up: (1 + 0) / (10 + 0)
     ema.update(model)
-    assert torch.allclose(ema.state["weight"], torch.full((2,), 0.75 * 1.0 + 0.25 * 3.0))
-    assert int(ema.state["num_batches_tracked"]) == 7
+    assert torch.allclose(ema.state["weight"], torch.full((2,), 0.1 * 1.0 + 0.9 * 3.0))
+    assert int(ema.state["num_batches_tracked"]) == 7 and ema.updates == 1
+    ema.updates = 1000  # past the warm-up, the decay is the one asked for
+    assert ema.current_decay() == 0.75
+    with torch.no_grad():
+        model.weight.fill_(0.8)
+    ema.update(model)
+    assert torch.allclose(ema.state["weight"], torch.full((2,), 0.75 * 2.8 + 0.25 * 0.8))
     averaged = ema.averaged(model)
-    assert torch.allclose(averaged.weight, torch.full((2,), 1.5))
-    assert torch.allclose(model.weight, torch.full((2,), 3.0))  # the model itself is left as it is
+    assert torch.allclose(averaged.weight, torch.full((2,), 2.3))
+    assert torch.allclose(model.weight, torch.full((2,), 0.8))  # the model itself is left as it is
     with pytest.raises(ValueError, match="decay"):
         WeightEMA(model, 1.0)
 
@@ -77,3 +84,28 @@ def test_the_raw_weights_are_validated_and_tested_beside_the_average(neu: Path, 
     assert metrics.to_dict()["miou"] == pytest.approx(raw["test"]["miou"])
     plain = training.train(tiny_config(neu, train={"epochs": 1}), out=tmp_path / "p", quiet=True)
     assert "raw" not in plain.record["final"] and "val_raw_miou" not in plain.history[0]
+
+
+def test_a_resumed_run_continues_the_average_and_its_warm_up(neu: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tiny_config(neu, data={"batch_size": 2}, train={"epochs": 1, "max_steps": None, "checkpoint_every_steps": 1,
+                                                          "ema": 0.9, "test_at_end": False})
+    whole = training.train(cfg, out=tmp_path / "whole", quiet=True)
+    real, calls = training._train_step, []
+
+    def stop_at_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # a stop after two steps, each checkpointed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_train_step", stop_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(cfg, out=tmp_path / "cut", quiet=True)
+    monkeypatch.setattr(training, "_train_step", real)
+    assert read_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["ema_updates"] == 2
+    resumed = training.train(None, out=tmp_path / "cut", resume=True, quiet=True)
+    a, b = read_checkpoint(whole.last_checkpoint), read_checkpoint(resumed.last_checkpoint)
+    assert a["ema_updates"] == b["ema_updates"] == a["global_step"] >= 4
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
