@@ -131,7 +131,7 @@ def test_readme_status_numbers_come_from_the_run_records() -> None:
     from smelib.settings import repo_root
 
     readme = (repo_root() / "README.md").read_text()
-    section = readme.split("## How far the reproduction has come", 1)[1].split("\n## ", 1)[0]
+    section = readme.split("## What holds of the paper's claims", 1)[1].split("\n## ", 1)[0]
     rows = status.read_summary()
     known = {f"{v:.2f}" for v in PAPER_MIOU.values()}
     for r in rows:
@@ -200,7 +200,7 @@ def test_readme_table_is_the_generated_one_and_short() -> None:
     assert 1 <= len(table.rows) <= 10
     assert max(len(str(cell)) for row in table.rows for cell in row) <= 200
     readme = (repo_root() / "README.md").read_text()
-    section = readme.split("## How far the reproduction has come", 1)[1].split("\n## ", 1)[0]
+    section = readme.split("## What holds of the paper's claims", 1)[1].split("\n## ", 1)[0]
     lines = [line for line in section.splitlines() if line.startswith("|")]
     assert "\n".join(lines) == status.markdown_table(table)
 

@@ -1,4 +1,4 @@
-"""How far the reproduction has come, computed rather than typed: the book's title page and the README use it.
+"""What holds of the paper's claims, computed rather than typed: the book's title page and the README use it.
 
 Cost rows count our models now (thop's rules, the paper's convention); accuracy rows read
 ``results/summary.csv``, which ``smelib results`` builds from the run records.
