@@ -495,20 +495,19 @@ def _finish(run: Run) -> RunResult:
     D.barrier(run.ctx)
     final_path = log.best_path if state["best"]["miou"] is not None else log.last_path
     final_ckpt = read_checkpoint(final_path)
-    run.model.load_state_dict(final_ckpt["model"])
     tta = bool(cfg["eval"]["tta"])
     final: dict[str, Any] = {"checkpoint": final_path.stem, "epoch": len(final_ckpt["history"]), "tta": tta,
-                             "decision": run.rule.to_dict()}
+                             "decision": run.rule.to_dict(), **_score(run, final_ckpt["model"], tta)}
     bundle = run.bundle
-    if bundle.val is not None and len(bundle.val):
-        final["val"] = evaluate(run.model, bundle.val, tta=tta, decision=run.rule, **run.eval_kwargs()).to_dict()
-    if tc["test_at_end"] and bundle.test is not None and len(bundle.test):
-        final["test"] = evaluate(run.model, bundle.test, tta=tta, decision=run.rule, **run.eval_kwargs()).to_dict()
     record: dict[str, Any] = {}
     if run.ctx.is_main:
         stored = _save_predictions(run, final_path) if tc["save_predictions"] else {}
         if run.ema is not None and log.best_raw_path.is_file():
-            final["raw"] = _evaluate_raw(run, log.best_raw_path, tta)
+            # the raw weights of the epoch whose raw weights validated best, scored like the average: the record
+            # then holds both sides of the average's paired effect (run.model keeps them from here on)
+            raw_ckpt = read_checkpoint(log.best_raw_path)
+            final["raw"] = {"checkpoint": log.best_raw_path.stem, "epoch": len(raw_ckpt["history"]),
+                            **_score(run, raw_ckpt["train_model"], tta)}
         input_size = size_tuple(dc["size"]) or tuple(int(s) for s in bundle.input_size)
         params = sum(p.numel() for p in run.model.parameters())
         record = log.write_record(
@@ -525,14 +524,11 @@ def _finish(run: Run) -> RunResult:
     return RunResult(record, log.run_dir, best, log.last_path, state["history"])
 
 
-def _evaluate_raw(run: Run, path: Path, tta: bool) -> dict[str, Any]:
-    """Under ``train.ema``: the raw (not averaged) weights of the epoch whose raw weights validated best, evaluated
-    like the average, so a record holds both sides of the average's paired effect. Leaves ``run.model`` holding
-    them."""
-    ckpt = read_checkpoint(path)
-    run.model.load_state_dict(ckpt["train_model"])
-    bundle = run.bundle
-    out: dict[str, Any] = {"checkpoint": path.stem, "epoch": len(ckpt["history"])}
+def _score(run: Run, weights: Mapping[str, torch.Tensor], tta: bool) -> dict[str, Any]:
+    """Load ``weights`` into ``run.model`` and evaluate them: ``{"val": ..., "test": ...}`` (metrics dicts), each
+    where its subset exists (test only under ``train.test_at_end``)."""
+    run.model.load_state_dict(weights)
+    bundle, out = run.bundle, {}
     if bundle.val is not None and len(bundle.val):
         out["val"] = evaluate(run.model, bundle.val, tta=tta, decision=run.rule, **run.eval_kwargs()).to_dict()
     if run.cfg["train"]["test_at_end"] and bundle.test is not None and len(bundle.test):

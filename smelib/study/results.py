@@ -104,11 +104,16 @@ def host_label(rec: Mapping[str, Any]) -> str:
     host = rec.get("host")
     if not isinstance(host, Mapping) or not host.get("cpu"):
         return "unknown"
-    flags = set(host.get("cpu_flags") or [])
-    isa = next((name for name, flag in (("avx512", "avx512f"), ("avx2", "avx2")) if flag in flags),
-               "no avx2" if "cpu_flags" in host else "isa unknown")
-    label = f"{host['cpu']} [{isa}]"
+    label = f"{host['cpu']} [{_widest_isa(host)}]"
     return label + (f" x{host['cpu_cores']}" if host.get("cpu_cores") else "")
+
+
+def _widest_isa(host: Mapping[str, Any]) -> str:
+    """A record's ``host``'s widest vector ISA: ``"avx512"``, ``"avx2"``, ``"no avx2"`` or, for records without
+    ``cpu_flags``, ``"isa unknown"``."""
+    flags = set(host.get("cpu_flags") or [])
+    return next((name for name, flag in (("avx512", "avx512f"), ("avx2", "avx2")) if flag in flags),
+                "no avx2" if "cpu_flags" in host else "isa unknown")
 
 
 def timed_on_one_host(rec: Mapping[str, Any]) -> bool:
@@ -262,6 +267,12 @@ def format_summary(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _split_kind(rec: Mapping[str, Any]) -> str:
+    """A run record's split kind (``official``, ``grouped``, ``leaky``); records store the split as a dict."""
+    split = rec.get("split")
+    return str(split.get("kind", "?")) if isinstance(split, Mapping) else str(split)
+
+
 def _short_host(rec: Mapping[str, Any]) -> str:
     """:func:`host_label` in a table cell's width: the CPU family and its widest vector ISA, e.g. ``"Xeon avx512"``."""
     host = rec.get("host")
@@ -269,7 +280,7 @@ def _short_host(rec: Mapping[str, Any]) -> str:
         return "unknown"
     words = str(host["cpu"]).replace("(R)", "").split()
     family = next((w for w in words if w in ("Xeon", "EPYC", "Core", "Ryzen")), " ".join(words[:2]))
-    isa = host_label(rec).split("[", 1)[1].split("]", 1)[0]
+    isa = _widest_isa(host)
     return family if isa == "isa unknown" else f"{family} {isa}"
 
 
@@ -295,13 +306,12 @@ def every_run_tables(records: Iterable[Mapping[str, Any]]) -> list[Any]:
             minutes = "-" if wall is None else f"{wall / 60:.0f}" + ("" if timed_alone(rec) else " *")
             done, planned = rec.get("epochs_done"), rec.get("epochs")
             epochs = f"{done}/{planned}" if done is not None and done != planned else str(planned or "-")
-            split = rec.get("split")
-            rows.append([str(rec.get("model")), split.get("kind", "?") if isinstance(split, Mapping) else str(split),
-                         rec.get("seed"), epochs, miou, minutes, _short_host(rec),
-                         str(rec.get("started_utc") or "")[:10]])
+            rows.append([str(rec.get("model")), _split_kind(rec), rec.get("seed"), epochs, miou, minutes,
+                         _short_host(rec), str(rec.get("started_utc") or "")[:10]])
         tables.append(Table(["model", "split", "seed", "epochs", "mIoU %", "minutes", "host", "started"], rows,
                             title=f"config {config}: {len(rows)} run{'s' if len(rows) != 1 else ''}"))
     return tables
+
 
 def epoch_histories(records: Iterable[Mapping[str, Any]], models: Sequence[str], config: str = "cpu_budget",
                     epochs: int | None = None, splits: Sequence[str] = ("official", "grouped")) -> list[dict[str, Any]]:
@@ -313,7 +323,7 @@ def epoch_histories(records: Iterable[Mapping[str, Any]], models: Sequence[str],
     """
     latest: dict[tuple[str, str, int], Mapping[str, Any]] = {}
     for rec in records:
-        split = (rec.get("split") or {}).get("kind") if isinstance(rec.get("split"), Mapping) else rec.get("split")
+        split = _split_kind(rec)
         if (rec.get("status") != "completed" or rec.get("config_name") != config or rec.get("model") not in models
                 or split not in splits or (epochs is not None and rec.get("epochs") != epochs)):
             continue
