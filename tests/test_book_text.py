@@ -18,7 +18,7 @@ MAX_WORDS = 2100  # "at most about 2,000 words of prose"
 PROCESS_TALK = [r"\bpending\b", r"\bnot yet\b", r"\bso far\b", r"\bto be re-?run\b", r"\bas (the )?seeds land\b",
                 r"\bnext measurement\b", r"\bstill to (do|run|come)\b", r"\bstood in\b", r"_drafts\b", r"\bTODO\b",
                 r"\byet to be\b", r"\bmissing seeds\b", r"\bwill be (measured|run|added)\b"]
-MACHINE_PATHS = re.compile(r"(/work/|/home/|/root/|/tmp/|[A-Z]:\\\\Users)")
+MACHINE_PATHS = re.compile(r"(/work/|/home/|/root/|/tmp/|[A-Z]:\\Users)")
 
 
 def _read(path: Path) -> nbformat.NotebookNode:
@@ -76,5 +76,6 @@ def test_the_checks_can_fail() -> None:
     assert re.search(PROCESS_TALK[0], "the grouped run is pending", re.I)
     assert not any(re.search(p, "appending a coordinate; spending two hours", re.I) for p in PROCESS_TALK)
     assert MACHINE_PATHS.search("data root: /work/shared/data/NEU_Seg")
+    assert MACHINE_PATHS.search("data root: C:\\Users\\me\\NEU_Seg")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("## Summary\n\n## Exercises")])
     assert _figures(nb) == 0

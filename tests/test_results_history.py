@@ -41,5 +41,15 @@ def test_plot_epoch_histories_draws_a_panel_per_model_and_a_line_per_seed() -> N
     assert [ax.get_title() for ax in visible] == ["a", "b"]
     assert len(visible[0].get_lines()) == 3 and len(visible[1].get_lines()) == 1
     assert [t.get_text() for t in fig.legends[0].get_texts()][:2] == ["official split", "grouped split"]
+    # the book's one colour per split, whatever order the splits come in
+    from matplotlib.colors import to_rgb
+
+    from smelib.study.data_figures import SPLIT_COLORS
+
+    grouped_first = plot_epoch_histories(epoch_histories([_rec("a", "grouped", 0), _rec("a", "official", 0)],
+                                                         ["a"], splits=("grouped", "official")))
+    colours = {to_rgb(line.get_color()) for line in grouped_first.axes[0].get_lines()}
+    assert colours == {SPLIT_COLORS["official"], SPLIT_COLORS["grouped"]}
+    assert to_rgb(grouped_first.axes[0].get_lines()[0].get_color()) == pytest.approx(SPLIT_COLORS["grouped"])
     with pytest.raises(ValueError, match="no run history"):
         plot_epoch_histories([])

@@ -4,8 +4,8 @@ as paired differences with intervals, the official-versus-grouped gap, and per-c
 Every figure is drawn from the run records and their summaries (:func:`smelib.study.conclusions.seed_scores`,
 :func:`smelib.study.conclusions.conclusion_effects`, :func:`smelib.study.conclusions.split_gap`,
 :func:`smelib.study.bootstrap.load_bootstrap_records`); none holds a typed-in number. One colour language: the two
-splits take two palette hues no NEU-Seg class uses (:data:`SPLIT_COLORS`), classes keep their own
-(:func:`smelib.palette.class_color`).
+splits take two palette hues no NEU-Seg class uses (:data:`smelib.study.data_figures.SPLIT_COLORS`), classes keep
+their own (:func:`smelib.palette.class_color`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from smelib.palette import CLASS_COLORS
 from smelib.study.conclusions import PAPER_MIOU, ConclusionEffect, seed_scores, split_gap
-from smelib.study.data_figures import rgb01
+from smelib.study.data_figures import SPLIT_COLORS, rgb01, split_color
 from smelib.study.plan import DEFAULT_CONFIGS, TABLE_MODELS
 
 if TYPE_CHECKING:
@@ -29,11 +28,6 @@ MODEL_LABELS: dict[str, str] = {
     "pspnet": "PSPNet", "hrnet": "HRNet", "sme_deeplabv3plus_lite": "SME lite",
 }
 
-#: Each split's colour as Matplotlib RGB, palette blue for official and vermillion for grouped (hues no class takes).
-SPLIT_COLORS: dict[str, tuple[float, float, float]] = {
-    "official": tuple(c / 255 for c in CLASS_COLORS[6]),  # type: ignore[dict-item]
-    "grouped": tuple(c / 255 for c in CLASS_COLORS[4]),  # type: ignore[dict-item]
-}
 
 
 def model_label(model: str) -> str:
@@ -122,7 +116,7 @@ def conclusion_forest(effects: Mapping[str, Sequence[ConclusionEffect]],
         fig, axes = plt.subplots(1, len(splits), figsize=figsize, dpi=dpi, sharey=True, sharex=True,
                                  layout="constrained", squeeze=False)
         for ax, split in zip(axes[0], splits):
-            color = SPLIT_COLORS.get(split, (0.3, 0.3, 0.3))
+            color = split_color(split)
             ax.axvline(0, color="0.2", linewidth=1)
             for i, e in enumerate(effects[split]):
                 if e.low is not None and e.difference is not None:
@@ -246,7 +240,7 @@ def class_difference_figure(records: Sequence[Mapping[str, Any]], better: str = 
                 lo, hi = o["class_low_joint"][k], o["class_high_joint"][k]
                 if lo is None or hi is None:
                     continue
-                col = SPLIT_COLORS.get(split, (0.3, 0.3, 0.3))
+                col = split_color(split)
                 ax.plot([100 * lo, 100 * hi], [y, y], color=col, linewidth=2)
                 ax.plot(100 * o["class_difference"][k], y, "o", ms=4.5, color=col,
                         label=f"{split} split" if split not in labelled else None)
@@ -262,5 +256,5 @@ def class_difference_figure(records: Sequence[Mapping[str, Any]], better: str = 
     return fig
 
 
-__all__ = ["MODEL_LABELS", "SPLIT_COLORS", "class_difference_figure", "conclusion_forest", "model_label",
+__all__ = ["MODEL_LABELS", "class_difference_figure", "conclusion_forest", "model_label",
            "score_figure", "short_claim", "split_gap_figure"]

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BACKGROUND_ONLY",
     "HALVES",
+    "SPLIT_COLORS",
     "MIXED",
     "AlignedCopy",
     "PairDisagreement",
@@ -56,6 +57,7 @@ __all__ = [
     "read_gray",
     "restrict_groups",
     "rgb01",
+    "split_color",
     "rotated_copies_figure",
     "sample_grid",
     "shared_half",
@@ -416,6 +418,16 @@ def rgb01(index: int) -> tuple[float, float, float]:
     """Class ``index``'s colour (:func:`smelib.palette.class_color`) as matplotlib RGB in ``[0, 1]``."""
     r, g, b = class_color(index)
     return (r / 255, g / 255, b / 255)
+
+
+#: Each split's colour as Matplotlib RGB in every figure of the book: palette blue for official and vermillion for
+#: grouped, hues no NEU-Seg class takes.
+SPLIT_COLORS: dict[str, tuple[float, float, float]] = {"official": rgb01(6), "grouped": rgb01(4)}
+
+
+def split_color(split: str) -> tuple[float, float, float]:
+    """:data:`SPLIT_COLORS` of ``split``; grey for any other split (e.g. ``leaky``)."""
+    return SPLIT_COLORS.get(split, (0.3, 0.3, 0.3))
 
 
 def class_patches(class_names: Sequence[str], include_background: bool = False) -> list[Patch]:

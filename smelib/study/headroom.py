@@ -525,7 +525,9 @@ def plot_tta_gains(pairs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
     splits = [(by_id[b["run_id"]].get("split") or {}).get("kind", "?") for _, b in pairs]
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 0.32 * len(pairs) + 1.2), dpi=110, layout="constrained")
-    sns.barplot(x=gains, y=labels, hue=splits, palette="colorblind", dodge=False, ax=ax)
+    from smelib.study.data_figures import split_color
+
+    sns.barplot(x=gains, y=labels, hue=splits, palette={s: split_color(s) for s in splits}, dodge=False, ax=ax)
     for i, g in enumerate(gains):
         ax.annotate(f"{g:+.2f}", (g, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
     ax.set(xlabel="Δ test mIoU with test-time augmentation (points, same weights)", ylabel="")
@@ -571,10 +573,13 @@ def plot_seed_points(points: Sequence[Mapping[str, Any]], ax: Any = None) -> Any
     data = {k: [p[k] for p in points] for k in ("recipe", "split", "miou")}
     order = list(dict.fromkeys(data["recipe"]))
     hue_order = list(dict.fromkeys(data["split"]))
+    from smelib.study.data_figures import split_color
+
+    palette = {split: split_color(split) for split in hue_order}
     sns.stripplot(data=data, x="recipe", y="miou", hue="split", order=order, hue_order=hue_order, dodge=True,
-                  jitter=0.08, size=6, palette="colorblind", ax=ax)
+                  jitter=0.08, size=6, palette=palette, ax=ax)
     sns.pointplot(data=data, x="recipe", y="miou", hue="split", order=order, hue_order=hue_order, dodge=0.4,
-                  errorbar=None, markers="_", markersize=22, linestyles="none", palette="colorblind", ax=ax,
+                  errorbar=None, markers="_", markersize=22, linestyles="none", palette=palette, ax=ax,
                   legend=False)
     ax.set(xlabel="", ylabel="test mIoU (%)")
     ax.grid(axis="y", alpha=0.3)

@@ -365,7 +365,9 @@ def plot_epoch_histories(rows: Sequence[Mapping[str, Any]], y: str = "val_miou",
     nrows = -(-len(models) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(7, 1.9 * nrows + 0.6), dpi=110, sharex=True, sharey=True,
                              layout="constrained", squeeze=False)
-    palette = dict(zip(splits, sns.color_palette("colorblind", len(splits))))
+    from smelib.study.data_figures import split_color
+
+    palette = {split: split_color(split) for split in splits}
     for ax, model in zip(axes.flat, models):
         data = {k: [r[k] for r in rows if r["model"] == model] for k in ("epoch", y, "split", "seed")}
         sns.lineplot(data=data, x="epoch", y=y, hue="split", units="seed", estimator=None, hue_order=splits,
