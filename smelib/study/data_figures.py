@@ -420,8 +420,8 @@ def rgb01(index: int) -> tuple[float, float, float]:
     return (r / 255, g / 255, b / 255)
 
 
-#: Each split's colour as Matplotlib RGB in every figure of the book: palette blue for official and vermillion for
-#: grouped, hues no NEU-Seg class takes.
+#: Each split's colour as Matplotlib RGB, the same in every figure of the book, palette blue for official and
+#: vermillion for grouped (hues no NEU-Seg class takes).
 SPLIT_COLORS: dict[str, tuple[float, float, float]] = {"official": rgb01(6), "grouped": rgb01(4)}
 
 
