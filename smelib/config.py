@@ -63,6 +63,9 @@ Keys (the defaults are in :data:`smelib.config.DEFAULTS`; ``null`` means "decide
       grad_clip: float | null      # max global gradient norm; null = no clipping
       ema: float | null            # decay of an exponential moving average of the weights, validated, saved and
                                    # evaluated as the model (e.g. 0.999); null = none
+      progressive: {size: int | [h, w], epochs: int} | null   # progressive resizing: the first `epochs`
+                                   # epochs train at `size` (images bilinear with antialiasing, masks nearest),
+                                   # the rest at data.size; validation and test always at data.size
       checkpoint_every_steps: int  # also write the resumable "last" checkpoint every N steps (0 = epoch ends only)
       seed: int                    # seeds python, numpy, torch, the data order and the augmentation
       deterministic: bool          # torch.use_deterministic_algorithms(True, warn_only=True) and no cuDNN autotune;
@@ -182,6 +185,7 @@ DEFAULTS: dict[str, Any] = {
         "channels_last": "auto",
         "grad_clip": None,
         "ema": None,
+        "progressive": None,
         "checkpoint_every_steps": 50,
         "seed": 0,
         "deterministic": True,
@@ -405,6 +409,22 @@ def resolve(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return out
 
 
+def _progressive(train: Mapping[str, Any]) -> None:
+    spec = train["progressive"]
+    if spec is None:
+        return
+    if not isinstance(spec, Mapping) or set(spec) != {"size", "epochs"}:
+        raise _err("train.progressive", f"must be null or {{size: ..., epochs: ...}}, got {spec!r}")
+    size = spec["size"]
+    sizes = [size] if _is_int(size) else size if isinstance(size, (list, tuple)) and len(size) == 2 else None
+    if sizes is None or not all(_is_int(v) and v >= 16 for v in sizes):
+        raise _err("train.progressive.size", f"must be an integer >= 16 or [h, w] of them, got {size!r}")
+    epochs = spec["epochs"]
+    if not _is_int(epochs) or not 1 <= epochs < train["epochs"]:
+        raise _err("train.progressive.epochs",
+                   f"must be an integer in [1, train.epochs={train['epochs']}), got {epochs!r}")
+
+
 def _err(key: str, message: str) -> ConfigError:
     return ConfigError(f"{key}: {message}")
 
@@ -549,6 +569,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
     _num(cfg, "train", "grad_clip", 0.0, optional=True, lo_open=True)
     if cfg["train"]["ema"] is not None and not (_is_num(cfg["train"]["ema"]) and 0 < cfg["train"]["ema"] < 1):
         raise _err("train.ema", f"must be a decay in (0, 1) or null, got {cfg['train']['ema']!r}")
+    _progressive(cfg["train"])
     _int(cfg, "train", "checkpoint_every_steps", 0)
     _int(cfg, "train", "seed", 0)
     _bool(cfg, "train", "deterministic")

@@ -341,6 +341,7 @@ def fit(run: Run) -> None:
                 view, batch_sampler=[[(epoch, i) for i in D.shard(b, run.ctx)] for b in todo], collate_fn=collate,
                 num_workers=int(dc["workers"]), pin_memory=device.type == "cuda", worker_init_fn=worker_init,
                 generator=torch.Generator().manual_seed(derive_seed(run.seed, epoch, 1)))
+            view.size = epoch_size(cfg, epoch)
             run.net.train()
             if tc["freeze_bn"]:
                 _freeze_bn(run.net)
@@ -363,6 +364,19 @@ def fit(run: Run) -> None:
             state["epoch"], state["batches_done"], state["epoch_complete"] = epoch, 0, False
     finally:
         progress.close()
+
+
+def epoch_size(cfg: Mapping[str, Any], epoch: int) -> tuple[int, int] | None:
+    """The (H, W) the training images of ``epoch`` (0-based) are resized to, None for their own size.
+
+    ``train.progressive`` trains its first ``epochs`` epochs at its ``size``: a 128 px epoch costs about
+    (128/200)^2 = 0.41 of a 200 px one, so more epochs fit the same time; the last epochs at ``data.size``
+    adapt the weights (BatchNorm statistics included) to the size they are validated and tested at.
+    """
+    spec = cfg["train"].get("progressive")
+    if spec is not None and epoch < int(spec["epochs"]):
+        return size_tuple(spec["size"])
+    return size_tuple(cfg["data"]["size"])
 
 
 def _train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, watch: _LossWatch, epoch: int) -> float:

@@ -92,9 +92,11 @@ def unpack(sample: Any) -> tuple[Tensor, Tensor]:
 
 
 def resize_pair(image: Tensor, mask: Tensor | None, size: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
+    """Resize ``image`` (C, H, W) float bilinearly and ``mask`` (H, W) int64 by nearest neighbour to ``size``."""
     if tuple(image.shape[-2:]) == tuple(size):
         return image, mask
-    image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+    # antialias: a downscale (progressive resizing's small epochs) averages instead of skipping pixels
+    image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
     if mask is not None:
         mask = F.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0].long()
     return image, mask
