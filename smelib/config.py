@@ -66,6 +66,9 @@ Keys (the defaults are in :data:`smelib.config.DEFAULTS`; ``null`` means "decide
       progressive: {size: int | [h, w], epochs: int} | null   # progressive resizing: the first `epochs`
                                    # epochs train at `size` (images bilinear with antialiasing, masks nearest),
                                    # the rest at data.size; validation and test always at data.size
+      distill: {teacher: str, temperature: float, weight: float} | null   # knowledge distillation: loss +=
+                                   # weight * T^2 * KL(teacher || student) at temperature T on the training
+                                   # batches; teacher: a checkpoint of the same classes and normalisation
       checkpoint_every_steps: int  # also write the resumable "last" checkpoint every N steps (0 = epoch ends only)
       seed: int                    # seeds python, numpy, torch, the data order and the augmentation
       deterministic: bool          # torch.use_deterministic_algorithms(True, warn_only=True) and no cuDNN autotune;
@@ -186,6 +189,7 @@ DEFAULTS: dict[str, Any] = {
         "grad_clip": None,
         "ema": None,
         "progressive": None,
+        "distill": None,
         "checkpoint_every_steps": 50,
         "seed": 0,
         "deterministic": True,
@@ -425,6 +429,20 @@ def _progressive(train: Mapping[str, Any]) -> None:
                    f"must be an integer in [1, train.epochs={train['epochs']}), got {epochs!r}")
 
 
+def _distill(train: Mapping[str, Any]) -> None:
+    spec = train["distill"]
+    if spec is None:
+        return
+    if not isinstance(spec, Mapping) or set(spec) != {"teacher", "temperature", "weight"}:
+        raise _err("train.distill", f"must be null or {{teacher: ..., temperature: ..., weight: ...}}, got {spec!r}")
+    if not isinstance(spec["teacher"], str) or not spec["teacher"]:
+        raise _err("train.distill.teacher", f"must be a checkpoint path or release name, got {spec['teacher']!r}")
+    if not _is_num(spec["temperature"]) or spec["temperature"] <= 0:
+        raise _err("train.distill.temperature", f"must be a number > 0, got {spec['temperature']!r}")
+    if not _is_num(spec["weight"]) or spec["weight"] < 0:
+        raise _err("train.distill.weight", f"must be a number >= 0, got {spec['weight']!r}")
+
+
 def _err(key: str, message: str) -> ConfigError:
     return ConfigError(f"{key}: {message}")
 
@@ -570,6 +588,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
     if cfg["train"]["ema"] is not None and not (_is_num(cfg["train"]["ema"]) and 0 < cfg["train"]["ema"] < 1):
         raise _err("train.ema", f"must be a decay in (0, 1) or null, got {cfg['train']['ema']!r}")
     _progressive(cfg["train"])
+    _distill(cfg["train"])
     _int(cfg, "train", "checkpoint_every_steps", 0)
     _int(cfg, "train", "seed", 0)
     _bool(cfg, "train", "deterministic")

@@ -31,6 +31,7 @@ __all__ = [
     "CombinedLoss",
     "CrossEntropyLoss",
     "DiceLoss",
+    "DistillationLoss",
     "FocalLoss",
     "build_loss",
 ]
@@ -291,6 +292,40 @@ class CombinedLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return " + ".join(f"{weight:g}*{name}" for name, weight in self.weights.items())
+
+
+class DistillationLoss(nn.Module):
+    """Pixel-wise knowledge distillation (Hinton et al., 2015): the teacher's softened class distribution as a
+    soft target for the student's.
+
+    ``T^2 * mean over labelled pixels of KL(softmax(teacher / T) || softmax(student / T))``. The ``T^2`` keeps
+    the gradient's scale independent of ``T``; pixels labelled ``ignore_index`` (padding) are left out, as in
+    every other loss here.
+
+    Args:
+        temperature: T > 0; above 1 the teacher's smaller probabilities (which class a pixel nearly was) count
+            more.
+        ignore_index: target value of pixels left out.
+    """
+
+    def __init__(self, temperature: float = 2.0, ignore_index: int = 255) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+        self.ignore_index = ignore_index
+
+    def forward(self, student: Tensor, teacher: Tensor, target: Tensor) -> Tensor:
+        """``student`` and ``teacher`` logits (N, K, H, W), ``target`` (N, H, W); returns a float32 scalar."""
+        _check_inputs(student, target)
+        if teacher.shape != student.shape:
+            raise ValueError(f"teacher logits {tuple(teacher.shape)} differ from the student's {tuple(student.shape)}")
+        t = self.temperature
+        log_s = F.log_softmax(student.float() / t, dim=1)
+        log_t = F.log_softmax(teacher.detach().float() / t, dim=1)
+        kl = (log_t.exp() * (log_t - log_s)).sum(dim=1)  # (N, H, W)
+        valid = target != self.ignore_index
+        return t * t * _safe_divide((kl * valid).sum(), valid.sum())
 
 
 LOSS_NAMES: tuple[str, ...] = ("ce", "focal", "dice")

@@ -52,6 +52,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -67,7 +68,9 @@ from smelib.checkpoint import (
     atomic_save,
     capture_rng,
     check_state_dict,
+    load_checkpoint,
     read_checkpoint,
+    resolve_checkpoint,
     restore_rng,
     sha256_file,
 )
@@ -83,7 +86,7 @@ from smelib.data.loading import (
     worker_init,
 )
 from smelib.inference import evaluate, predict_dataset, unwrap
-from smelib.losses import build_loss
+from smelib.losses import DistillationLoss, build_loss
 from smelib.models import DeepLabV3Plus, build
 from smelib.models.complexity import fvcore_macs
 from smelib.optim import WeightEMA, build_optimizer, build_schedule
@@ -177,6 +180,9 @@ class Run:
     bars: bool
     precision_reason: str = ""
     ema: WeightEMA | None = None
+    teacher: nn.Module | None = None  # train.distill: a frozen model whose softened outputs the student also fits
+    distill: DistillationLoss | None = None
+    teacher_info: dict[str, Any] | None = None  # the teacher's run id, model, best epoch and file hash (the record)
 
     def eval_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`smelib.inference.evaluate` for this run."""
@@ -311,8 +317,34 @@ def _prepare(cfg: dict[str, Any], ctx: DistContext, device: torch.device, ckpt: 
         if ckpt is not None and "train_model" in ckpt:
             run.ema.load_state_dict(ckpt["model"])
             run.ema.updates = int(ckpt.get("ema_updates", state["global_step"]))
+    if tc["distill"]:
+        run.teacher, run.teacher_info = _load_teacher(tc["distill"]["teacher"], run, device)
+        run.distill = DistillationLoss(float(tc["distill"]["temperature"]), int(dc["ignore_index"]))
     log.start(run, train_stats, mechanisms, reuse_memory, steps_per_epoch)
     return run
+
+
+def _load_teacher(spec: str, run: Run, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """``train.distill.teacher``: a verified checkpoint (path or release name) for the same classes, trained on
+    inputs normalised like this run's (else its soft targets would answer a different question), frozen."""
+    try:
+        # building the teacher initialises weights it then overwrites: outside the run's random stream, so that
+        # the student sees the dropout masks of the same run without a teacher (a paired comparison)
+        with torch.random.fork_rng(devices=[]):
+            teacher, meta = load_checkpoint(resolve_checkpoint(spec), num_classes=run.num_classes, device=device)
+    except (CheckpointError, OSError) as err:
+        raise ConfigError(f"train.distill.teacher: {err}") from None
+    norm = meta.get("normalization") or {}
+    ours = {"mean": run.bundle.mean, "std": run.bundle.std}
+    if norm and any(not np.allclose(np.asarray(norm[k], dtype=float), np.asarray(ours[k], dtype=float), atol=1e-4)
+                    for k in ("mean", "std")):
+        raise ConfigError(f"train.distill.teacher: {spec} normalises inputs with {norm}, this run with {ours}")
+    if run.channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    teacher.requires_grad_(False)
+    info = {"run_id": meta.get("run_id"), "model": meta.get("model_name"), "best": meta.get("best"),
+            "sha256": sha256_file(resolve_checkpoint(spec))}
+    return teacher.eval(), info
 
 
 def fit(run: Run) -> None:
@@ -394,7 +426,12 @@ def _train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, watch: _Los
     lr = run.schedule.apply()
     with torch.autocast(device_type=device.type, dtype=run.amp or torch.float32, enabled=run.amp is not None):
         logits = run.net(images)
+        if run.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = run.teacher(images)
     loss = run.criterion(logits, masks)  # in fp32, outside autocast
+    if run.teacher is not None and run.distill is not None:
+        loss = loss + float(tc["distill"]["weight"]) * run.distill(logits, teacher_logits, masks)
     watch.add(loss, run.state["global_step"] + 1)
     if watch.due():
         watch.flush(epoch)
@@ -925,6 +962,7 @@ class RunLog:
             "smelib_version": __version__, "started_utc": R.utc_iso(), "epochs": cfg["train"]["epochs"],
             "batch_size": run.batch, "steps_per_epoch": steps_per_epoch,
             "train_stats": train_stats.to_dict(), "model_init": mechanisms,
+            **({"teacher": run.teacher_info} if run.teacher_info else {}),
         }
         self.cpu_at_start = R.cpu_times()
         if ctx.is_main:
