@@ -1,0 +1,261 @@
+"""Levers on the CPU budget, each one change against a protocol run, measured paired (the Headroom chapter).
+
+A *lever run* sets exactly one of ``train.ema``, ``train.progressive`` or ``train.distill``. Its baseline is the
+protocol run of the same model, split, seed and host ISA without any lever: a plain run if one was recorded,
+else the raw-weights side of an ``train.ema`` run, which follows the same trajectory (the average never feeds back
+into training). A distilled run's cost counts its teacher's training time.
+
+Training-step speed levers come from the benchmark records instead (``results/bench/train_levers/``): each
+``smelib bench --train --only <optimisation>`` record times the step with one optimisation against the eager step,
+interleaved, and :mod:`smelib.study.train_levers` adds CPU bf16 and a cheaper dropout mask.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from smelib.study.results import _split_kind, _widest_isa
+
+__all__ = ["LEVERS", "baseline_for", "lever_of", "lever_pair", "lever_pairs", "plot_levers", "plot_speed_levers",
+           "speed_levers"]
+
+#: The ``train`` keys that make a run a lever run, in the order the chapter shows them.
+LEVERS: tuple[str, ...] = ("ema", "progressive", "distill")
+
+
+def _train(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (record.get("config") or {}).get("train") or {}
+
+
+def lever_of(record: Mapping[str, Any]) -> str | None:
+    """The one lever a run record sets (``"ema"``, ``"progressive"``, ``"distill"``), None for a plain run.
+
+    Raises:
+        ValueError: the record sets more than one (its difference would have two causes).
+    """
+    found = [key for key in LEVERS if _train(record).get(key)]
+    if len(found) > 1:
+        raise ValueError(f"run {record.get('run_id')!r} sets {found}: a lever run changes one thing")
+    return found[0] if found else None
+
+
+def _same_protocol(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return (a.get("model") == b.get("model") and _split_kind(a) == _split_kind(b) and a.get("seed") == b.get("seed")
+            and _widest_isa(a.get("host") or {}) == _widest_isa(b.get("host") or {})
+            and str(b.get("config_name", "")).startswith("cpu_budget") and b.get("status") == "completed")
+
+
+def baseline_for(record: Mapping[str, Any], records: Sequence[Mapping[str, Any]]
+                 ) -> tuple[Mapping[str, Any], str] | None:
+    """The paired baseline of a lever run and which side of it to read: ``(plain run, "final")`` when one was
+    recorded with the same model, split, seed and host ISA at the same epochs as the protocol (6), else
+    ``(ema run, "raw")``; an EMA run is its own baseline (``"raw"``). None when there is none."""
+    if lever_of(record) == "ema":
+        return record, "raw"
+    candidates = [r for r in records if r is not record and _same_protocol(record, r)
+                  and int(_train(r).get("epochs") or 0) == 6]
+    plain = [r for r in candidates if lever_of(r) is None]
+    if plain:
+        return plain[-1], "final"
+    averaged = [r for r in candidates if lever_of(r) == "ema" and ((r.get("final") or {}).get("raw") or {}).get("test")]
+    return (averaged[-1], "raw") if averaged else None
+
+
+def _describe(record: Mapping[str, Any]) -> str:
+    train, lever = _train(record), lever_of(record)
+    if lever == "ema":
+        return f"weight average (decay {train['ema']})"
+    if lever == "progressive":
+        spec = train["progressive"]
+        size = spec["size"] if isinstance(spec["size"], int) else "x".join(map(str, spec["size"]))
+        return f"progressive resizing ({spec['epochs']} of {train['epochs']} epochs at {size} px)"
+    if lever == "distill":
+        spec = train["distill"]
+        teacher = (record.get("teacher") or {}).get("model", "teacher")
+        return f"distillation from {teacher} (T = {spec['temperature']:g}, weight {spec['weight']:g})"
+    return "protocol"
+
+
+def lever_pair(record: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A lever run against its baseline (:func:`baseline_for`).
+
+    Returns:
+        ``{"lever", "label", "run_id", "baseline_run_id", "test", "test_baseline", "difference", "train_minutes",
+        "baseline_train_minutes", "teacher_minutes", "time_ratio"}``: test mIoU in percent, ``difference`` in
+        points; ``time_ratio`` = (training + teacher's training) / baseline's training, None for the weight
+        average (its baseline is itself).
+
+    Raises:
+        ValueError: the run is no lever run, has no test result, or has no baseline among ``records``.
+    """
+    lever = lever_of(record)
+    found = baseline_for(record, records) if lever else None
+    if lever is None or found is None or not (record.get("final") or {}).get("test"):
+        raise ValueError(f"run {record.get('run_id')!r} is no finished lever run with a recorded baseline")
+    base, side = found
+    base_test = ((base.get("final") or {}).get("raw") or {}).get("test") if side == "raw" else base["final"]["test"]
+    teacher_minutes = 0.0
+    if lever == "distill":
+        teacher_id = (record.get("teacher") or {}).get("run_id")
+        teacher = next((r for r in records if r.get("run_id") == teacher_id), None)
+        if teacher is None:
+            raise ValueError(f"run {record.get('run_id')!r}: its teacher's run {teacher_id!r} is not recorded")
+        teacher_minutes = float(teacher["train_seconds"]) / 60
+    minutes, base_minutes = float(record["train_seconds"]) / 60, float(base["train_seconds"]) / 60
+    test, test_base = 100 * record["final"]["test"]["miou"], 100 * base_test["miou"]
+    return {"lever": lever, "label": _describe(record), "run_id": record["run_id"], "baseline_run_id": base["run_id"],
+            "test": test, "test_baseline": test_base, "difference": test - test_base,
+            "train_minutes": minutes, "baseline_train_minutes": base_minutes, "teacher_minutes": teacher_minutes,
+            "time_ratio": None if base is record else (minutes + teacher_minutes) / base_minutes}
+
+
+def lever_pairs(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`lever_pair` of every finished lever run in ``records``, in :data:`LEVERS` order."""
+    runs = [r for r in records if r.get("status") == "completed" and lever_of(r)]
+    runs.sort(key=lambda r: (LEVERS.index(lever_of(r) or ""), r["run_id"]))
+    return [lever_pair(r, records) for r in runs]
+
+
+def plot_levers(pairs: Sequence[Mapping[str, Any]], seed_std: float | None = None) -> Any:
+    """Each lever's paired test-mIoU difference (left; the grey band is ± one seed standard deviation of the
+    protocol, ``seed_std`` points) and its training time against the baseline's (right; the teacher's share
+    hatched).
+
+    Returns:
+        the matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    colors = sns.color_palette("colorblind", len(LEVERS))
+    labels = [p["label"] for p in pairs]
+    y = list(range(len(pairs)))[::-1]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(7.2, 0.55 * len(pairs) + 1.5), dpi=110, sharey=True,
+                                      layout="constrained", gridspec_kw={"width_ratios": [1.3, 1]})
+    if seed_std:
+        left.axvspan(-seed_std, seed_std, color="0.88", zorder=0, label="± seed s.d.")
+    left.axvline(0, color="0.4", lw=0.8)
+    for yi, p in zip(y, pairs):
+        c = colors[LEVERS.index(p["lever"])]
+        left.plot(p["difference"], yi, "o", color=c, ms=8)
+        left.annotate(f"{p['difference']:+.2f}", (p["difference"], yi), textcoords="offset points", xytext=(0, 7),
+                      ha="center", fontsize=8)
+        if p["time_ratio"] is None:
+            right.text(1.0, yi, "same run", va="center", ha="center", fontsize=8, color="0.35")
+            continue
+        own = p["train_minutes"] / p["baseline_train_minutes"]
+        right.barh(yi, own, color=c, height=0.5)
+        if p["teacher_minutes"]:
+            right.barh(yi, p["teacher_minutes"] / p["baseline_train_minutes"], left=own, color="white",
+                       edgecolor=c, hatch="///", height=0.5, label="teacher's training")
+        right.annotate(f"{p['time_ratio']:.2f}x", (p["time_ratio"], yi), textcoords="offset points", xytext=(4, 0),
+                       va="center", fontsize=8)
+    right.axvline(1.0, color="0.4", lw=0.8)
+    left.set(yticks=y, yticklabels=[_wrap(s) for s in labels], xlabel="test mIoU − baseline (points)",
+             title="accuracy, paired")
+    span = max([abs(p["difference"]) for p in pairs] + [seed_std or 0]) * 1.5 + 0.2
+    left.set_xlim(-span, span)
+    right.set(xlabel="training time / baseline's", title="cost")
+    right.set_xlim(0, max([p["time_ratio"] or 1 for p in pairs]) * 1.3)
+    for ax in (left, right):
+        ax.grid(axis="x", alpha=0.3)
+    handles = [h for ax in (left, right) for h in ax.get_legend_handles_labels()[0]]
+    names = [n for ax in (left, right) for n in ax.get_legend_handles_labels()[1]]
+    unique = dict(zip(names, handles))
+    if unique:
+        fig.legend(unique.values(), unique.keys(), loc="outside lower center", ncols=len(unique), fontsize=8,
+                   frameon=False)
+    return fig
+
+
+def _wrap(text: str, width: int = 26) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
+#: The optimisations ``smelib bench --train --only`` timed one at a time, and whether the training loop uses them.
+_BENCH_LEVERS: dict[str, tuple[str, bool]] = {
+    "channels_last": ("channels-last (NHWC) layout", True),
+    "reuse_memory": ("reuse freed memory (glibc)", True),
+    "fused_optimizer": ("fused optimiser step", False),
+    "compile": ("torch.compile of the model", False),
+}
+
+
+def speed_levers(bench_dir: str | Path) -> list[dict[str, Any]]:
+    """The training-step speed levers measured in ``bench_dir`` (``lite_train_<optimisation>.json`` from
+    ``smelib bench --train --only``, ``train_levers.json`` from :mod:`smelib.study.train_levers`).
+
+    Returns:
+        rows ``{"lever", "speedup", "in_recipe", "source"}``: ``speedup`` = step time without / with the lever.
+        For the byte dropout mask it is the whole step's, from the time it saves on the decoder's dropout pair.
+
+    Raises:
+        ValueError: a record cannot be read (the message names the file).
+    """
+    bench_dir = Path(bench_dir)
+    rows: list[dict[str, Any]] = []
+    for key, (label, used) in _BENCH_LEVERS.items():
+        path = bench_dir / f"lite_train_{key}.json"
+        if path.exists():
+            record = _read(path)
+            rows.append({"lever": label, "speedup": float(record["speedup"]), "in_recipe": used,
+                         "source": path.name})
+    path = bench_dir / "train_levers.json"
+    if path.exists():
+        record = _read(path)
+        step = record["bf16_step"]["median_seconds"]
+        rows.append({"lever": "bf16 autocast (this host: " + _isa(record) + ")", "speedup": step["fp32"] / step["bf16"],
+                     "in_recipe": False, "source": path.name})
+        pair = record["dropout_pair"]["median_seconds"]
+        saved = pair["bernoulli"] - pair["byte_mask"]
+        rows.append({"lever": "byte dropout mask", "speedup": step["fp32"] / (step["fp32"] - saved),
+                     "in_recipe": False, "source": path.name})
+    return rows
+
+
+def _isa(record: Mapping[str, Any]) -> str:
+    flags = set((record.get("machine") or {}).get("cpu_flags") or [])
+    if "amx_bf16" in flags or "avx512_bf16" in flags:
+        return "native bf16"
+    return "no native bf16"
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path.name}: cannot read the benchmark record ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path.name}: a benchmark record is a JSON object")
+    return data
+
+
+def plot_speed_levers(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """Training-step speedup of each lever (log scale, 1 = no change); filled where the training loop uses it.
+
+    Returns:
+        the matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    blue = sns.color_palette("colorblind", 1)[0]
+    y = list(range(len(rows)))[::-1]
+    fig, ax = plt.subplots(figsize=(6.4, 0.42 * len(rows) + 1.2), dpi=110, layout="constrained")
+    ax.axvline(1.0, color="0.4", lw=0.8)
+    for yi, r in zip(y, rows):
+        ax.plot([1.0, r["speedup"]], [yi, yi], color=blue, lw=1.5, alpha=0.6)
+        ax.plot(r["speedup"], yi, "o", ms=8, color=blue, markerfacecolor=blue if r["in_recipe"] else "white")
+        ax.annotate(f"{r['speedup']:.2f}x", (r["speedup"], yi), textcoords="offset points", xytext=(0, 7),
+                    ha="center", fontsize=8)
+    ax.set_xscale("log")
+    ax.set(yticks=y, yticklabels=[r["lever"] for r in rows], xlabel="training-step speedup (log scale)",
+           title="one lever at a time, filled: on in the training loop")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_ylim(min(y) - 0.7, max(y) + 0.7)
+    return fig

@@ -1,0 +1,88 @@
+"""smelib.study.levers: lever runs paired with their baselines, and the training-step speed levers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from smelib.study import levers
+
+AVX2 = {"cpu_flags": ["avx2", "fma"]}
+
+
+def _rec(run_id: str, *, train: dict | None = None, test: float = 0.75, raw: float | None = None,
+         seconds: float = 600.0, name: str = "cpu_budget", host: dict = AVX2, model: str = "m", **extra) -> dict:
+    final = {"test": {"miou": test}}
+    if raw is not None:
+        final["raw"] = {"test": {"miou": raw}}
+    return {"run_id": run_id, "config_name": name, "config": {"train": {"epochs": 6, **(train or {})}},
+            "model": model, "seed": 0, "split": {"kind": "official"}, "host": host, "status": "completed",
+            "final": final, "train_seconds": seconds, **extra}
+
+
+def test_each_lever_run_is_paired_with_its_protocol_run_on_the_same_isa() -> None:
+    ema = _rec("ema", name="cpu_budget_ema", train={"ema": 0.998}, test=0.7750, raw=0.7746)
+    prog = _rec("prog", name="cpu_budget_progressive", test=0.78,
+                train={"epochs": 8, "progressive": {"size": 128, "epochs": 5}}, seconds=660)
+    teacher = _rec("teacher", name="distill_teacher", model="hrnet", seconds=1200)
+    kd = _rec("kd", name="cpu_budget_distill", test=0.77, seconds=900, teacher={"run_id": "teacher", "model": "hrnet"},
+              train={"distill": {"teacher": "t.pt", "temperature": 2.0, "weight": 1.0}})
+    other_host = _rec("plain512", host={"cpu_flags": ["avx2", "avx512f"]}, test=0.9)
+    records = [ema, prog, teacher, kd, other_host]
+    pairs = levers.lever_pairs(records)
+    assert [p["lever"] for p in pairs] == ["ema", "progressive", "distill"]
+    by = {p["lever"]: p for p in pairs}
+    assert by["ema"]["difference"] == pytest.approx(0.04) and by["ema"]["time_ratio"] is None
+    # no plain AVX2 run: the progressive run is read against the raw side of the EMA run, not the AVX-512 run
+    assert by["progressive"]["baseline_run_id"] == "ema"
+    assert by["progressive"]["difference"] == pytest.approx(78 - 77.46)
+    assert by["progressive"]["time_ratio"] == pytest.approx(660 / 600)
+    assert by["distill"]["time_ratio"] == pytest.approx((900 + 1200) / 600)
+    assert "5 of 8 epochs at 128 px" in by["progressive"]["label"] and "hrnet" in by["distill"]["label"]
+    plain = _rec("plain", test=0.76)
+    assert levers.lever_pair(prog, [*records, plain])["baseline_run_id"] == "plain"  # a plain run comes first
+
+
+def test_a_run_without_a_baseline_or_with_two_levers_is_an_error() -> None:
+    prog = _rec("prog", train={"epochs": 8, "progressive": {"size": 128, "epochs": 5}})
+    with pytest.raises(ValueError, match="prog"):
+        levers.lever_pair(prog, [prog])
+    both = _rec("both", train={"ema": 0.99, "progressive": {"size": 128, "epochs": 2}})
+    with pytest.raises(ValueError, match="one thing"):
+        levers.lever_of(both)
+    kd = _rec("kd", teacher={"run_id": "gone"}, train={"distill": {"teacher": "t", "temperature": 1, "weight": 1}})
+    with pytest.raises(ValueError, match="gone"):
+        levers.lever_pair(kd, [kd, _rec("plain")])
+
+
+def test_speed_levers_read_the_bench_records(tmp_path: Path) -> None:
+    (tmp_path / "lite_train_channels_last.json").write_text(json.dumps({"speedup": 1.36}))
+    (tmp_path / "lite_train_compile.json").write_text(json.dumps({"speedup": 0.97}))
+    (tmp_path / "train_levers.json").write_text(json.dumps({
+        "machine": {"cpu_flags": ["avx2"]},
+        "bf16_step": {"median_seconds": {"fp32": 0.7, "bf16": 7.0}},
+        "dropout_pair": {"median_seconds": {"bernoulli": 0.04, "byte_mask": 0.02, "none": 0.002}}}))
+    rows = {r["lever"]: r for r in levers.speed_levers(tmp_path)}
+    assert rows["channels-last (NHWC) layout"]["in_recipe"] and rows["channels-last (NHWC) layout"]["speedup"] == 1.36
+    assert rows["bf16 autocast (this host: no native bf16)"]["speedup"] == pytest.approx(0.1)
+    assert rows["byte dropout mask"]["speedup"] == pytest.approx(0.7 / 0.68)
+    assert not rows["torch.compile of the model"]["in_recipe"]
+    (tmp_path / "train_levers.json").write_text("{")
+    with pytest.raises(ValueError, match="train_levers.json"):
+        levers.speed_levers(tmp_path)
+
+
+def test_the_plots_draw_every_lever() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ema = _rec("ema", name="cpu_budget_ema", train={"ema": 0.998}, test=0.7750, raw=0.7746)
+    prog = _rec("prog", train={"epochs": 8, "progressive": {"size": 128, "epochs": 5}}, seconds=660)
+    fig = levers.plot_levers(levers.lever_pairs([ema, prog]), seed_std=0.5)
+    assert len(fig.axes[0].get_yticklabels()) == 2
+    fig = levers.plot_speed_levers([{"lever": "a", "speedup": 1.3, "in_recipe": True},
+                                    {"lever": "b", "speedup": 0.1, "in_recipe": False}])
+    ticks = {t.get_text(): t.get_position()[1] for t in fig.axes[0].get_yticklabels()}
+    assert ticks["a"] > ticks["b"]  # the first row on top
