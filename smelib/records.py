@@ -462,12 +462,18 @@ def read_predictions(path: str | os.PathLike) -> tuple[list[str], list[Any]]:
 
 
 def write_log_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> Path:
-    """Rewrite ``log.csv`` from all epoch rows so far (atomic; a resumed run rewrites it from its checkpoint)."""
+    """Rewrite ``log.csv`` from all epoch rows so far (atomic; a resumed run rewrites it from its checkpoint).
+
+    The columns are :data:`LOG_COLUMNS`, then any other key of the rows in the order it first appears (e.g. the
+    raw weights' ``val_raw_*`` of a ``train.ema`` run)."""
+    columns = list(LOG_COLUMNS)
+    for row in rows:
+        columns += [k for k in row if k not in columns]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(LOG_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in LOG_COLUMNS})
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(buf.getvalue(), encoding="utf-8")

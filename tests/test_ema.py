@@ -72,6 +72,8 @@ def test_the_raw_weights_are_validated_and_tested_beside_the_average(neu: Path, 
     result = training.train(cfg, out=tmp_path / "r", quiet=True)
     rows = result.history
     assert all("val_raw_miou" in row and "val_miou" in row for row in rows)
+    logged = (tmp_path / "r" / "log.csv").read_text().splitlines()
+    assert "val_raw_miou" in logged[0].split(",") and len(logged) == 1 + len(rows)  # log.csv keeps the raw side
     raw = result.record["final"]["raw"]
     assert raw["checkpoint"] == "best_raw" and 0.0 <= raw["test"]["miou"] <= 1.0
     best_raw = read_checkpoint(tmp_path / "r" / "checkpoints" / "best_raw.pt")
