@@ -154,6 +154,7 @@ def plot_levers(pairs: Sequence[Mapping[str, Any]], seed_std: float | None = Non
         right.annotate(f"{p['time_ratio']:.2f}x", (p["time_ratio"], yi), textcoords="offset points", xytext=(4, 0),
                        va="center", fontsize=8)
     right.axvline(1.0, color="0.4", lw=0.8)
+    left.set_ylim(min(y) - 0.6, max(y) + 0.6)
     left.set(yticks=y, yticklabels=[_wrap(s) for s in labels], xlabel="test mIoU − baseline (points)",
              title="accuracy, paired")
     span = max([abs(p["difference"]) for p in pairs] + [seed_std or 0]) * 1.5 + 0.2
@@ -209,7 +210,7 @@ def speed_levers(bench_dir: str | Path) -> list[dict[str, Any]]:
     if path.exists():
         record = _read(path)
         step = record["bf16_step"]["median_seconds"]
-        rows.append({"lever": "bf16 autocast (this host: " + _isa(record) + ")", "speedup": step["fp32"] / step["bf16"],
+        rows.append({"lever": "bf16 autocast (" + _isa(record) + ")", "speedup": step["fp32"] / step["bf16"],
                      "in_recipe": False, "source": path.name})
         pair = record["dropout_pair"]["median_seconds"]
         saved = pair["bernoulli"] - pair["byte_mask"]
@@ -246,16 +247,24 @@ def plot_speed_levers(rows: Sequence[Mapping[str, Any]]) -> Any:
 
     blue = sns.color_palette("colorblind", 1)[0]
     y = list(range(len(rows)))[::-1]
-    fig, ax = plt.subplots(figsize=(6.4, 0.42 * len(rows) + 1.2), dpi=110, layout="constrained")
+    fig, ax = plt.subplots(figsize=(7.2, 0.42 * len(rows) + 1.2), dpi=110, layout="constrained")
     ax.axvline(1.0, color="0.4", lw=0.8)
     for yi, r in zip(y, rows):
         ax.plot([1.0, r["speedup"]], [yi, yi], color=blue, lw=1.5, alpha=0.6)
         ax.plot(r["speedup"], yi, "o", ms=8, color=blue, markerfacecolor=blue if r["in_recipe"] else "white")
         ax.annotate(f"{r['speedup']:.2f}x", (r["speedup"], yi), textcoords="offset points", xytext=(0, 7),
                     ha="center", fontsize=8)
+    from matplotlib.ticker import FixedLocator, NullLocator, StrMethodFormatter
+
     ax.set_xscale("log")
-    ax.set(yticks=y, yticklabels=[r["lever"] for r in rows], xlabel="training-step speedup (log scale)",
-           title="one lever at a time, filled: on in the training loop")
+    lo, hi = min(r["speedup"] for r in rows + [{"speedup": 0.8}]), max(r["speedup"] for r in rows + [{"speedup": 1.2}])
+    ticks = [t for t in (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 4.0) if lo / 1.5 <= t <= hi * 1.5]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}x"))
+    ax.set_xlim(lo / 1.5, hi * 1.3)
+    ax.set(yticks=y, yticklabels=[r["lever"] for r in rows],
+           xlabel="training-step speedup (log scale; filled: used in training)")
     ax.grid(axis="x", alpha=0.3)
     ax.set_ylim(min(y) - 0.7, max(y) + 0.7)
     return fig
