@@ -27,7 +27,7 @@ def test_each_lever_run_is_paired_with_its_protocol_run_on_the_same_isa() -> Non
     prog = _rec("prog", name="cpu_budget_progressive", test=0.78,
                 train={"epochs": 8, "progressive": {"size": 128, "epochs": 5}}, seconds=660)
     teacher = _rec("teacher", name="distill_teacher", model="hrnet", seconds=1200)
-    kd = _rec("kd", name="cpu_budget_distill", test=0.77, seconds=900, teacher={"run_id": "teacher", "model": "hrnet"},
+    kd = _rec("kd", name="cpu_budget_distill", test=0.77, seconds=900, teacher={"run_id": "teacher", "model": "hrnet", "best": {"epoch": 6}},
               train={"distill": {"teacher": "t.pt", "temperature": 2.0, "weight": 1.0}})
     other_host = _rec("plain512", host={"cpu_flags": ["avx2", "avx512f"]}, test=0.9)
     records = [ema, prog, teacher, kd, other_host]
@@ -40,7 +40,7 @@ def test_each_lever_run_is_paired_with_its_protocol_run_on_the_same_isa() -> Non
     assert by["progressive"]["difference"] == pytest.approx(78 - 77.46)
     assert by["progressive"]["time_ratio"] == pytest.approx(660 / 600)
     assert by["distill"]["time_ratio"] == pytest.approx((900 + 1200) / 600)
-    assert "5 of 8 epochs at 128 px" in by["progressive"]["label"] and "hrnet" in by["distill"]["label"]
+    assert "5 of 8 epochs at 128 px" in by["progressive"]["label"] and "HRNet at 6 epochs" in by["distill"]["label"]
     plain = _rec("plain", test=0.76)
     assert levers.lever_pair(prog, [*records, plain])["baseline_run_id"] == "plain"  # a plain run comes first
 
@@ -86,3 +86,17 @@ def test_the_plots_draw_every_lever() -> None:
                                     {"lever": "b", "speedup": 0.1, "in_recipe": False}])
     ticks = {t.get_text(): t.get_position()[1] for t in fig.axes[0].get_yticklabels()}
     assert ticks["a"] > ticks["b"]  # the first row on top
+
+
+def test_validation_curves_accumulate_the_epoch_minutes() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    history = [{"epoch": 1, "seconds": 60, "val_miou": 0.5, "val_raw_miou": 0.4},
+               {"epoch": 2, "seconds": 120, "val_miou": 0.6, "val_raw_miou": 0.7}]
+    ema = _rec("ema", name="cpu_budget_ema", train={"ema": 0.998}, test=0.7750, raw=0.7746, history=history)
+    assert levers.validation_curve(ema) == ([1.0, 3.0], [50.0, 60.0])
+    assert levers.validation_curve(ema, "raw") == ([1.0, 3.0], [40.0, 70.0])
+    prog = _rec("prog", train={"epochs": 8, "progressive": {"size": 128, "epochs": 5}}, history=history[:1])
+    fig = levers.plot_lever_curves(levers.lever_pairs([ema, prog]), [ema, prog])
+    assert len(fig.axes[0].get_lines()) == 2  # the baseline's raw side and the progressive run

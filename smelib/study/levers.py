@@ -19,8 +19,8 @@ from typing import Any
 
 from smelib.study.results import _split_kind, _widest_isa
 
-__all__ = ["LEVERS", "baseline_for", "lever_of", "lever_pair", "lever_pairs", "plot_levers", "plot_speed_levers",
-           "speed_levers"]
+__all__ = ["LEVERS", "baseline_for", "lever_of", "lever_pair", "lever_pairs", "plot_lever_curves", "plot_levers",
+           "plot_speed_levers", "speed_levers", "validation_curve"]
 
 #: The ``train`` keys that make a run a lever run, in the order the chapter shows them.
 LEVERS: tuple[str, ...] = ("ema", "progressive", "distill")
@@ -64,6 +64,10 @@ def baseline_for(record: Mapping[str, Any], records: Sequence[Mapping[str, Any]]
     return (averaged[-1], "raw") if averaged else None
 
 
+_TEACHER_NAMES = {"sme_deeplabv3plus_lite": "the lite model", "sme_deeplabv3plus": "SME-DeepLabV3+", "hrnet": "HRNet",
+                  "pspnet": "PSPNet"}
+
+
 def _describe(record: Mapping[str, Any]) -> str:
     train, lever = _train(record), lever_of(record)
     if lever == "ema":
@@ -73,9 +77,11 @@ def _describe(record: Mapping[str, Any]) -> str:
         size = spec["size"] if isinstance(spec["size"], int) else "x".join(map(str, spec["size"]))
         return f"progressive resizing ({spec['epochs']} of {train['epochs']} epochs at {size} px)"
     if lever == "distill":
-        spec = train["distill"]
-        teacher = (record.get("teacher") or {}).get("model", "teacher")
-        return f"distillation from {teacher} (T = {spec['temperature']:g}, weight {spec['weight']:g})"
+        spec, teacher = train["distill"], record.get("teacher") or {}
+        name = _TEACHER_NAMES.get(str(teacher.get("model")), str(teacher.get("model", "a teacher")))
+        epochs = (teacher.get("best") or {}).get("epoch")
+        return (f"distillation from {name}" + (f" at {epochs} epochs" if epochs else "")
+                + f" (T {spec['temperature']:g}, weight {spec['weight']:g})")
     return "protocol"
 
 
@@ -169,6 +175,49 @@ def plot_levers(pairs: Sequence[Mapping[str, Any]], seed_std: float | None = Non
     if unique:
         fig.legend(unique.values(), unique.keys(), loc="outside lower center", ncols=len(unique), fontsize=8,
                    frameon=False)
+    return fig
+
+
+def validation_curve(record: Mapping[str, Any], side: str = "final") -> tuple[list[float], list[float]]:
+    """Validation mIoU (percent) against the minutes the epoch loop had run (training and validation) at each
+    epoch's end; ``side="raw"`` reads an EMA run's raw weights (``val_raw_miou``)."""
+    key = "val_raw_miou" if side == "raw" else "val_miou"
+    minutes, values, total = [], [], 0.0
+    for row in record.get("history") or []:
+        total += float(row.get("seconds") or 0.0)
+        if row.get(key) is not None:
+            minutes.append(total / 60)
+            values.append(100 * float(row[key]))
+    return minutes, values
+
+
+def plot_lever_curves(pairs: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]]) -> Any:
+    """Validation curves of the training levers (progressive resizing, distillation) and of their baseline,
+    against the minutes each run took (a teacher's training not included).
+
+    Returns:
+        the matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    colors = sns.color_palette("colorblind", len(LEVERS))
+    by_id = {r["run_id"]: r for r in records}
+    fig, ax = plt.subplots(figsize=(6.4, 3.0), dpi=110, layout="constrained")
+    drawn: set[str] = set()
+    for p in pairs:
+        if p["time_ratio"] is None:
+            continue  # the weight average: one run, shown epoch by epoch in its own figure
+        base = by_id[p["baseline_run_id"]]
+        if base["run_id"] not in drawn:
+            side = "raw" if lever_of(base) == "ema" else "final"
+            ax.plot(*validation_curve(base, side), "o-", color="0.45", ms=4, label="baseline (protocol run)")
+            drawn.add(base["run_id"])
+        ax.plot(*validation_curve(by_id[p["run_id"]]), "s--", ms=4, color=colors[LEVERS.index(p["lever"])],
+                label=_wrap(p["label"], 40))
+    ax.set(xlabel="minutes of the run (training and validation)", ylabel="val mIoU (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
     return fig
 
 
