@@ -100,3 +100,11 @@ def test_validation_curves_accumulate_the_epoch_minutes() -> None:
     prog = _rec("prog", train={"epochs": 8, "progressive": {"size": 128, "epochs": 5}}, history=history[:1])
     fig = levers.plot_lever_curves(levers.lever_pairs([ema, prog]), [ema, prog])
     assert len(fig.axes[0].get_lines()) == 2  # the baseline's raw side and the progressive run
+
+
+def test_size_epoch_seconds_separates_the_small_epochs() -> None:
+    history = [{"step": 10, "images_per_s": 10.0}, {"step": 20, "images_per_s": 10.0},  # 8 s, then 8 s
+               {"step": 30, "images_per_s": 6.0}]  # 240 images in 40 s: the third epoch took 24 s
+    prog = _rec("prog", train={"epochs": 3, "progressive": {"size": 128, "epochs": 2}}, history=history,
+                batch_size=8)
+    assert levers.size_epoch_seconds(prog) == pytest.approx({128: 8.0, 0: 24.0})

@@ -20,7 +20,7 @@ from typing import Any
 from smelib.study.results import _split_kind, _widest_isa
 
 __all__ = ["LEVERS", "baseline_for", "lever_of", "lever_pair", "lever_pairs", "plot_lever_curves", "plot_levers",
-           "plot_speed_levers", "speed_levers", "validation_curve"]
+           "plot_speed_levers", "size_epoch_seconds", "speed_levers", "validation_curve"]
 
 #: The ``train`` keys that make a run a lever run, in the order the chapter shows them.
 LEVERS: tuple[str, ...] = ("ema", "progressive", "distill")
@@ -189,6 +189,28 @@ def validation_curve(record: Mapping[str, Any], side: str = "final") -> tuple[li
             minutes.append(total / 60)
             values.append(100 * float(row[key]))
     return minutes, values
+
+
+def size_epoch_seconds(record: Mapping[str, Any]) -> dict[int, float]:
+    """Mean seconds of training (validation excluded) per epoch at each training size of a run, e.g. ``{128: ..,
+    200: ..}`` for a progressive run; a size of 0 stands for the images' own.
+
+    An epoch's training seconds come from the cumulative ``images_per_s`` of consecutive history rows.
+    """
+    from smelib.data.loading import size_tuple
+
+    train = _train(record)
+    spec = train.get("progressive")
+    native = size_tuple(((record.get("config") or {}).get("data") or {}).get("size"))
+    per_size: dict[int, list[float]] = {}
+    before = 0.0
+    for i, row in enumerate(record.get("history") or []):
+        images = float(row["step"]) * float(record["batch_size"])
+        spent = images / float(row["images_per_s"])
+        size = size_tuple(spec["size"]) if spec and i < int(spec["epochs"]) else native
+        per_size.setdefault(size[0] if size else 0, []).append(spent - before)
+        before = spent
+    return {size: sum(v) / len(v) for size, v in per_size.items()}
 
 
 def plot_lever_curves(pairs: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]]) -> Any:
