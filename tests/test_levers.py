@@ -27,7 +27,8 @@ def test_each_lever_run_is_paired_with_its_protocol_run_on_the_same_isa() -> Non
     prog = _rec("prog", name="cpu_budget_progressive", test=0.78,
                 train={"epochs": 8, "progressive": {"size": 128, "epochs": 5}}, seconds=660)
     teacher = _rec("teacher", name="distill_teacher", model="hrnet", seconds=1200)
-    kd = _rec("kd", name="cpu_budget_distill", test=0.77, seconds=900, teacher={"run_id": "teacher", "model": "hrnet", "best": {"epoch": 6}},
+    kd = _rec("kd", name="cpu_budget_distill", test=0.77, seconds=900,
+              teacher={"run_id": "teacher", "model": "hrnet", "best": {"epoch": 6}},
               train={"distill": {"teacher": "t.pt", "temperature": 2.0, "weight": 1.0}})
     other_host = _rec("plain512", host={"cpu_flags": ["avx2", "avx512f"]}, test=0.9)
     records = [ema, prog, teacher, kd, other_host]

@@ -54,7 +54,8 @@ def test_the_model_trains_small_first_and_is_validated_at_full_size(neu: Path, t
 
     def spying_build(cfg, num_classes):
         model = real(cfg, num_classes)
-        model.register_forward_pre_hook(lambda m, args: seen.append((m.training, tuple(int(v) for v in args[0].shape[-2:]))))
+        model.register_forward_pre_hook(
+            lambda m, args: seen.append((m.training, tuple(int(v) for v in args[0].shape[-2:]))))
         return model
 
     monkeypatch.setattr(training, "build_model", spying_build)
