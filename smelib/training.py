@@ -181,7 +181,7 @@ class Run:
     precision_reason: str = ""
     ema: WeightEMA | None = None
     teacher: nn.Module | None = None  # train.distill: a frozen model whose softened outputs the student also fits
-    distill: DistillationLoss | None = None
+    distill: DistillationLoss | None = None  # set together with ``teacher``
     teacher_info: dict[str, Any] | None = None  # the teacher's run id, model, best epoch and file hash (the record)
 
     def eval_kwargs(self) -> dict[str, Any]:
@@ -328,10 +328,11 @@ def _load_teacher(spec: str, run: Run, device: torch.device) -> tuple[nn.Module,
     """``train.distill.teacher``: a verified checkpoint (path or release name) for the same classes, trained on
     inputs normalised like this run's (else its soft targets would answer a different question), frozen."""
     try:
+        path = resolve_checkpoint(spec)
         # building the teacher initialises weights it then overwrites: outside the run's random stream, so that
         # the student sees the dropout masks of the same run without a teacher (a paired comparison)
         with torch.random.fork_rng(devices=[]):
-            teacher, meta = load_checkpoint(resolve_checkpoint(spec), num_classes=run.num_classes, device=device)
+            teacher, meta = load_checkpoint(path, num_classes=run.num_classes, device=device)
     except (CheckpointError, OSError) as err:
         raise ConfigError(f"train.distill.teacher: {err}") from None
     norm = meta.get("normalization") or {}
@@ -343,7 +344,7 @@ def _load_teacher(spec: str, run: Run, device: torch.device) -> tuple[nn.Module,
         teacher = teacher.to(memory_format=torch.channels_last)
     teacher.requires_grad_(False)
     info = {"run_id": meta.get("run_id"), "model": meta.get("model_name"), "best": meta.get("best"),
-            "sha256": sha256_file(resolve_checkpoint(spec))}
+            "sha256": sha256_file(path)}
     return teacher.eval(), info
 
 
@@ -369,11 +370,11 @@ def fit(run: Run) -> None:
             todo = batches[state["batches_done"]:]
             if max_steps < math.inf:
                 todo = todo[: int(max_steps - state["global_step"])]
+            view.size = epoch_size(cfg, epoch)  # before the loader hands the view to any worker
             loader = torch.utils.data.DataLoader(
                 view, batch_sampler=[[(epoch, i) for i in D.shard(b, run.ctx)] for b in todo], collate_fn=collate,
                 num_workers=int(dc["workers"]), pin_memory=device.type == "cuda", worker_init_fn=worker_init,
                 generator=torch.Generator().manual_seed(derive_seed(run.seed, epoch, 1)))
-            view.size = epoch_size(cfg, epoch)
             run.net.train()
             if tc["freeze_bn"]:
                 _freeze_bn(run.net)
@@ -401,9 +402,10 @@ def fit(run: Run) -> None:
 def epoch_size(cfg: Mapping[str, Any], epoch: int) -> tuple[int, int] | None:
     """The (H, W) the training images of ``epoch`` (0-based) are resized to, None for their own size.
 
-    ``train.progressive`` trains its first ``epochs`` epochs at its ``size``: a 128 px epoch costs about
-    (128/200)^2 = 0.41 of a 200 px one, so more epochs fit the same time; the last epochs at ``data.size``
-    adapt the weights (BatchNorm statistics included) to the size they are validated and tested at.
+    ``train.progressive`` trains its first ``epochs`` epochs at its ``size``: smaller images make cheaper epochs
+    (though less cheap than their pixel count, since the data pipeline and each layer's fixed costs stay), so
+    more of them fit the same time; the last epochs at ``data.size`` adapt the weights (BatchNorm statistics
+    included) to the size they are validated and tested at.
     """
     spec = cfg["train"].get("progressive")
     if spec is not None and epoch < int(spec["epochs"]):
@@ -426,11 +428,11 @@ def _train_step(run: Run, images: torch.Tensor, masks: torch.Tensor, watch: _Los
     lr = run.schedule.apply()
     with torch.autocast(device_type=device.type, dtype=run.amp or torch.float32, enabled=run.amp is not None):
         logits = run.net(images)
-        if run.teacher is not None:
+        if run.distill is not None:
             with torch.no_grad():
                 teacher_logits = run.teacher(images)
     loss = run.criterion(logits, masks)  # in fp32, outside autocast
-    if run.teacher is not None and run.distill is not None:
+    if run.distill is not None:
         loss = loss + float(tc["distill"]["weight"]) * run.distill(logits, teacher_logits, masks)
     watch.add(loss, run.state["global_step"] + 1)
     if watch.due():

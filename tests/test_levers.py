@@ -41,6 +41,7 @@ def test_each_lever_run_is_paired_with_its_protocol_run_on_the_same_isa() -> Non
     assert by["progressive"]["difference"] == pytest.approx(78 - 77.46)
     assert by["progressive"]["time_ratio"] == pytest.approx(660 / 600)
     assert by["distill"]["time_ratio"] == pytest.approx((900 + 1200) / 600)
+    assert by["distill"]["teacher_run_id"] == "teacher" and by["progressive"]["teacher_run_id"] is None
     assert "5 of 8 epochs at 128 px" in by["progressive"]["label"] and "HRNet at 6 epochs" in by["distill"]["label"]
     plain = _rec("plain", test=0.76)
     assert levers.lever_pair(prog, [*records, plain])["baseline_run_id"] == "plain"  # a plain run comes first

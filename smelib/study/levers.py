@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from smelib.data.loading import size_tuple
+from smelib.study.plan import protocol_epochs
 from smelib.study.results import _split_kind, _widest_isa
 
 __all__ = ["LEVERS", "baseline_for", "lever_of", "lever_pair", "lever_pairs", "plot_lever_curves", "plot_levers",
@@ -51,12 +53,13 @@ def _same_protocol(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
 def baseline_for(record: Mapping[str, Any], records: Sequence[Mapping[str, Any]]
                  ) -> tuple[Mapping[str, Any], str] | None:
     """The paired baseline of a lever run and which side of it to read: ``(plain run, "final")`` when one was
-    recorded with the same model, split, seed and host ISA at the same epochs as the protocol (6), else
+    recorded with the same model, split, seed and host ISA at the epochs of ``configs/cpu_budget.yaml``, else
     ``(ema run, "raw")``; an EMA run is its own baseline (``"raw"``). None when there is none."""
     if lever_of(record) == "ema":
         return record, "raw"
+    epochs = protocol_epochs("cpu_budget")
     candidates = [r for r in records if r is not record and _same_protocol(record, r)
-                  and int(_train(r).get("epochs") or 0) == 6]
+                  and int(_train(r).get("epochs") or 0) == epochs]
     plain = [r for r in candidates if lever_of(r) is None]
     if plain:
         return plain[-1], "final"
@@ -89,10 +92,10 @@ def lever_pair(record: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) 
     """A lever run against its baseline (:func:`baseline_for`).
 
     Returns:
-        ``{"lever", "label", "run_id", "baseline_run_id", "test", "test_baseline", "difference", "train_minutes",
-        "baseline_train_minutes", "teacher_minutes", "time_ratio"}``: test mIoU in percent, ``difference`` in
-        points; ``time_ratio`` = (training + teacher's training) / baseline's training, None for the weight
-        average (its baseline is itself).
+        ``{"lever", "label", "run_id", "baseline_run_id", "teacher_run_id", "test", "test_baseline", "difference",
+        "train_minutes", "baseline_train_minutes", "teacher_minutes", "time_ratio"}``: test mIoU in percent,
+        ``difference`` in points; ``time_ratio`` = (training + teacher's training) / baseline's training, None for
+        the weight average (its baseline is itself).
 
     Raises:
         ValueError: the run is no lever run, has no test result, or has no baseline among ``records``.
@@ -103,9 +106,8 @@ def lever_pair(record: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) 
         raise ValueError(f"run {record.get('run_id')!r} is no finished lever run with a recorded baseline")
     base, side = found
     base_test = ((base.get("final") or {}).get("raw") or {}).get("test") if side == "raw" else base["final"]["test"]
-    teacher_minutes = 0.0
+    teacher_minutes, teacher_id = 0.0, (record.get("teacher") or {}).get("run_id")
     if lever == "distill":
-        teacher_id = (record.get("teacher") or {}).get("run_id")
         teacher = next((r for r in records if r.get("run_id") == teacher_id), None)
         if teacher is None:
             raise ValueError(f"run {record.get('run_id')!r}: its teacher's run {teacher_id!r} is not recorded")
@@ -113,6 +115,7 @@ def lever_pair(record: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) 
     minutes, base_minutes = float(record["train_seconds"]) / 60, float(base["train_seconds"]) / 60
     test, test_base = 100 * record["final"]["test"]["miou"], 100 * base_test["miou"]
     return {"lever": lever, "label": _describe(record), "run_id": record["run_id"], "baseline_run_id": base["run_id"],
+            "teacher_run_id": teacher_id,
             "test": test, "test_baseline": test_base, "difference": test - test_base,
             "train_minutes": minutes, "baseline_train_minutes": base_minutes, "teacher_minutes": teacher_minutes,
             "time_ratio": None if base is record else (minutes + teacher_minutes) / base_minutes}
@@ -197,8 +200,6 @@ def size_epoch_seconds(record: Mapping[str, Any]) -> dict[int, float]:
 
     An epoch's training seconds come from the cumulative ``images_per_s`` of consecutive history rows.
     """
-    from smelib.data.loading import size_tuple
-
     train = _train(record)
     spec = train.get("progressive")
     native = size_tuple(((record.get("config") or {}).get("data") or {}).get("size"))
@@ -328,7 +329,7 @@ def plot_speed_levers(rows: Sequence[Mapping[str, Any]]) -> Any:
     from matplotlib.ticker import FixedLocator, NullLocator, StrMethodFormatter
 
     ax.set_xscale("log")
-    lo, hi = min(r["speedup"] for r in rows + [{"speedup": 0.8}]), max(r["speedup"] for r in rows + [{"speedup": 1.2}])
+    lo, hi = min(0.8, *(r["speedup"] for r in rows)), max(1.2, *(r["speedup"] for r in rows))
     ticks = [t for t in (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 4.0) if lo / 1.5 <= t <= hi * 1.5]
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_minor_locator(NullLocator())

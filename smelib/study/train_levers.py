@@ -1,8 +1,9 @@
-"""Two training-step measurements that ``smelib bench --train`` does not cover (the Headroom chapter's speed levers).
+"""Two training-step measurements beside ``smelib bench --train`` (the Headroom chapter's speed levers).
 
 * :func:`bf16_step_seconds`: one training step of a model in fp32 and under CPU bf16 autocast, interleaved. On a
   CPU without ``avx512_bf16``/AMX, oneDNN emulates bf16 and the step is many times slower; with them the bench's
-  inference numbers promise a gain. Which one a host gets is what this records.
+  inference numbers promise a gain. ``smelib bench --train --cpu-bf16`` times the same against a bf16 matmul
+  peak, which emulated bf16 makes take many minutes on such a host; this times the steps alone.
 * :func:`dropout_mask_seconds`: the decoder's two dropouts (rates 0.5 and 0.1 on a ``(N, 64, 50, 50)`` feature,
   forward and backward) with torch's float Bernoulli mask, with a mask drawn as one random byte per element
   (``p`` quantised to 1/256), and without dropout: the most a cheaper mask can save.
@@ -14,6 +15,7 @@ repetition times.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -27,12 +29,6 @@ from smelib.models import build
 from smelib.tools.bench import machine_info
 
 __all__ = ["bf16_step_seconds", "byte_mask_dropout", "dropout_mask_seconds", "measure"]
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def _interleaved(fns: dict[str, Callable[[], Any]], reps: int, warmup: int = 1) -> dict[str, list[float]]:
@@ -105,9 +101,9 @@ def measure(threads: int = 2) -> dict[str, Any]:
     return {
         "machine": machine_info(),
         "bf16_step": {"model": "sme_deeplabv3plus_lite", "batch": 8, "size": 200, "seconds": bf16,
-                      "median_seconds": {k: _median(v) for k, v in bf16.items()}},
+                      "median_seconds": {k: statistics.median(v) for k, v in bf16.items()}},
         "dropout_pair": {"shape": [8, 64, 50, 50], "rates": [0.5, 0.1], "seconds": dropout,
-                         "median_seconds": {k: _median(v) for k, v in dropout.items()}},
+                         "median_seconds": {k: statistics.median(v) for k, v in dropout.items()}},
     }
 
 
