@@ -110,3 +110,41 @@ def test_size_epoch_seconds_separates_the_small_epochs() -> None:
     prog = _rec("prog", train={"epochs": 3, "progressive": {"size": 128, "epochs": 2}}, history=history,
                 batch_size=8)
     assert levers.size_epoch_seconds(prog) == pytest.approx({128: 8.0, 0: 24.0})
+
+
+def test_the_precision_check_pairs_bf16_with_fp32_of_the_same_seed() -> None:
+    def run(run_id: str, precision: str, seed: int, test: float, size: int = 128) -> dict:
+        r = _rec(run_id, name=levers.PRECISION_CHECK[precision], test=test, train={"epochs": 2})
+        r["seed"], r["config"]["data"] = seed, {"size": size}
+        return r
+
+    records = [run("f0", "fp32", 0, 0.60), run("f1", "fp32", 1, 0.62), run("f2", "fp32", 2, 0.58),
+               run("b0", "bf16", 0, 0.605), _rec("plain")]
+    check = levers.precision_check(records)
+    assert check["difference"] == pytest.approx(0.5)
+    assert check["fp32_std"] == pytest.approx(2.0)
+    assert [(r["precision"], r["seed"]) for r in check["runs"]] == [("fp32", 0), ("fp32", 1), ("fp32", 2),
+                                                                     ("bf16", 0)]
+    assert (check["epochs"], check["size"]) == (2, 128)
+    assert levers.plot_precision_check(check).axes[0].get_yticklabels()[0].get_text() == "bf16 training"
+    with pytest.raises(ValueError, match="same seed"):
+        levers.precision_check([run("b1", "bf16", 1, 0.6), run("f0", "fp32", 0, 0.6)])
+    with pytest.raises(ValueError, match="more than precision"):
+        levers.precision_check([*records, run("f3", "fp32", 3, 0.6, size=200)])
+
+
+def test_the_native_bf16_speedup_needs_two_matching_records_on_a_bf16_cpu(tmp_path: Path) -> None:
+    def bench(name: str, ips: float, flags: list[str], batch: int = 16) -> Path:
+        path = tmp_path / name
+        path.write_text(json.dumps({"model": "m", "task": "train", "batch": batch, "size": [200, 200],
+                                    "optimised": {"images_per_s": ips},
+                                    "record": {"machine": {"cpu_model": "Xeon", "cpu_flags": flags}}}))
+        return path
+
+    amx = ["avx2", "amx_bf16"]
+    row = levers.bf16_train_speedup(bench("b.json", 9.0, amx), bench("f.json", 6.0, amx))
+    assert row["speedup"] == pytest.approx(1.5) and row["lever"] == "bf16 autocast (native bf16, m)"
+    with pytest.raises(ValueError, match="native bf16"):
+        levers.bf16_train_speedup(bench("b2.json", 1.0, ["avx2"]), bench("f.json", 6.0, amx))
+    with pytest.raises(ValueError, match="different steps"):
+        levers.bf16_train_speedup(bench("b.json", 9.0, amx), bench("f3.json", 6.0, amx, batch=8))

@@ -8,6 +8,11 @@ into training). A distilled run's cost counts its teacher's training time.
 Training-step speed levers come from the benchmark records instead (``results/bench/train_levers/``): each
 ``smelib bench --train --only <optimisation>`` record times the step with one optimisation against the eager step,
 interleaved, and :mod:`smelib.study.train_levers` adds CPU bf16 and a cheaper dropout mask.
+
+Whether bf16 autocast changes what training learns is a question of its rounding, not of the CPU that runs it:
+without native bf16 instructions oneDNN emulates the same bf16 operands with fp32 accumulation, only slower. The
+*precision check* (:func:`precision_check`) therefore pairs a bf16 run with an fp32 run on any host, on a protocol
+short enough for the emulated speed, and reads the difference against the fp32 runs' seed spread.
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ from smelib.data.loading import size_tuple
 from smelib.study.plan import protocol_epochs
 from smelib.study.results import _split_kind, _widest_isa
 
-__all__ = ["LEVERS", "baseline_for", "lever_of", "lever_pair", "lever_pairs", "plot_lever_curves", "plot_levers",
-           "plot_speed_levers", "size_epoch_seconds", "speed_levers", "validation_curve"]
+__all__ = [
+    "LEVERS", "PRECISION_CHECK", "baseline_for", "bf16_train_speedup", "lever_of", "lever_pair", "lever_pairs",
+    "plot_lever_curves", "plot_levers", "plot_precision_check", "plot_speed_levers", "precision_check",
+    "size_epoch_seconds", "speed_levers", "validation_curve"
+]
 
 #: The ``train`` keys that make a run a lever run, in the order the chapter shows them.
 LEVERS: tuple[str, ...] = ("ema", "progressive", "distill")
@@ -291,6 +299,34 @@ def speed_levers(bench_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def bf16_train_speedup(bf16_path: str | Path, fp32_path: str | Path) -> dict[str, Any]:
+    """The training-step speedup of CPU bf16 autocast from two ``smelib bench --train`` records of one model, one
+    with ``--cpu-bf16`` and one without, both on a CPU with native bf16 (the optimised step of each).
+
+    Returns:
+        a :func:`speed_levers` row ``{"lever", "speedup", "in_recipe", "source"}``.
+
+    Raises:
+        ValueError: a record cannot be read, the two differ in model, batch, size or CPU, or the CPU lacks native
+            bf16 (an emulated bf16 step says nothing about the lever on a CPU that has it).
+    """
+    bf16_path, fp32_path = Path(bf16_path), Path(fp32_path)
+    bf16, fp32 = _read(bf16_path), _read(fp32_path)
+    for path, rec in ((bf16_path, bf16), (fp32_path, fp32)):
+        if rec.get("task") != "train" or _isa(rec.get("record") or {}) != "native bf16":
+            raise ValueError(f"{path.name}: not a training benchmark on a CPU with native bf16")
+    same = ("model", "batch", "size")
+    if [bf16.get(k) for k in same] != [fp32.get(k) for k in same] or _cpu(bf16) != _cpu(fp32):
+        raise ValueError(f"{bf16_path.name} and {fp32_path.name} time different steps or CPUs")
+    return {"lever": f"bf16 autocast (native bf16, {bf16['model']})",
+            "speedup": bf16["optimised"]["images_per_s"] / fp32["optimised"]["images_per_s"], "in_recipe": False,
+            "source": bf16_path.name}
+
+
+def _cpu(bench: Mapping[str, Any]) -> Any:
+    return ((bench.get("record") or {}).get("machine") or {}).get("cpu_model")
+
+
 def _isa(record: Mapping[str, Any]) -> str:
     flags = set((record.get("machine") or {}).get("cpu_flags") or [])
     if "amx_bf16" in flags or "avx512_bf16" in flags:
@@ -339,4 +375,78 @@ def plot_speed_levers(rows: Sequence[Mapping[str, Any]]) -> Any:
            xlabel="training-step speedup (log scale; filled: used in training)")
     ax.grid(axis="x", alpha=0.3)
     ax.set_ylim(min(y) - 0.7, max(y) + 0.7)
+    return fig
+
+
+#: Config names of the precision check's runs, by precision (one protocol, with ``train.amp=none`` or ``bf16``).
+PRECISION_CHECK: dict[str, str] = {"fp32": "precision_check_fp32", "bf16": "precision_check_bf16"}
+
+
+def precision_check(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The bf16-against-fp32 training pair among ``records`` (config names :data:`PRECISION_CHECK`).
+
+    Returns:
+        ``{"runs": [{"precision", "seed", "test", "train_minutes", "run_id"}, ...], "difference", "fp32_std",
+        "epochs", "size", "model"}``: test mIoU in percent; ``difference`` = bf16 − fp32 at the bf16 run's seed
+        (points); ``fp32_std`` the sample standard deviation of the fp32 seeds (None below two).
+
+    Raises:
+        ValueError: no finished bf16 run with an fp32 run of the same seed, or the runs differ in anything but
+            precision and seed (model, split, epochs, size, host ISA).
+    """
+    import statistics
+
+    runs = [r for r in records if r.get("config_name") in PRECISION_CHECK.values() and r.get("status") == "completed"
+            and (r.get("final") or {}).get("test")]
+    by_precision = {p: [r for r in runs if r["config_name"] == name] for p, name in PRECISION_CHECK.items()}
+    pair = next(((f, b) for b in by_precision["bf16"] for f in by_precision["fp32"] if f["seed"] == b["seed"]), None)
+    if pair is None:
+        raise ValueError("no finished precision-check pair: a bf16 run and an fp32 run with the same seed")
+
+    def protocol(r: Mapping[str, Any]) -> tuple[Any, ...]:
+        cfg = r.get("config") or {}
+        return (r.get("model"), _split_kind(r), _train(r).get("epochs"), (cfg.get("data") or {}).get("size"),
+                _widest_isa(r.get("host") or {}))
+
+    odd = [r["run_id"] for r in runs if protocol(r) != protocol(pair[1])]
+    if odd:
+        raise ValueError(f"precision-check runs {odd} differ from {pair[1]['run_id']!r} in more than precision")
+    rows = [{"precision": p, "seed": r["seed"], "test": 100 * r["final"]["test"]["miou"],
+             "train_minutes": float(r["train_seconds"]) / 60, "run_id": r["run_id"]}
+            for p in PRECISION_CHECK for r in sorted(by_precision[p], key=lambda r: r["seed"])]
+    fp32 = [row["test"] for row in rows if row["precision"] == "fp32"]
+    model, _, epochs, size, _ = protocol(pair[1])
+    return {"runs": rows, "difference": 100 * (pair[1]["final"]["test"]["miou"] - pair[0]["final"]["test"]["miou"]),
+            "fp32_std": statistics.stdev(fp32) if len(fp32) > 1 else None, "epochs": epochs, "size": size,
+            "model": model}
+
+
+def plot_precision_check(check: Mapping[str, Any]) -> Any:
+    """Test mIoU of the precision check's runs: the fp32 seeds (circles) and the bf16 run (square), its fp32
+    partner of the same seed joined to it by a line.
+
+    Returns:
+        the matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    colors = dict(zip(PRECISION_CHECK, sns.color_palette("colorblind", len(PRECISION_CHECK))))
+    rows = check["runs"]
+    fig, ax = plt.subplots(figsize=(6.4, 1.9), dpi=110, layout="constrained")
+    ys = {p: i for i, p in enumerate(reversed(list(PRECISION_CHECK)))}
+    for r in rows:
+        ax.plot(r["test"], ys[r["precision"]], "o" if r["precision"] == "fp32" else "s", ms=9,
+                color=colors[r["precision"]])
+        ax.annotate(f"seed {r['seed']}", (r["test"], ys[r["precision"]]), textcoords="offset points",
+                    xytext=(0, 8), ha="center", fontsize=8)
+    for b in (r for r in rows if r["precision"] == "bf16"):
+        partner = next((r for r in rows if r["precision"] == "fp32" and r["seed"] == b["seed"]), None)
+        if partner:
+            ax.plot([partner["test"], b["test"]], [ys["fp32"], ys["bf16"]], color="0.5", lw=0.8, ls=":")
+    ax.set(yticks=list(ys.values()), yticklabels=[f"{p} training" for p in ys], xlabel="test mIoU (%)")
+    ax.set_ylim(-0.6, len(ys) - 0.3)
+    values = [r["test"] for r in rows]
+    ax.set_xlim(min(values) - 1.0, max(values) + 1.0)
+    ax.grid(axis="x", alpha=0.3)
     return fig
