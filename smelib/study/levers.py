@@ -18,6 +18,7 @@ short enough for the emulated speed, and reads the difference against the fp32 r
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -393,9 +394,11 @@ def precision_check(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     Raises:
         ValueError: no finished bf16 run with an fp32 run of the same seed, or the runs differ in anything but
             precision and seed (model, split, epochs, size, host ISA).
-    """
-    import statistics
 
+    The chapter's runs: ``smelib train --config configs/cpu_budget.yaml --model sme_deeplabv3plus_lite --seed S
+    train.epochs=2 data.size=128 name=precision_check_bf16 train.amp=bf16`` (seed 0), and the same with
+    ``name=precision_check_fp32 train.amp=none`` (seeds 0, 1, 2).
+    """
     runs = [r for r in records if r.get("config_name") in PRECISION_CHECK.values() and r.get("status") == "completed"
             and (r.get("final") or {}).get("test")]
     by_precision = {p: [r for r in runs if r["config_name"] == name] for p, name in PRECISION_CHECK.items()}
